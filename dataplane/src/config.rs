@@ -1,0 +1,534 @@
+//! The TOML configuration (`dpgw run --config FILE`, `dpgw replay --config FILE`).
+//!
+//! Every section is `deny_unknown_fields`; a syntax or type error names the line,
+//! column and key (the `toml` crate's spans), and [`Config::validate`] lists every
+//! semantic problem at once instead of stopping at the first.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A problem with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub dataplane: DataplaneSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcap: Option<PcapSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afpacket: Option<AfPacketSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpdk: Option<DpdkSection>,
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlSection>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IoKind {
+    #[default]
+    Pcap,
+    Afpacket,
+    Dpdk,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneSection {
+    /// Number of worker threads (one queue each).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// CPU ids to pin workers to, in worker order. Empty = cores 0.. in order
+    /// (wrapping around the available cores).
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    /// Packets per burst (1..=256).
+    #[serde(default = "default_burst")]
+    pub burst: usize,
+    #[serde(default)]
+    pub io: IoKind,
+    /// Do not pin workers (useful on a busy laptop).
+    #[serde(default)]
+    pub no_pin: bool,
+}
+
+impl Default for DataplaneSection {
+    fn default() -> Self {
+        DataplaneSection {
+            workers: default_workers(),
+            cores: Vec::new(),
+            burst: default_burst(),
+            io: IoKind::Pcap,
+            no_pin: false,
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    1
+}
+fn default_burst() -> usize {
+    32
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PcapSection {
+    /// Input captures (pcap or pcapng), replayed in order. Relative paths are
+    /// relative to the config file.
+    #[serde(default)]
+    pub input: Vec<PathBuf>,
+    /// Output capture for transmitted packets (pcap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
+    /// Times to replay the input; 0 = forever (until SIGINT/SIGTERM).
+    #[serde(default = "default_loops")]
+    pub loops: u64,
+}
+
+fn default_loops() -> u64 {
+    1
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AfPacketSection {
+    /// Interfaces to receive on.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Interface to transmit on (default: the first interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_interface: Option<String>,
+    /// RX ring: block size in bytes (power of two, multiple of the page size).
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    #[serde(default = "default_block_count")]
+    pub block_count: u32,
+    /// TX ring frames.
+    #[serde(default = "default_tx_frames")]
+    pub tx_frames: u32,
+    /// Sleep in poll(2) when idle instead of spinning.
+    #[serde(default)]
+    pub poll_when_idle: bool,
+    #[serde(default = "default_true")]
+    pub promiscuous: bool,
+}
+
+fn default_block_size() -> u32 {
+    1 << 20
+}
+fn default_block_count() -> u32 {
+    16
+}
+fn default_tx_frames() -> u32 {
+    4096
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkSection {
+    /// EAL arguments, exactly as on a DPDK command line (`-a 0000:01:00.0`,
+    /// `--vdev=net_null0`, `--no-huge`, `-l 0-1`, `--file-prefix=x`, ...).
+    #[serde(default)]
+    pub eal_args: Vec<String>,
+    /// Ports to receive on (DPDK port ids).
+    #[serde(default = "default_ports")]
+    pub ports: Vec<u16>,
+    /// Port to transmit on (default: the first RX port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_port: Option<u16>,
+    #[serde(default = "default_desc")]
+    pub rx_desc: u16,
+    #[serde(default = "default_desc")]
+    pub tx_desc: u16,
+    /// Mbufs in the pool (per socket).
+    #[serde(default = "default_mbufs")]
+    pub mbufs: u32,
+    #[serde(default = "default_mbuf_cache")]
+    pub mbuf_cache: u32,
+}
+
+impl Default for DpdkSection {
+    fn default() -> Self {
+        DpdkSection {
+            eal_args: Vec::new(),
+            ports: default_ports(),
+            tx_port: None,
+            rx_desc: default_desc(),
+            tx_desc: default_desc(),
+            mbufs: default_mbufs(),
+            mbuf_cache: default_mbuf_cache(),
+        }
+    }
+}
+
+fn default_ports() -> Vec<u16> {
+    vec![0]
+}
+fn default_desc() -> u16 {
+    1024
+}
+fn default_mbufs() -> u32 {
+    8191
+}
+fn default_mbuf_cache() -> u32 {
+    256
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NonVip {
+    /// Route decapsulated non-service traffic to the next hop.
+    #[default]
+    Forward,
+    /// Drop it (reason `non_vip`).
+    Drop,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Our VTEP addresses; VXLAN to any other destination is dropped
+    /// (`wrong_vtep`). Empty = accept any destination.
+    #[serde(default)]
+    pub vtep_ips: Vec<IpAddr>,
+    /// UDP ports that carry VXLAN.
+    #[serde(default = "default_vxlan_ports")]
+    pub vxlan_ports: Vec<u16>,
+    /// Source MAC of everything we transmit.
+    #[serde(default = "default_local_mac", with = "mac_serde")]
+    pub local_mac: [u8; 6],
+    /// Destination MAC of everything we transmit (the next-hop router).
+    #[serde(default = "default_next_hop_mac", with = "mac_serde")]
+    pub next_hop_mac: [u8; 6],
+    /// What to do with decapsulated traffic that is not for a service VIP.
+    #[serde(default)]
+    pub non_vip: NonVip,
+    /// Outer source addresses for encapsulation to backends (one IPv4 and/or one IPv6).
+    #[serde(default)]
+    pub underlay_ips: Vec<IpAddr>,
+    /// MTU of the transmit link (bytes of IP packet).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            vtep_ips: Vec::new(),
+            vxlan_ports: default_vxlan_ports(),
+            local_mac: default_local_mac(),
+            next_hop_mac: default_next_hop_mac(),
+            non_vip: NonVip::Forward,
+            underlay_ips: Vec::new(),
+            mtu: default_mtu(),
+        }
+    }
+}
+
+fn default_vxlan_ports() -> Vec<u16> {
+    vec![4789]
+}
+fn default_local_mac() -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, 0x01]
+}
+fn default_next_hop_mac() -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, 0xfe]
+}
+fn default_mtu() -> u16 {
+    1500
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Unix socket path of the control server.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Socket file mode (octal string, e.g. "0600").
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Group allowed to connect (name or gid); default: root's only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Prometheus metrics address (e.g. "127.0.0.1:9100"); absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            socket: default_socket(),
+            socket_mode: default_socket_mode(),
+            socket_group: None,
+            metrics: None,
+        }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/dpgw/dpgw.sock")
+}
+fn default_socket_mode() -> String {
+    "0600".to_string()
+}
+
+/// Parses "02:00:00:00:00:01" (also with `-`).
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return Err(format!("invalid MAC address {s:?}: expected 6 hex bytes like 02:00:00:00:00:01"));
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.is_empty() || p.len() > 2 {
+            return Err(format!("invalid MAC address {s:?}: bad byte {p:?}"));
+        }
+        mac[i] = u8::from_str_radix(p, 16)
+            .map_err(|_| format!("invalid MAC address {s:?}: bad byte {p:?}"))?;
+    }
+    Ok(mac)
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+mod mac_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &[u8; 6], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_mac(m))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 6], D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_mac(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths inside it are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no validation beyond types).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(pcap) = &mut self.pcap {
+            pcap.input.iter_mut().for_each(fix);
+            if let Some(o) = &mut pcap.output {
+                fix(o);
+            }
+        }
+    }
+
+    /// Every semantic problem, each naming the key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let d = &self.dataplane;
+        if d.workers == 0 {
+            p.push("dataplane.workers: must be at least 1".to_string());
+        }
+        if d.workers > 256 {
+            p.push(format!("dataplane.workers: {} is more than 256", d.workers));
+        }
+        if d.burst == 0 || d.burst > crate::io::MAX_BURST {
+            p.push(format!(
+                "dataplane.burst: {} is out of range 1..={}",
+                d.burst,
+                crate::io::MAX_BURST
+            ));
+        }
+        if !d.cores.is_empty() && d.cores.len() < d.workers {
+            p.push(format!(
+                "dataplane.cores: {} cores listed for {} workers",
+                d.cores.len(),
+                d.workers
+            ));
+        }
+        match d.io {
+            IoKind::Pcap => match &self.pcap {
+                None => p.push("pcap: section required when dataplane.io = \"pcap\"".into()),
+                Some(pc) => {
+                    if pc.input.is_empty() {
+                        p.push("pcap.input: at least one capture is required".into());
+                    }
+                    if pc.output.is_some() && pc.loops == 0 {
+                        p.push("pcap.output: needs a finite pcap.loops (output is buffered in memory until the end of the run)".into());
+                    }
+                }
+            },
+            IoKind::Afpacket => match &self.afpacket {
+                None => p.push("afpacket: section required when dataplane.io = \"afpacket\"".into()),
+                Some(a) => {
+                    if a.interfaces.is_empty() {
+                        p.push("afpacket.interfaces: at least one interface is required".into());
+                    }
+                }
+            },
+            IoKind::Dpdk => {
+                if self.dpdk.is_none() {
+                    p.push("dpdk: section required when dataplane.io = \"dpdk\"".into());
+                }
+            }
+        }
+        let g = &self.gateway;
+        if g.vxlan_ports.is_empty() {
+            p.push("gateway.vxlan_ports: at least one port is required".into());
+        }
+        if g.vxlan_ports.contains(&0) {
+            p.push("gateway.vxlan_ports: port 0 is not a valid UDP port".into());
+        }
+        let v4 = g.underlay_ips.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = g.underlay_ips.len() - v4;
+        if v4 > 1 || v6 > 1 {
+            p.push("gateway.underlay_ips: at most one IPv4 and one IPv6 address".into());
+        }
+        if g.mtu < 576 {
+            p.push(format!("gateway.mtu: {} is below the IPv4 minimum of 576", g.mtu));
+        }
+        p
+    }
+
+    /// The config as TOML text that [`Config::parse`] accepts back.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialise: {e}\n"))
+    }
+}
+
+impl GatewaySection {
+    pub fn vtep_v4(&self) -> Vec<u32> {
+        self.vtep_ips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v) => Some(u32::from(*v)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn vtep_v6(&self) -> Vec<u128> {
+        self.vtep_ips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(v) => Some(u128::from(*v)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn underlay_v4(&self) -> Option<Ipv4Addr> {
+        self.underlay_ips.iter().find_map(|a| match a {
+            IpAddr::V4(v) => Some(*v),
+            _ => None,
+        })
+    }
+
+    pub fn underlay_v6(&self) -> Option<Ipv6Addr> {
+        self.underlay_ips.iter().find_map(|a| match a {
+            IpAddr::V6(v) => Some(*v),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_minimal() {
+        let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n").unwrap();
+        assert_eq!(c.dataplane.workers, 1);
+        assert_eq!(c.dataplane.burst, 32);
+        assert_eq!(c.gateway.vxlan_ports, vec![4789]);
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn test_unknown_key_names_line() {
+        let e = Config::parse("[dataplane]\nworkers = 1\nwrokers = 2\n").unwrap_err();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("wrokers"), "{e}");
+    }
+
+    #[test]
+    fn test_bad_mac_names_value() {
+        let e = Config::parse("[gateway]\nlocal_mac = \"02:00:00:zz:00:01\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("zz"), "{e}");
+    }
+
+    #[test]
+    fn test_all_problems_listed() {
+        let c = Config::parse("[dataplane]\nworkers = 0\nburst = 1000\n[gateway]\nvxlan_ports = []\n")
+            .unwrap();
+        let p = c.validate();
+        assert!(p.iter().any(|s| s.starts_with("dataplane.workers")));
+        assert!(p.iter().any(|s| s.starts_with("dataplane.burst")));
+        assert!(p.iter().any(|s| s.starts_with("gateway.vxlan_ports")));
+        assert!(p.iter().any(|s| s.starts_with("pcap")));
+    }
+
+    #[test]
+    fn test_round_trip() {
+        let text = "[dataplane]\nworkers = 2\n[pcap]\ninput = [\"x.pcap\"]\nloops = 3\n[gateway]\nvtep_ips = [\"10.0.0.1\", \"fd00::1\"]\nnon_vip = \"drop\"\n";
+        let c = Config::parse(text).unwrap();
+        let back = Config::parse(&c.to_toml()).unwrap();
+        assert_eq!(c, back);
+        assert_eq!(c.gateway.vtep_v4(), vec![0x0a00_0001]);
+        assert_eq!(c.gateway.vtep_v6().len(), 1);
+    }
+}

@@ -1,0 +1,246 @@
+//! The poll-mode engine: one pinned worker per queue, run to completion over
+//! caller-owned bursts.
+//!
+//! Each burst goes through the stages in [`Pipeline`]; a stage writes a
+//! [`Verdict`] per packet and skips packets already dropped. The worker then acts
+//! once per burst: dropped packets are freed and counted by reason, the rest are
+//! transmitted (a partial transmit is retried, then the remainder is freed and
+//! counted as `tx_full`). Configuration arrives as an immutable [`Tables`]
+//! snapshot loaded once per burst (RCU through `arc-swap`): a burst never sees
+//! half of a change.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::io::{Burst, Packet, Queue, MAX_BURST};
+use crate::stats::{wire_bytes, DropReason, Published, WorkerStats};
+use crate::tables::Tables;
+
+/// What happens to a packet at the end of the burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Tx,
+    Drop(DropReason),
+}
+
+/// Per-packet state passed between stages.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Meta {
+    pub vni: u32,
+    pub key: vxlan::FlowKey,
+    /// Offset of the inner IP header in the (decapsulated) frame.
+    pub l3_off: u16,
+    /// Set by a stage that already produced the final frame (e.g. encapsulation
+    /// to a backend), so routing leaves it alone.
+    pub finished: bool,
+}
+
+/// One step of the pipeline. Implementations look only at packets whose verdict
+/// is still `Tx`.
+pub trait Stage {
+    fn process<P: Packet>(
+        &mut self,
+        t: &Tables,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        verdicts: &mut [Verdict],
+    );
+}
+
+/// State shared between the workers and the control side.
+pub struct Shared {
+    pub tables: ArcSwap<Tables>,
+    pub stop: AtomicBool,
+    pub published: Vec<Published>,
+    /// Per-worker "still running" flags (false once the worker has exited).
+    pub running: Vec<AtomicBool>,
+}
+
+impl Shared {
+    pub fn new(tables: Tables, workers: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            tables: ArcSwap::from_pointee(tables),
+            stop: AtomicBool::new(false),
+            published: (0..workers).map(|_| Published::default()).collect(),
+            running: (0..workers).map(|_| AtomicBool::new(true)).collect(),
+        })
+    }
+
+    /// Sum of all workers' published counters.
+    pub fn totals(&self) -> WorkerStats {
+        let mut t = WorkerStats::default();
+        for p in &self.published {
+            t.add(&p.snapshot());
+        }
+        t
+    }
+}
+
+/// What a worker reports when it exits.
+#[derive(Debug)]
+pub struct WorkerResult<Q> {
+    pub queue: Q,
+    pub stats: WorkerStats,
+    /// TSC cycles and wall time the worker spent in its loop.
+    pub cycles: u64,
+    pub busy_ns: u64,
+    pub pinned_to: Option<usize>,
+}
+
+/// Reads the CPU's time-stamp counter (0 on non-x86 targets).
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC has no memory effects and is available on every x86-64 CPU.
+        #[allow(unused_unsafe)]
+        unsafe {
+            core::arch::x86_64::_rdtsc()
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+}
+
+/// Runs one worker until its input is exhausted or `shared.stop` is set.
+pub fn run_worker<Q: Queue>(
+    id: usize,
+    mut queue: Q,
+    shared: Arc<Shared>,
+    burst_size: usize,
+    core: Option<usize>,
+) -> WorkerResult<Q> {
+    let pinned_to = core.and_then(|c| {
+        let ids = core_affinity::get_core_ids()?;
+        let cid = ids.into_iter().find(|x| x.id == c)?;
+        core_affinity::set_for_current(cid).then_some(c)
+    });
+    let burst_size = burst_size.clamp(1, MAX_BURST);
+    let mut pipeline = Pipeline::default();
+    let mut stats = WorkerStats::default();
+    let mut rx: Burst<Q::Pkt> = Burst::new();
+    let mut tx: Burst<Q::Pkt> = Burst::new();
+    let mut meta = [Meta::default(); MAX_BURST];
+    let mut verdicts = [Verdict::Tx; MAX_BURST];
+    let published = &shared.published[id];
+
+    let t0 = Instant::now();
+    let c0 = rdtsc();
+    let mut idle_spins = 0u32;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let n = queue.rx_burst(&mut rx, burst_size);
+        if n == 0 {
+            if queue.rx_done() {
+                break;
+            }
+            stats.empty_polls += 1;
+            idle_spins += 1;
+            if idle_spins > 1024 {
+                // Nothing to do for a while: publish and yield the core briefly.
+                published.publish(&stats);
+                idle_spins = 0;
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        idle_spins = 0;
+        stats.bursts += 1;
+        let n = rx.len();
+        stats.rx += n as u64;
+        for p in rx.iter() {
+            let len = p.data().len();
+            stats.rx_bytes += len as u64;
+            stats.rx_wire_bytes += wire_bytes(len);
+        }
+        // One snapshot per burst.
+        let tables = shared.tables.load();
+        verdicts[..n].fill(Verdict::Tx);
+        pipeline.run(&tables, &mut rx, &mut meta[..n], &mut verdicts[..n]);
+        drop(tables);
+
+        for (pkt, v) in rx.drain(..).zip(verdicts[..n].iter()) {
+            match v {
+                Verdict::Tx => {
+                    stats.tx_bytes += pkt.data().len() as u64;
+                    tx.push(pkt);
+                }
+                Verdict::Drop(r) => {
+                    stats.drop(*r);
+                    queue.free(pkt);
+                }
+            }
+        }
+        transmit(&mut queue, &mut tx, &mut stats);
+        published.publish(&stats);
+    }
+    let cycles = rdtsc().wrapping_sub(c0);
+    let busy_ns = t0.elapsed().as_nanos() as u64;
+    if let Err(e) = queue.flush() {
+        eprintln!("dpgw: worker {id}: flushing output failed: {e}");
+    }
+    published.publish(&stats);
+    shared.running[id].store(false, Ordering::Release);
+    WorkerResult {
+        queue,
+        stats,
+        cycles,
+        busy_ns,
+        pinned_to,
+    }
+}
+
+/// Sends `tx`, retrying a partial send a few times; what is left is freed and
+/// counted as `tx_full` (so `rx == tx + drops` always holds).
+#[inline]
+fn transmit<Q: Queue>(queue: &mut Q, tx: &mut Burst<Q::Pkt>, stats: &mut WorkerStats) {
+    let mut tries = 0;
+    while !tx.is_empty() {
+        let sent = queue.tx_burst(tx);
+        stats.tx += sent as u64;
+        tries += 1;
+        if tries >= 4 && !tx.is_empty() {
+            for p in tx.drain(..) {
+                stats.tx_bytes -= p.data().len() as u64;
+                stats.drop(DropReason::TxFull);
+                queue.free(p);
+            }
+        }
+    }
+}
+
+/// The stages of the gateway, in order.
+#[derive(Default)]
+pub struct Pipeline {
+    pub decap: crate::stages::Decap,
+    pub inner: crate::stages::InnerParse,
+    pub acl: crate::stages::Acl,
+    pub lb: crate::stages::Lb,
+    pub route: crate::stages::Route,
+}
+
+impl Pipeline {
+    #[inline]
+    pub fn run<P: Packet>(
+        &mut self,
+        t: &Tables,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        verdicts: &mut [Verdict],
+    ) {
+        self.decap.process(t, pkts, meta, verdicts);
+        self.inner.process(t, pkts, meta, verdicts);
+        self.acl.process(t, pkts, meta, verdicts);
+        self.lb.process(t, pkts, meta, verdicts);
+        self.route.process(t, pkts, meta, verdicts);
+    }
+}

@@ -1,0 +1,61 @@
+//! I/O backends and the packet/queue contracts the engine is generic over.
+//!
+//! A backend gives each worker one [`Queue`]: `rx_burst` fills a caller-owned
+//! [`Burst`], `tx_burst` sends from the front of one, `free` returns a packet the
+//! engine dropped. Every packet that `rx_burst` hands out comes back exactly once,
+//! through `tx_burst` (sent) or `free` (dropped, or unsent after retries).
+
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
+pub mod pcap;
+
+use arrayvec::ArrayVec;
+
+/// Largest burst the engine supports (the configured burst is 1..=MAX_BURST).
+pub const MAX_BURST: usize = 256;
+
+/// One packet buffer owned by the engine between rx and tx/free.
+///
+/// `data()` is the frame; `adj`/`prepend` move the start (decap strips the outer
+/// headers, encap prepends new ones into the headroom) without copying the payload.
+pub trait Packet {
+    fn data(&self) -> &[u8];
+    fn data_mut(&mut self) -> &mut [u8];
+    /// Bytes free in front of the data for `prepend`.
+    fn headroom(&self) -> usize;
+    /// Removes `n` bytes from the front. `n <= data().len()` (panics otherwise: engine bug).
+    fn adj(&mut self, n: usize);
+    /// Grows the data by `n` bytes at the front; false (and unchanged) without headroom.
+    fn prepend(&mut self, n: usize) -> bool;
+    /// Shortens the frame to `len` bytes (no-op if already shorter).
+    fn trim(&mut self, len: usize);
+    /// Bytes free after the data (for appends, e.g. building an ICMP error in place).
+    fn tailroom(&self) -> usize;
+    /// Grows the data by `n` bytes at the end; false (and unchanged) without tailroom.
+    fn append(&mut self, n: usize) -> bool;
+}
+
+/// A caller-owned burst of packets (fixed capacity, no allocation per burst).
+pub type Burst<P> = ArrayVec<P, MAX_BURST>;
+
+/// One worker's RX/TX queue pair on a backend.
+pub trait Queue: Send {
+    type Pkt: Packet;
+    /// Appends up to `max` received packets to `burst`; returns how many were added.
+    /// Returns 0 when nothing is waiting (the worker polls again).
+    fn rx_burst(&mut self, burst: &mut Burst<Self::Pkt>, max: usize) -> usize;
+    /// Sends packets from the front of `burst`, removing the ones sent; returns how
+    /// many were sent. Unsent packets stay in `burst` (the engine retries, then frees
+    /// and counts them as `tx_full`).
+    fn tx_burst(&mut self, burst: &mut Burst<Self::Pkt>) -> usize;
+    /// Returns a packet the engine will not send.
+    fn free(&mut self, pkt: Self::Pkt);
+    /// True when the input is exhausted and will never produce more (finite replay).
+    fn rx_done(&self) -> bool {
+        false
+    }
+    /// Flushes buffered output (end of run).
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,372 @@
+//! pcap replay backend: captures are preloaded into memory, spread over the
+//! workers by a symmetric flow hash (software RSS), and replayed `loops` times as
+//! fast as the workers take them. Each receive copies the frame into a buffer of
+//! the worker's own pool (the work a NIC's DMA does), so stages can rewrite it in
+//! place, strip headers and prepend new ones into the headroom.
+
+use std::sync::{Arc, Mutex};
+
+use super::{Burst, Packet, Queue};
+use crate::pcapfile::{write_record, Capture};
+
+/// Bytes kept free in front of every received frame for encapsulation.
+pub const HEADROOM: usize = 256;
+/// Bytes kept free after every frame (for in-place replies).
+pub const TAILROOM: usize = 128;
+/// Buffers per worker pool: enough for the largest burst in flight twice.
+const POOL_SIZE: usize = 2 * super::MAX_BURST + 64;
+
+/// A heap packet buffer with headroom.
+#[derive(Debug)]
+pub struct HeapBuf {
+    buf: Box<[u8]>,
+    off: usize,
+    len: usize,
+    ts_ns: u64,
+}
+
+impl HeapBuf {
+    pub fn with_capacity(max_frame: usize) -> HeapBuf {
+        HeapBuf {
+            buf: vec![0u8; HEADROOM + max_frame + TAILROOM].into_boxed_slice(),
+            off: HEADROOM,
+            len: 0,
+            ts_ns: 0,
+        }
+    }
+
+    /// Loads a frame (resets the headroom).
+    #[inline]
+    pub fn load(&mut self, frame: &[u8], ts_ns: u64) {
+        self.off = HEADROOM;
+        self.len = frame.len();
+        self.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        self.ts_ns = ts_ns;
+    }
+
+    pub fn ts_ns(&self) -> u64 {
+        self.ts_ns
+    }
+}
+
+impl Packet for HeapBuf {
+    #[inline(always)]
+    fn data(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+    #[inline(always)]
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+    #[inline(always)]
+    fn headroom(&self) -> usize {
+        self.off
+    }
+    #[inline(always)]
+    fn adj(&mut self, n: usize) {
+        assert!(n <= self.len, "adj past the end of the packet");
+        self.off += n;
+        self.len -= n;
+    }
+    #[inline(always)]
+    fn prepend(&mut self, n: usize) -> bool {
+        if n > self.off {
+            return false;
+        }
+        self.off -= n;
+        self.len += n;
+        true
+    }
+    #[inline(always)]
+    fn trim(&mut self, len: usize) {
+        if len < self.len {
+            self.len = len;
+        }
+    }
+    #[inline(always)]
+    fn tailroom(&self) -> usize {
+        self.buf.len() - self.off - self.len
+    }
+    #[inline(always)]
+    fn append(&mut self, n: usize) -> bool {
+        if n > self.tailroom() {
+            return false;
+        }
+        self.len += n;
+        true
+    }
+}
+
+/// Frames assigned to one worker, packed in one allocation.
+#[derive(Debug, Default)]
+pub struct WorkerTrace {
+    data: Vec<u8>,
+    recs: Vec<(u32, u32, u64)>, // (offset, len, ts)
+    max_frame: usize,
+    wire_bytes: u64,
+}
+
+impl WorkerTrace {
+    fn push(&mut self, frame: &[u8], ts: u64) {
+        self.recs.push((self.data.len() as u32, frame.len() as u32, ts));
+        self.data.extend_from_slice(frame);
+        self.max_frame = self.max_frame.max(frame.len());
+        self.wire_bytes += crate::stats::wire_bytes(frame.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
+}
+
+/// Splits captures over `workers` queues by a symmetric hash of the outer flow.
+pub fn split(captures: &[Capture], workers: usize) -> Vec<WorkerTrace> {
+    let mut out: Vec<WorkerTrace> = (0..workers).map(|_| WorkerTrace::default()).collect();
+    for cap in captures {
+        for (r, frame) in cap.iter() {
+            let w = if workers == 1 {
+                0
+            } else {
+                (rss_hash(frame) as usize) % workers
+            };
+            out[w].push(frame, r.ts_ns);
+        }
+    }
+    out
+}
+
+/// Symmetric hash of the outer IPv4/IPv6 addresses and TCP/UDP ports (after up to
+/// two VLAN tags), like a NIC's symmetric Toeplitz RSS; 0 for anything else.
+pub fn rss_hash(f: &[u8]) -> u32 {
+    let mut off = 12;
+    let mut et = match f.get(12..14) {
+        Some(b) => u16::from_be_bytes([b[0], b[1]]),
+        None => return 0,
+    };
+    for _ in 0..2 {
+        if et == 0x8100 || et == 0x88a8 {
+            off += 4;
+            et = match f.get(off..off + 2) {
+                Some(b) => u16::from_be_bytes([b[0], b[1]]),
+                None => return 0,
+            };
+        }
+    }
+    let l3 = off + 2;
+    let (a, b, proto, l4) = match et {
+        0x0800 => {
+            let Some(h) = f.get(l3..l3 + 20) else { return 0 };
+            let ihl = (h[0] & 0x0f) as usize * 4;
+            let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0;
+            let a = u32::from_be_bytes([h[12], h[13], h[14], h[15]]) as u128;
+            let b = u32::from_be_bytes([h[16], h[17], h[18], h[19]]) as u128;
+            (a, b, if frag { 0 } else { h[9] }, l3 + ihl)
+        }
+        0x86dd => {
+            let Some(h) = f.get(l3..l3 + 40) else { return 0 };
+            let a = u128::from_be_bytes(h[8..24].try_into().unwrap_or([0; 16]));
+            let b = u128::from_be_bytes(h[24..40].try_into().unwrap_or([0; 16]));
+            (a, b, h[6], l3 + 40)
+        }
+        _ => return 0,
+    };
+    let (pa, pb) = if proto == 6 || proto == 17 {
+        match f.get(l4..l4 + 4) {
+            Some(p) => (
+                u16::from_be_bytes([p[0], p[1]]) as u64,
+                u16::from_be_bytes([p[2], p[3]]) as u64,
+            ),
+            None => (0, 0),
+        }
+    } else {
+        (0, 0)
+    };
+    // Order-independent combination, then a 64-bit mix.
+    let fold = |x: u128| (x as u64) ^ ((x >> 64) as u64);
+    let x = fold(a) ^ fold(b);
+    let y = fold(a).wrapping_add(fold(b));
+    let z = (pa ^ pb) | ((pa + pb) << 17);
+    let mut h = x ^ y.rotate_left(29) ^ z.rotate_left(47) ^ proto as u64;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
+}
+
+/// Collected output of every worker, written to the output capture at the end.
+pub type OutputSlots = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// One worker's replay queue.
+pub struct PcapQueue {
+    trace: WorkerTrace,
+    idx: usize,
+    /// Remaining passes including the current one; `None` = forever.
+    loops_left: Option<u64>,
+    pool: Vec<HeapBuf>,
+    out: Option<(usize, Vec<u8>, OutputSlots)>,
+    done: bool,
+}
+
+impl PcapQueue {
+    /// `loops == 0` replays forever. `output`: (worker index, shared slots).
+    pub fn new(trace: WorkerTrace, loops: u64, output: Option<(usize, OutputSlots)>) -> PcapQueue {
+        let cap = trace.max_frame.max(2048);
+        let pool = (0..POOL_SIZE).map(|_| HeapBuf::with_capacity(cap)).collect();
+        let done = trace.is_empty();
+        PcapQueue {
+            trace,
+            idx: 0,
+            loops_left: if loops == 0 { None } else { Some(loops) },
+            pool,
+            out: output.map(|(i, s)| (i, Vec::new(), s)),
+            done,
+        }
+    }
+
+    /// Frames per pass and their wire bytes (frame + FCS + preamble + gap).
+    pub fn pass_size(&self) -> (usize, u64) {
+        (self.trace.len(), self.trace.wire_bytes)
+    }
+}
+
+impl Queue for PcapQueue {
+    type Pkt = HeapBuf;
+
+    #[inline]
+    fn rx_burst(&mut self, burst: &mut Burst<HeapBuf>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max && !self.done && !burst.is_full() {
+            if self.idx == self.trace.recs.len() {
+                self.idx = 0;
+                if let Some(l) = &mut self.loops_left {
+                    *l -= 1;
+                    if *l == 0 {
+                        self.done = true;
+                        break;
+                    }
+                }
+            }
+            let Some(mut buf) = self.pool.pop() else { break };
+            let (off, len, ts) = self.trace.recs[self.idx];
+            let (off, len) = (off as usize, len as usize);
+            buf.load(&self.trace.data[off..off + len], ts);
+            burst.push(buf);
+            self.idx += 1;
+            n += 1;
+        }
+        n
+    }
+
+    #[inline]
+    fn tx_burst(&mut self, burst: &mut Burst<HeapBuf>) -> usize {
+        let n = burst.len();
+        for buf in burst.drain(..) {
+            if let Some((_, out, _)) = &mut self.out {
+                write_record(out, buf.ts_ns, buf.data());
+            }
+            self.pool.push(buf);
+        }
+        n
+    }
+
+    #[inline]
+    fn free(&mut self, pkt: HeapBuf) {
+        self.pool.push(pkt);
+    }
+
+    fn rx_done(&self) -> bool {
+        self.done
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some((i, out, slots)) = &mut self.out {
+            let mut s = slots.lock().map_err(|_| std::io::Error::other("output lock poisoned"))?;
+            if s.len() <= *i {
+                s.resize(*i + 1, Vec::new());
+            }
+            s[*i].append(out);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_heapbuf_room() {
+        let mut b = HeapBuf::with_capacity(100);
+        b.load(&[1, 2, 3, 4], 0);
+        assert_eq!(b.headroom(), HEADROOM);
+        b.adj(2);
+        assert_eq!(b.data(), &[3, 4]);
+        assert!(b.prepend(HEADROOM + 2));
+        assert!(!b.prepend(1));
+        assert_eq!(b.data().len(), HEADROOM + 4);
+        b.trim(3);
+        assert_eq!(b.data().len(), 3);
+        let t = b.tailroom();
+        assert!(b.append(t));
+        assert!(!b.append(1));
+    }
+
+    #[test]
+    fn test_rss_symmetric() {
+        // IPv4 UDP 10.0.0.1:1000 -> 10.0.0.2:4789 and the reverse.
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[14 + 9] = 17;
+        f[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 1]);
+        f[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&1000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&4789u16.to_be_bytes());
+        let h1 = rss_hash(&f);
+        let mut g = f.clone();
+        g[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 2]);
+        g[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, 1]);
+        g[34..36].copy_from_slice(&4789u16.to_be_bytes());
+        g[36..38].copy_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(h1, rss_hash(&g));
+        f[34..36].copy_from_slice(&1001u16.to_be_bytes());
+        assert_ne!(h1, rss_hash(&f));
+        assert_eq!(rss_hash(&[0u8; 5]), 0);
+    }
+
+    #[test]
+    fn test_replay_loops_and_accounting() {
+        let mut cap = Capture::default();
+        for i in 0..5u8 {
+            let off = cap.data.len();
+            cap.data.extend_from_slice(&[i; 60]);
+            cap.records.push(crate::pcapfile::Record {
+                offset: off,
+                len: 60,
+                ts_ns: i as u64,
+            });
+        }
+        let traces = split(&[cap], 1);
+        let mut q = PcapQueue::new(traces.into_iter().next().unwrap(), 3, None);
+        let mut burst = Burst::new();
+        let mut total = 0;
+        loop {
+            let n = q.rx_burst(&mut burst, 4);
+            if n == 0 && q.rx_done() {
+                break;
+            }
+            total += n;
+            let p = burst.pop().unwrap();
+            q.free(p);
+            q.tx_burst(&mut burst);
+        }
+        assert_eq!(total, 15);
+        assert_eq!(q.pool.len(), POOL_SIZE);
+    }
+}

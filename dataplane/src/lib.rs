@@ -1,0 +1,18 @@
+//! dpgw's engine: configuration, I/O backends, burst stages, workers and the
+//! `dpgw` binary's commands. It composes the pure protocol and algorithm crates
+//! (`vxlan`, `acl`, `lb`) into a poll-mode pipeline.
+//!
+//! ```
+//! let cfg = dataplane::config::Config::parse("[pcap]\ninput = [\"x.pcap\"]\n").unwrap();
+//! assert_eq!(cfg.dataplane.burst, 32);
+//! ```
+
+pub mod config;
+pub mod engine;
+pub mod gen;
+pub mod io;
+pub mod pcapfile;
+pub mod runner;
+pub mod stages;
+pub mod stats;
+pub mod tables;

@@ -1,0 +1,241 @@
+//! `dpgw`: the gateway daemon, the pcap replay benchmark and the traffic generator.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use dataplane::config::Config;
+use dataplane::gen::{generate, GenSpec, Popularity};
+use dataplane::runner::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "dpgw", version, about = "User-space VXLAN gateway dataplane: decap, ACL, Maglev load balancing")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway as a daemon until SIGINT/SIGTERM.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Replay captures through the full pipeline as fast as possible and print a summary.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Input capture(s) (replaces `[pcap] input`).
+        #[arg(long)]
+        pcap: Vec<PathBuf>,
+        /// Output capture (replaces `[pcap] output`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replays of the input (0 = until interrupted).
+        #[arg(long)]
+        loops: Option<u64>,
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long)]
+        burst: Option<usize>,
+        /// Print one JSON object instead of the human summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a generated VXLAN capture.
+    Gen {
+        /// Output pcap file.
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        packets: usize,
+        #[arg(long, default_value_t = 1000)]
+        flows: usize,
+        #[arg(long, default_value_t = 1)]
+        vnis: u32,
+        #[arg(long, default_value_t = 100)]
+        vni_base: u32,
+        /// Inner Ethernet frame size in bytes.
+        #[arg(long, default_value_t = 64)]
+        frame_size: usize,
+        #[arg(long, value_enum, default_value_t = Family::V4)]
+        inner: Family,
+        #[arg(long, value_enum, default_value_t = Family::V4)]
+        outer: Family,
+        /// Percentage of TCP flows (the rest are UDP).
+        #[arg(long, default_value_t = 50)]
+        tcp_pct: u8,
+        /// Flow popularity: `uniform` or `zipf:S` (e.g. zipf:1.1).
+        #[arg(long, default_value = "uniform")]
+        dist: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Outer destination address (the gateway's VTEP).
+        #[arg(long)]
+        vtep: Option<IpAddr>,
+        /// Inner destination addresses (flows take them round-robin).
+        #[arg(long)]
+        dst: Vec<IpAddr>,
+        /// Inner destination ports (flows take them round-robin).
+        #[arg(long)]
+        dport: Vec<u16>,
+        #[arg(long, default_value_t = 4789)]
+        vxlan_port: u16,
+        #[arg(long, default_value_t = 64)]
+        ttl: u8,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Family {
+    V4,
+    V6,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dpgw: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let stop = stop_on_signals()?;
+            eprintln!(
+                "dpgw: running {} worker(s) on {:?} I/O; SIGINT/SIGTERM to stop",
+                cfg.dataplane.workers, cfg.dataplane.io
+            );
+            let (summary, _) = runner::run(&cfg, &RunOptions { progress: false }, stop)?;
+            eprint!("dpgw: final counters:\n{}", summary.human());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay {
+            config,
+            pcap,
+            out,
+            loops,
+            workers,
+            burst,
+            json,
+        } => {
+            let mut cfg = Config::load(&config)?;
+            {
+                let pc = cfg.pcap.get_or_insert_with(Default::default);
+                if !pcap.is_empty() {
+                    pc.input = pcap;
+                }
+                if out.is_some() {
+                    pc.output = out;
+                }
+                if let Some(l) = loops {
+                    pc.loops = l;
+                }
+            }
+            if let Some(w) = workers {
+                cfg.dataplane.workers = w;
+            }
+            if let Some(b) = burst {
+                cfg.dataplane.burst = b;
+            }
+            cfg.dataplane.io = dataplane::config::IoKind::Pcap;
+            let problems = cfg.validate();
+            if !problems.is_empty() {
+                anyhow::bail!("invalid options:\n  - {}", problems.join("\n  - "));
+            }
+            let stop = stop_on_signals()?;
+            let (summary, _) = runner::run(&cfg, &RunOptions { progress: true }, stop)?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", summary.human());
+            }
+            if !summary.conserved() {
+                eprintln!("dpgw: BUG: rx != tx + drops");
+                return Ok(ExitCode::from(3));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Gen {
+            out,
+            packets,
+            flows,
+            vnis,
+            vni_base,
+            frame_size,
+            inner,
+            outer,
+            tcp_pct,
+            dist,
+            seed,
+            vtep,
+            dst,
+            dport,
+            vxlan_port,
+            ttl,
+        } => {
+            let popularity = if dist == "uniform" {
+                Popularity::Uniform
+            } else if let Some(s) = dist.strip_prefix("zipf:") {
+                let s: f64 = s
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--dist: bad Zipf exponent {s:?}"))?;
+                if !(s > 0.0 && s < 10.0) {
+                    anyhow::bail!("--dist: Zipf exponent {s} must be in (0, 10)");
+                }
+                Popularity::Zipf(s)
+            } else {
+                anyhow::bail!("--dist: expected `uniform` or `zipf:S`, got {dist:?}");
+            };
+            if tcp_pct > 100 {
+                anyhow::bail!("--tcp-pct: {tcp_pct} is over 100");
+            }
+            let outer_v6 = matches!(outer, Family::V6);
+            let spec = GenSpec {
+                packets,
+                flows,
+                vnis,
+                vni_base,
+                frame_size,
+                inner_v6: matches!(inner, Family::V6),
+                outer_v6,
+                tcp_pct,
+                popularity,
+                seed,
+                vtep: vtep.unwrap_or(if outer_v6 {
+                    "fd00::1".parse()?
+                } else {
+                    "10.0.0.1".parse()?
+                }),
+                dsts: dst,
+                dports: if dport.is_empty() { vec![80] } else { dport },
+                vxlan_port,
+                inner_ttl: ttl,
+            };
+            let w = generate(&spec).map_err(|e| anyhow::anyhow!(e))?;
+            runner::write_atomic(&out, &w.buf)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+            eprintln!("dpgw: wrote {} packets ({} bytes) to {}", packets, w.buf.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Starting workers on a backend, watching them, and summarising a run.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{Config, IoKind};
+use crate::engine::{run_worker, Shared, WorkerResult};
+use crate::io::pcap::{split, OutputSlots, PcapQueue};
+use crate::io::Queue;
+use crate::pcapfile::{self, PcapError};
+use crate::stats::{DropReason, WorkerStats};
+use crate::tables::Tables;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Pcap(#[from] PcapError),
+    #[error("{0}")]
+    Config(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Per-worker figures of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerSummary {
+    pub worker: usize,
+    pub core: Option<usize>,
+    pub rx: u64,
+    pub tx: u64,
+    pub drops: u64,
+    pub mpps: f64,
+    pub ns_per_packet: f64,
+    pub cycles_per_packet: f64,
+}
+
+/// The result of a run, as printed by `dpgw replay` (and `--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub rx: u64,
+    pub tx: u64,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub seconds: f64,
+    /// Received packets per second over the run, in millions (all workers).
+    pub mpps: f64,
+    /// Time one worker core spends per packet (worker busy time / packets it handled).
+    pub ns_per_packet: f64,
+    /// TSC cycles one worker core spends per packet.
+    pub cycles_per_packet: f64,
+    /// Received L2 bytes (no FCS) per second, in Gbit/s.
+    pub gbps: f64,
+    /// Share of each link speed's packet rate for the replayed frame sizes
+    /// (frame padded to 60 B + 4 B FCS + 20 B preamble, delimiter and gap).
+    pub line_rate_pct: BTreeMap<&'static str, f64>,
+    pub avg_frame_bytes: f64,
+    pub workers: Vec<WorkerSummary>,
+    pub tsc_ghz: f64,
+    pub generation: u64,
+}
+
+impl Summary {
+    pub fn conserved(&self) -> bool {
+        self.rx == self.tx + self.drops.values().sum::<u64>()
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "rx {} packets ({} bytes), tx {} packets ({} bytes), dropped {}\n",
+            self.rx,
+            self.rx_bytes,
+            self.tx,
+            self.tx_bytes,
+            self.drops.values().sum::<u64>()
+        ));
+        for (k, v) in &self.drops {
+            s.push_str(&format!("  drop {k:<20} {v}\n"));
+        }
+        s.push_str(&format!(
+            "{:.3} s, {:.3} Mpps, {:.2} Gbit/s, {:.1} ns/packet, {:.1} cycles/packet per worker (TSC {:.2} GHz)\n",
+            self.seconds, self.mpps, self.gbps, self.ns_per_packet, self.cycles_per_packet, self.tsc_ghz
+        ));
+        s.push_str(&format!("line rate (avg frame {:.0} B):", self.avg_frame_bytes));
+        for (k, v) in &self.line_rate_pct {
+            s.push_str(&format!(" {k} {v:.1}%"));
+        }
+        s.push('\n');
+        for w in &self.workers {
+            s.push_str(&format!(
+                "  worker {} (core {}): rx {} tx {} drops {} | {:.3} Mpps {:.1} ns/pkt {:.1} cycles/pkt\n",
+                w.worker,
+                w.core.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                w.rx,
+                w.tx,
+                w.drops,
+                w.mpps,
+                w.ns_per_packet,
+                w.cycles_per_packet
+            ));
+        }
+        s
+    }
+}
+
+/// Options that do not come from the config file.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Print a progress line on stderr every second (after the first few).
+    pub progress: bool,
+}
+
+/// A handle the caller can use to stop a run (e.g. from a signal handler).
+pub type StopFlag = Arc<AtomicBool>;
+
+/// Runs the configured pipeline until the input is exhausted or `stop` is set.
+pub fn run(cfg: &Config, opts: &RunOptions, stop: StopFlag) -> Result<(Summary, Arc<Shared>), RunError> {
+    let tables = Tables::build(cfg, 1).map_err(RunError::Config)?;
+    let workers = cfg.dataplane.workers;
+    let shared = Shared::new(tables, workers);
+    match cfg.dataplane.io {
+        IoKind::Pcap => {
+            let pc = cfg
+                .pcap
+                .as_ref()
+                .ok_or_else(|| RunError::Config("pcap: section required".into()))?;
+            let mut caps = Vec::new();
+            for p in &pc.input {
+                caps.push(pcapfile::read_file(p)?);
+            }
+            let traces = split(&caps, workers);
+            drop(caps);
+            let slots: Option<OutputSlots> = pc.output.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));
+            let queues: Vec<PcapQueue> = traces
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| PcapQueue::new(t, pc.loops, slots.clone().map(|s| (i, s))))
+                .collect();
+            let summary = drive(cfg, opts, &shared, queues, &stop)?;
+            if let (Some(path), Some(slots)) = (&pc.output, slots) {
+                let mut file = pcapfile::global_header().to_vec();
+                let s = slots.lock().map_err(|_| RunError::Backend("output lock poisoned".into()))?;
+                for part in s.iter() {
+                    file.extend_from_slice(part);
+                }
+                write_atomic(path, &file).map_err(|source| RunError::Io {
+                    what: format!("writing {}", path.display()),
+                    source,
+                })?;
+            }
+            Ok((summary, shared))
+        }
+        IoKind::Afpacket => Err(RunError::Config(
+            "dataplane.io = \"afpacket\" is not available in this build yet".into(),
+        )),
+        IoKind::Dpdk => Err(RunError::Config(
+            "dataplane.io = \"dpdk\" needs a dpgw built with `--features dpdk`".into(),
+        )),
+    }
+}
+
+/// Writes a file through a temporary file and a rename, so readers never see half of it.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn core_for(cfg: &Config, worker: usize) -> Option<usize> {
+    if cfg.dataplane.no_pin {
+        return None;
+    }
+    if let Some(c) = cfg.dataplane.cores.get(worker) {
+        return Some(*c);
+    }
+    let ids = core_affinity::get_core_ids()?;
+    if ids.is_empty() {
+        return None;
+    }
+    Some(ids[worker % ids.len()].id)
+}
+
+/// Spawns one pinned worker per queue, watches them, and summarises.
+pub fn drive<Q: Queue + 'static>(
+    cfg: &Config,
+    opts: &RunOptions,
+    shared: &Arc<Shared>,
+    queues: Vec<Q>,
+    stop: &StopFlag,
+) -> Result<Summary, RunError> {
+    let burst = cfg.dataplane.burst;
+    let tsc0 = crate::engine::rdtsc();
+    let t0 = Instant::now();
+    let mut handles: Vec<JoinHandle<WorkerResult<Q>>> = Vec::new();
+    for (i, q) in queues.into_iter().enumerate() {
+        let sh = shared.clone();
+        let core = core_for(cfg, i);
+        let h = std::thread::Builder::new()
+            .name(format!("dpgw-w{i}"))
+            .spawn(move || run_worker(i, q, sh, burst, core))
+            .map_err(|source| RunError::Io {
+                what: "spawning a worker thread".into(),
+                source,
+            })?;
+        handles.push(h);
+    }
+    let mut last_print = Instant::now();
+    let mut last_rx = 0u64;
+    while handles.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+        if stop.load(Ordering::Relaxed) {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        if opts.progress && t0.elapsed() > Duration::from_secs(3) && last_print.elapsed() >= Duration::from_secs(1) {
+            let t = shared.totals();
+            let dt = last_print.elapsed().as_secs_f64();
+            eprintln!(
+                "dpgw: {:>7.1}s rx {} tx {} drops {} | {:.3} Mpps",
+                t0.elapsed().as_secs_f64(),
+                t.rx,
+                t.tx,
+                t.total_drops(),
+                (t.rx - last_rx) as f64 / dt / 1e6
+            );
+            last_rx = t.rx;
+            last_print = Instant::now();
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let tsc_ghz = {
+        let c = crate::engine::rdtsc().wrapping_sub(tsc0) as f64;
+        if seconds > 0.0 {
+            c / seconds / 1e9
+        } else {
+            0.0
+        }
+    };
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(
+            h.join()
+                .map_err(|_| RunError::Backend("a worker thread panicked".into()))?,
+        );
+    }
+    Ok(summarise(&results, seconds, tsc_ghz, shared.tables.load().generation))
+}
+
+fn summarise<Q>(results: &[WorkerResult<Q>], seconds: f64, tsc_ghz: f64, generation: u64) -> Summary {
+    let mut total = WorkerStats::default();
+    let mut workers = Vec::new();
+    let (mut cycles, mut busy) = (0u64, 0u64);
+    for (i, r) in results.iter().enumerate() {
+        total.add(&r.stats);
+        cycles += r.cycles;
+        busy += r.busy_ns;
+        let rx = r.stats.rx.max(1) as f64;
+        workers.push(WorkerSummary {
+            worker: i,
+            core: r.pinned_to,
+            rx: r.stats.rx,
+            tx: r.stats.tx,
+            drops: r.stats.total_drops(),
+            mpps: if r.busy_ns > 0 {
+                r.stats.rx as f64 / (r.busy_ns as f64 / 1e9) / 1e6
+            } else {
+                0.0
+            },
+            ns_per_packet: r.busy_ns as f64 / rx,
+            cycles_per_packet: r.cycles as f64 / rx,
+        });
+    }
+    let rx = total.rx.max(1) as f64;
+    let secs = seconds.max(1e-9);
+    let pps = total.rx as f64 / secs;
+    let avg_wire = total.rx_wire_bytes as f64 / rx;
+    let mut line_rate_pct = BTreeMap::new();
+    for (name, gbit) in [("10G", 10.0), ("25G", 25.0), ("40G", 40.0), ("100G", 100.0)] {
+        let max_pps = gbit * 1e9 / (8.0 * avg_wire.max(84.0));
+        line_rate_pct.insert(name, if total.rx == 0 { 0.0 } else { pps / max_pps * 100.0 });
+    }
+    let mut drops = BTreeMap::new();
+    for r in DropReason::ALL {
+        let v = total.drops[*r as usize];
+        if v != 0 {
+            drops.insert(r.name(), v);
+        }
+    }
+    Summary {
+        rx: total.rx,
+        tx: total.tx,
+        drops,
+        rx_bytes: total.rx_bytes,
+        tx_bytes: total.tx_bytes,
+        seconds,
+        mpps: pps / 1e6,
+        ns_per_packet: busy as f64 / rx,
+        cycles_per_packet: cycles as f64 / rx,
+        gbps: total.rx_bytes as f64 * 8.0 / secs / 1e9,
+        line_rate_pct,
+        avg_frame_bytes: if total.rx == 0 { 0.0 } else { total.rx_bytes as f64 / rx },
+        workers,
+        tsc_ghz,
+        generation,
+    }
+}

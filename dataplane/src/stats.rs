@@ -1,0 +1,163 @@
+//! Per-worker counters (plain integers, owned by one worker; summed by readers).
+
+use serde::Serialize;
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// Why a packet was dropped. Counted into `drops[reason as usize]`.
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum DropReason { $($variant),* }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant),*];
+            pub const COUNT: usize = Self::ALL.len();
+            /// Stable snake_case name used in JSON, metrics and the CLI.
+            pub const fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name),* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    Truncated => "truncated",
+    NotIp => "not_ip",
+    BadIpHeader => "bad_ip_header",
+    BadIpChecksum => "bad_ip_checksum",
+    OuterFragment => "outer_fragment",
+    NotUdp => "not_udp",
+    NotVxlan => "not_vxlan",
+    WrongVtep => "wrong_vtep",
+    BadVxlanFlags => "bad_vxlan_flags",
+    BadUdpLength => "bad_udp_length",
+    InnerTruncated => "inner_truncated",
+    InnerNotIp => "inner_not_ip",
+    InnerBadHeader => "inner_bad_header",
+    TtlExpired => "ttl_expired",
+    NonVip => "non_vip",
+    AclDeny => "acl_deny",
+    NoBackend => "no_backend",
+    NoHeadroom => "no_headroom",
+    MtuExceeded => "mtu_exceeded",
+    NextHopUnresolved => "next_hop_unresolved",
+    TxFull => "tx_full",
+    Exception => "exception",
+}
+
+/// One worker's counters. Written only by that worker.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkerStats {
+    pub rx: u64,
+    pub tx: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Sum of (frame length + 20 B preamble/IFG) of received frames, for line-rate figures.
+    pub rx_wire_bytes: u64,
+    #[serde(skip)]
+    pub drops: [u64; DropReason::COUNT],
+    pub bursts: u64,
+    pub empty_polls: u64,
+}
+
+impl WorkerStats {
+    #[inline(always)]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    pub fn add(&mut self, o: &WorkerStats) {
+        self.rx += o.rx;
+        self.tx += o.tx;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_wire_bytes += o.rx_wire_bytes;
+        self.bursts += o.bursts;
+        self.empty_polls += o.empty_polls;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += *b;
+        }
+    }
+
+    /// Drops as (reason name, count), non-zero only.
+    pub fn drops_named(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .filter(|r| self.drops[**r as usize] != 0)
+            .map(|r| (r.name(), self.drops[*r as usize]))
+            .collect()
+    }
+}
+
+/// Bytes a frame of `len` captured bytes takes on an Ethernet wire: padded to the
+/// 60-byte minimum, plus 4 bytes of FCS (captures do not carry it) and 20 bytes of
+/// preamble, start delimiter and inter-frame gap.
+#[inline]
+pub fn wire_bytes(len: usize) -> u64 {
+    (len.max(60) + 4 + 20) as u64
+}
+
+/// A worker's counters as published for other threads: the worker stores its
+/// plain counters here once per burst (relaxed stores, no read-modify-write).
+#[derive(Debug)]
+pub struct Published {
+    pub rx: std::sync::atomic::AtomicU64,
+    pub tx: std::sync::atomic::AtomicU64,
+    pub rx_bytes: std::sync::atomic::AtomicU64,
+    pub tx_bytes: std::sync::atomic::AtomicU64,
+    pub rx_wire_bytes: std::sync::atomic::AtomicU64,
+    pub bursts: std::sync::atomic::AtomicU64,
+    pub drops: [std::sync::atomic::AtomicU64; DropReason::COUNT],
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        use std::sync::atomic::AtomicU64;
+        Published {
+            rx: AtomicU64::new(0),
+            tx: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            rx_wire_bytes: AtomicU64::new(0),
+            bursts: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Published {
+    #[inline]
+    pub fn publish(&self, s: &WorkerStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.rx.store(s.rx, Relaxed);
+        self.tx.store(s.tx, Relaxed);
+        self.rx_bytes.store(s.rx_bytes, Relaxed);
+        self.tx_bytes.store(s.tx_bytes, Relaxed);
+        self.rx_wire_bytes.store(s.rx_wire_bytes, Relaxed);
+        self.bursts.store(s.bursts, Relaxed);
+        for (a, v) in self.drops.iter().zip(s.drops.iter()) {
+            a.store(*v, Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> WorkerStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = WorkerStats {
+            rx: self.rx.load(Relaxed),
+            tx: self.tx.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            rx_wire_bytes: self.rx_wire_bytes.load(Relaxed),
+            bursts: self.bursts.load(Relaxed),
+            ..Default::default()
+        };
+        for (v, a) in s.drops.iter_mut().zip(self.drops.iter()) {
+            *v = a.load(Relaxed);
+        }
+        s
+    }
+}
