@@ -38,6 +38,12 @@ pub struct Config {
     pub gateway: GatewaySection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlSection>,
+    /// Tenant ACL: `[acl]` with `default`, `[[acl.vni]]`, `[[acl.rule]]`, `[[acl.file]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<acl::AclSpec>,
+    /// Load-balanced services: `[[service]]` with `[[service.backend]]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service: Vec<lb::ServiceSpec>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -67,6 +73,15 @@ pub struct DataplaneSection {
     /// Do not pin workers (useful on a busy laptop).
     #[serde(default)]
     pub no_pin: bool,
+    /// Flow-table entries per worker (connection tracking for services).
+    #[serde(default = "default_flow_capacity")]
+    pub flow_capacity: usize,
+    /// Idle timeout of a TCP flow, seconds.
+    #[serde(default = "default_tcp_timeout")]
+    pub tcp_timeout_s: u32,
+    /// Idle timeout of a UDP flow, seconds.
+    #[serde(default = "default_udp_timeout")]
+    pub udp_timeout_s: u32,
 }
 
 impl Default for DataplaneSection {
@@ -77,6 +92,9 @@ impl Default for DataplaneSection {
             burst: default_burst(),
             io: IoKind::Pcap,
             no_pin: false,
+            flow_capacity: default_flow_capacity(),
+            tcp_timeout_s: default_tcp_timeout(),
+            udp_timeout_s: default_udp_timeout(),
         }
     }
 }
@@ -86,6 +104,15 @@ fn default_workers() -> usize {
 }
 fn default_burst() -> usize {
     32
+}
+fn default_flow_capacity() -> usize {
+    65_536
+}
+fn default_tcp_timeout() -> u32 {
+    300
+}
+fn default_udp_timeout() -> u32 {
+    30
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -129,6 +156,14 @@ pub struct AfPacketSection {
     pub poll_when_idle: bool,
     #[serde(default = "default_true")]
     pub promiscuous: bool,
+    /// RX ring: a partly filled block is handed to us after this many ms
+    /// (TPACKET_V3 `tp_retire_blk_tov`; bounds the latency at low rates).
+    #[serde(default = "default_block_timeout_ms")]
+    pub block_timeout_ms: u32,
+}
+
+fn default_block_timeout_ms() -> u32 {
+    1
 }
 
 fn default_block_size() -> u32 {
@@ -230,6 +265,30 @@ pub struct GatewaySection {
     /// MTU of the transmit link (bytes of IP packet).
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// Next-hop router to resolve by ARP/ND (AF_PACKET slow path); its learned
+    /// MAC replaces `next_hop_mac`. Absent = `next_hop_mac` is used as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_ip: Option<IpAddr>,
+    /// Seconds between re-resolutions of `next_hop_ip` (unanswered for three
+    /// periods = unresolved again).
+    #[serde(default = "default_next_hop_refresh_s")]
+    pub next_hop_refresh_s: u32,
+    /// On-link prefix lengths of our addresses (who we answer ARP/ND for and
+    /// reach without the next hop).
+    #[serde(default = "default_prefix_len_v4")]
+    pub prefix_len_v4: u8,
+    #[serde(default = "default_prefix_len_v6")]
+    pub prefix_len_v6: u8,
+}
+
+fn default_next_hop_refresh_s() -> u32 {
+    30
+}
+fn default_prefix_len_v4() -> u8 {
+    24
+}
+fn default_prefix_len_v6() -> u8 {
+    64
 }
 
 impl Default for GatewaySection {
@@ -242,6 +301,10 @@ impl Default for GatewaySection {
             non_vip: NonVip::Forward,
             underlay_ips: Vec::new(),
             mtu: default_mtu(),
+            next_hop_ip: None,
+            next_hop_refresh_s: default_next_hop_refresh_s(),
+            prefix_len_v4: default_prefix_len_v4(),
+            prefix_len_v6: default_prefix_len_v6(),
         }
     }
 }
@@ -366,6 +429,14 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        if let Some(a) = &mut self.acl {
+            for f in &mut a.file {
+                let p = Path::new(&f.path);
+                if p.is_relative() && !base.as_os_str().is_empty() {
+                    f.path = base.join(p).to_string_lossy().into_owned();
+                }
+            }
+        }
         if let Some(pcap) = &mut self.pcap {
             pcap.input.iter_mut().for_each(fix);
             if let Some(o) = &mut pcap.output {
@@ -435,6 +506,22 @@ impl Config {
         let v6 = g.underlay_ips.len() - v4;
         if v4 > 1 || v6 > 1 {
             p.push("gateway.underlay_ips: at most one IPv4 and one IPv6 address".into());
+        }
+        if d.flow_capacity == 0 || d.flow_capacity > (1 << 26) {
+            p.push(format!(
+                "dataplane.flow_capacity: {} is out of range 1..={}",
+                d.flow_capacity,
+                1 << 26
+            ));
+        }
+        if d.tcp_timeout_s == 0 || d.udp_timeout_s == 0 {
+            p.push("dataplane.tcp_timeout_s / udp_timeout_s: must be at least 1".into());
+        }
+        if g.prefix_len_v4 > 32 || g.prefix_len_v6 > 128 {
+            p.push("gateway.prefix_len_v4 / prefix_len_v6: at most 32 / 128".into());
+        }
+        if g.next_hop_refresh_s == 0 {
+            p.push("gateway.next_hop_refresh_s: must be at least 1".into());
         }
         if g.mtu < 576 {
             p.push(format!("gateway.mtu: {} is below the IPv4 minimum of 576", g.mtu));

@@ -9,8 +9,8 @@
 //! snapshot loaded once per burst (RCU through `arc-swap`): a burst never sees
 //! half of a change.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -57,6 +57,40 @@ pub struct Shared {
     pub published: Vec<Published>,
     /// Per-worker "still running" flags (false once the worker has exited).
     pub running: Vec<AtomicBool>,
+    /// Next-hop MAC learned by the slow path (ARP/ND), as `mac | 1 << 48`;
+    /// 0 = not learned (the configured `next_hop_mac` is used). Read once per burst.
+    pub learned_next_hop: AtomicU64,
+    /// Per-worker counters that are not plain numbers (per rule, service,
+    /// backend, flow table), refreshed by the worker every few bursts with a
+    /// `try_lock` that never waits.
+    pub telemetry: Vec<Mutex<Telemetry>>,
+    /// Per-worker generation of the last snapshot a burst used.
+    pub seen_generation: Vec<AtomicU64>,
+}
+
+/// Slow-path counters of one worker, keyed by stable names/ids.
+#[derive(Clone, Debug, Default)]
+pub struct Telemetry {
+    /// Rule id → packets matched.
+    pub rule_hits: std::collections::HashMap<u32, u64>,
+    /// Service name → (packets, bytes, new flows).
+    pub services: std::collections::HashMap<String, [u64; 3]>,
+    /// (service name, backend address) → (packets, bytes, new flows).
+    pub backends: std::collections::HashMap<(String, std::net::IpAddr), [u64; 3]>,
+    pub flows_in_use: u64,
+    pub flow_capacity: u64,
+    /// Flow table hits, misses, evictions, expirations.
+    pub flow_counters: [u64; 4],
+    /// Histogram of burst processing time: bucket i counts bursts that took
+    /// fewer than 2^i TSC cycles (not cumulative; divide by the TSC rate for ns).
+    pub burst_ns_buckets: Vec<u64>,
+}
+
+/// Where the slow path gets packets the fast path does not handle (ARP, ICMP
+/// echo and neighbour discovery for our own addresses). Implementations must
+/// not block: copy into a bounded queue and drop when it is full.
+pub trait Punt: Send {
+    fn punt(&mut self, frame: &[u8]);
 }
 
 impl Shared {
@@ -66,6 +100,9 @@ impl Shared {
             stop: AtomicBool::new(false),
             published: (0..workers).map(|_| Published::default()).collect(),
             running: (0..workers).map(|_| AtomicBool::new(true)).collect(),
+            learned_next_hop: AtomicU64::new(0),
+            telemetry: (0..workers).map(|_| Mutex::new(Telemetry::default())).collect(),
+            seen_generation: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
@@ -114,6 +151,7 @@ pub fn run_worker<Q: Queue>(
     shared: Arc<Shared>,
     burst_size: usize,
     core: Option<usize>,
+    mut punt: Option<Box<dyn Punt>>,
 ) -> WorkerResult<Q> {
     let pinned_to = core.and_then(|c| {
         let ids = core_affinity::get_core_ids()?;
@@ -132,9 +170,23 @@ pub fn run_worker<Q: Queue>(
     let t0 = Instant::now();
     let c0 = rdtsc();
     let mut idle_spins = 0u32;
+    // The snapshot in use; replaced when the control side publishes a new one
+    // (checked once per burst: one atomic load and a pointer compare).
+    let mut cur: Arc<Tables> = shared.tables.load_full();
+    shared.seen_generation[id].store(cur.generation, Ordering::Release);
+    let mut since_flush = 0u32;
+    let mut burst_hist = BurstHistogram::default();
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
+        }
+        {
+            let g = shared.tables.load();
+            if !Arc::ptr_eq(&g, &cur) {
+                pipeline.flush_telemetry(&cur, &shared.telemetry[id], true, &mut burst_hist);
+                cur = arc_swap::Guard::into_inner(g);
+                shared.seen_generation[id].store(cur.generation, Ordering::Release);
+            }
         }
         let n = queue.rx_burst(&mut rx, burst_size);
         if n == 0 {
@@ -146,6 +198,7 @@ pub fn run_worker<Q: Queue>(
             if idle_spins > 1024 {
                 // Nothing to do for a while: publish and yield the core briefly.
                 published.publish(&stats);
+                pipeline.flush_telemetry(&cur, &shared.telemetry[id], false, &mut burst_hist);
                 idle_spins = 0;
                 std::thread::yield_now();
             } else {
@@ -153,6 +206,7 @@ pub fn run_worker<Q: Queue>(
             }
             continue;
         }
+        let b0 = rdtsc();
         idle_spins = 0;
         stats.bursts += 1;
         let n = rx.len();
@@ -162,11 +216,8 @@ pub fn run_worker<Q: Queue>(
             stats.rx_bytes += len as u64;
             stats.rx_wire_bytes += wire_bytes(len);
         }
-        // One snapshot per burst.
-        let tables = shared.tables.load();
         verdicts[..n].fill(Verdict::Tx);
-        pipeline.run(&tables, &mut rx, &mut meta[..n], &mut verdicts[..n]);
-        drop(tables);
+        pipeline.run(&cur, &mut rx, &mut meta[..n], &mut verdicts[..n]);
 
         for (pkt, v) in rx.drain(..).zip(verdicts[..n].iter()) {
             match v {
@@ -175,16 +226,28 @@ pub fn run_worker<Q: Queue>(
                     tx.push(pkt);
                 }
                 Verdict::Drop(r) => {
+                    if *r == DropReason::Exception {
+                        if let Some(p) = punt.as_mut() {
+                            p.punt(pkt.data());
+                        }
+                    }
                     stats.drop(*r);
                     queue.free(pkt);
                 }
             }
         }
         transmit(&mut queue, &mut tx, &mut stats);
+        burst_hist.record(rdtsc().wrapping_sub(b0));
         published.publish(&stats);
+        since_flush += 1;
+        if since_flush >= 256 {
+            since_flush = 0;
+            pipeline.flush_telemetry(&cur, &shared.telemetry[id], false, &mut burst_hist);
+        }
     }
     let cycles = rdtsc().wrapping_sub(c0);
     let busy_ns = t0.elapsed().as_nanos() as u64;
+    pipeline.flush_telemetry(&cur, &shared.telemetry[id], true, &mut burst_hist);
     if let Err(e) = queue.flush() {
         eprintln!("dpgw: worker {id}: flushing output failed: {e}");
     }
@@ -218,6 +281,21 @@ fn transmit<Q: Queue>(queue: &mut Q, tx: &mut Burst<Q::Pkt>, stats: &mut WorkerS
     }
 }
 
+/// Burst processing time in TSC cycles, as power-of-two buckets (bucket i
+/// counts bursts of < 2^i cycles), folded into [`Telemetry`] periodically.
+#[derive(Debug, Default)]
+pub struct BurstHistogram {
+    pub buckets: [u64; 32],
+}
+
+impl BurstHistogram {
+    #[inline(always)]
+    pub fn record(&mut self, cycles: u64) {
+        let b = (64 - cycles.leading_zeros() as usize).min(31);
+        self.buckets[b] += 1;
+    }
+}
+
 /// The stages of the gateway, in order.
 #[derive(Default)]
 pub struct Pipeline {
@@ -229,6 +307,38 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Moves the stages' slow counters into the shared telemetry. With
+    /// `wait == false` it never blocks (a busy lock means: next time).
+    pub fn flush_telemetry(
+        &mut self,
+        t: &Tables,
+        slot: &Mutex<Telemetry>,
+        wait: bool,
+        hist: &mut BurstHistogram,
+    ) {
+        let mut guard = if wait {
+            match slot.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            }
+        } else {
+            match slot.try_lock() {
+                Ok(g) => g,
+                Err(_) => return,
+            }
+        };
+        let tel = &mut *guard;
+        self.acl.drain_hits(t, &mut tel.rule_hits);
+        if tel.burst_ns_buckets.len() < hist.buckets.len() {
+            tel.burst_ns_buckets.resize(hist.buckets.len(), 0);
+        }
+        for (a, b) in tel.burst_ns_buckets.iter_mut().zip(hist.buckets.iter_mut()) {
+            *a += *b;
+            *b = 0;
+        }
+        self.lb.flush_telemetry(t, tel);
+    }
+
     #[inline]
     pub fn run<P: Packet>(
         &mut self,

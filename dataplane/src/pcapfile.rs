@@ -36,7 +36,7 @@ fn linktype_name(lt: u32) -> &'static str {
     match lt {
         0 => "NULL/loopback",
         1 => "ETHERNET",
-        101 => "RAW",
+        12 | 14 | 101 => "RAW",
         105 => "IEEE802_11",
         113 => "LINUX_SLL",
         127 => "IEEE802_11_RADIOTAP",

@@ -124,11 +124,27 @@ pub struct RunOptions {
 /// A handle the caller can use to stop a run (e.g. from a signal handler).
 pub type StopFlag = Arc<AtomicBool>;
 
+/// Builds the first snapshot and the state shared with the workers. Every
+/// problem that keeps the config from being applied whole is listed.
+pub fn prepare(cfg: &Config) -> Result<Arc<Shared>, RunError> {
+    let tables = Tables::build(cfg, 1).map_err(|p| RunError::Config(p.join("\n")))?;
+    Ok(Shared::new(tables, cfg.dataplane.workers))
+}
+
 /// Runs the configured pipeline until the input is exhausted or `stop` is set.
 pub fn run(cfg: &Config, opts: &RunOptions, stop: StopFlag) -> Result<(Summary, Arc<Shared>), RunError> {
-    let tables = Tables::build(cfg, 1).map_err(RunError::Config)?;
+    let shared = prepare(cfg)?;
+    run_prepared(cfg, opts, stop, shared)
+}
+
+/// Like [`run`], on a [`prepare`]d state (so a control server can hold it too).
+pub fn run_prepared(
+    cfg: &Config,
+    opts: &RunOptions,
+    stop: StopFlag,
+    shared: Arc<Shared>,
+) -> Result<(Summary, Arc<Shared>), RunError> {
     let workers = cfg.dataplane.workers;
-    let shared = Shared::new(tables, workers);
     match cfg.dataplane.io {
         IoKind::Pcap => {
             let pc = cfg
@@ -216,7 +232,7 @@ pub fn drive<Q: Queue + 'static>(
         let core = core_for(cfg, i);
         let h = std::thread::Builder::new()
             .name(format!("dpgw-w{i}"))
-            .spawn(move || run_worker(i, q, sh, burst, core))
+            .spawn(move || run_worker(i, q, sh, burst, core, None))
             .map_err(|source| RunError::Io {
                 what: "spawning a worker thread".into(),
                 source,

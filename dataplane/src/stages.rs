@@ -2,7 +2,7 @@
 
 use crate::config::NonVip;
 use crate::engine::{Meta, Stage, Verdict};
-use crate::io::Packet;
+use crate::io::{Packet, MAX_BURST};
 use crate::stats::DropReason;
 use crate::tables::Tables;
 
@@ -74,18 +74,101 @@ impl Stage for InnerParse {
     }
 }
 
-/// Tenant ACL (filled in by the ACL stage work).
-#[derive(Default)]
-pub struct Acl;
+/// Tenant ACL: the burst's flow keys are classified at once; deny → `acl_deny`.
+/// Keeps per-rule hit counters for the current snapshot.
+pub struct Acl {
+    keys: [acl::Key; MAX_BURST],
+    pos: [u16; MAX_BURST],
+    out: [u32; MAX_BURST],
+    /// Hits per rule index of the snapshot `hits_generation`.
+    pub hits: Vec<u64>,
+    pub hits_generation: u64,
+}
+
+impl Default for Acl {
+    fn default() -> Self {
+        Acl {
+            keys: [acl::Key::default(); MAX_BURST],
+            pos: [0; MAX_BURST],
+            out: [acl::NO_MATCH; MAX_BURST],
+            hits: Vec::new(),
+            hits_generation: 0,
+        }
+    }
+}
+
+impl Acl {
+    /// Moves the hit counts into `into` (rule counter id → packets), zeroing them.
+    pub fn drain_hits(&mut self, t: &Tables, into: &mut std::collections::HashMap<u32, u64>) {
+        if let Some(a) = &t.acl {
+            if self.hits_generation == t.generation {
+                for (i, h) in self.hits.iter_mut().enumerate() {
+                    if *h != 0 {
+                        if let Some(id) = a.counter_ids.get(i) {
+                            *into.entry(*id).or_insert(0) += *h;
+                        }
+                        *h = 0;
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl Stage for Acl {
     #[inline]
-    fn process<P: Packet>(&mut self, _t: &Tables, _pkts: &mut [P], _meta: &mut [Meta], _v: &mut [Verdict]) {}
+    fn process<P: Packet>(&mut self, t: &Tables, _pkts: &mut [P], meta: &mut [Meta], v: &mut [Verdict]) {
+        let Some(a) = &t.acl else { return };
+        if self.hits_generation != t.generation {
+            // New rule set: counts of the old one were drained by the worker.
+            self.hits.clear();
+            self.hits.resize(a.classifier.len(), 0);
+            self.hits_generation = t.generation;
+        }
+        let mut n = 0;
+        for i in 0..meta.len() {
+            if v[i] != Verdict::Tx {
+                continue;
+            }
+            let k = &meta[i].key;
+            self.keys[n] = acl::Key {
+                vni: k.vni,
+                src: k.src,
+                dst: k.dst,
+                sport: k.sport,
+                dport: k.dport,
+                proto: k.proto,
+                v6: k.v6,
+            };
+            self.pos[n] = i as u16;
+            n += 1;
+        }
+        if n == 0 {
+            return;
+        }
+        a.classifier.classify_burst(&self.keys[..n], &mut self.out[..n]);
+        for j in 0..n {
+            let m = self.out[j];
+            let i = self.pos[j] as usize;
+            if m != acl::NO_MATCH {
+                if let Some(h) = self.hits.get_mut(m as usize) {
+                    *h += 1;
+                }
+            }
+            if a.classifier.action(m, self.keys[j].vni) == acl::Action::Deny {
+                v[i] = Verdict::Drop(DropReason::AclDeny);
+            }
+        }
+    }
 }
 
 /// Service lookup and load balancing; non-service traffic follows `non_vip`.
 #[derive(Default)]
 pub struct Lb;
+
+impl Lb {
+    pub fn flush_telemetry(&mut self, _t: &Tables, _tel: &mut crate::engine::Telemetry) {}
+}
 
 impl Stage for Lb {
     #[inline]

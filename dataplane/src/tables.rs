@@ -11,12 +11,73 @@ pub struct Tables {
     pub local_mac: [u8; 6],
     pub next_hop_mac: [u8; 6],
     pub non_vip: NonVip,
+    /// Compiled tenant ACL; `None` = no `[acl]` section (everything passes).
+    pub acl: Option<AclTables>,
+}
+
+/// The compiled ACL and what the counters need to name its rules.
+#[derive(Debug)]
+pub struct AclTables {
+    pub classifier: acl::Classifier,
+    /// Counter key per rule index: the rule's id, or `FILE_RULE | index` for
+    /// rules without one (rules loaded from files).
+    pub counter_ids: Vec<u32>,
+    pub build_ms: f64,
+}
+
+/// Marks counter ids of rules that have no id of their own.
+pub const FILE_RULE: u32 = 0x8000_0000;
+
+impl AclTables {
+    /// Reads the rule files the spec names and compiles the rule set.
+    pub fn build(spec: &acl::AclSpec) -> Result<AclTables, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut texts = Vec::new();
+        for (i, f) in spec.file.iter().enumerate() {
+            match std::fs::read_to_string(&f.path) {
+                Ok(t) => texts.push(t),
+                Err(e) => {
+                    problems.push(format!("acl.file[{i}]: cannot read {}: {e}", f.path));
+                    texts.push(String::new());
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let set = spec.to_rule_set(&texts).map_err(|e| vec![e.to_string()])?;
+        let t0 = std::time::Instant::now();
+        let classifier = acl::Classifier::new(&set);
+        let build_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let counter_ids = (0..classifier.len())
+            .map(|i| classifier.rule(i as u32).id.unwrap_or(FILE_RULE | i as u32))
+            .collect();
+        Ok(AclTables {
+            classifier,
+            counter_ids,
+            build_ms,
+        })
+    }
 }
 
 impl Tables {
     /// Builds the tables a config describes.
-    pub fn build(cfg: &Config, generation: u64) -> Result<Tables, String> {
+    pub fn build(cfg: &Config, generation: u64) -> Result<Tables, Vec<String>> {
         let g = &cfg.gateway;
+        let mut problems = cfg.validate();
+        let acl = match &cfg.acl {
+            None => None,
+            Some(spec) => match AclTables::build(spec) {
+                Ok(a) => Some(a),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            },
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         Ok(Tables {
             generation,
             decap: vxlan::DecapConfig {
@@ -27,6 +88,7 @@ impl Tables {
             local_mac: g.local_mac,
             next_hop_mac: g.next_hop_mac,
             non_vip: g.non_vip,
+            acl,
         })
     }
 }
