@@ -279,6 +279,9 @@ pub struct GatewaySection {
     pub prefix_len_v4: u8,
     #[serde(default = "default_prefix_len_v6")]
     pub prefix_len_v6: u8,
+    /// UDP destination port of `gue` encapsulation to backends.
+    #[serde(default = "default_gue_port")]
+    pub gue_port: u16,
 }
 
 fn default_next_hop_refresh_s() -> u32 {
@@ -302,6 +305,7 @@ impl Default for GatewaySection {
             underlay_ips: Vec::new(),
             mtu: default_mtu(),
             next_hop_ip: None,
+            gue_port: default_gue_port(),
             next_hop_refresh_s: default_next_hop_refresh_s(),
             prefix_len_v4: default_prefix_len_v4(),
             prefix_len_v6: default_prefix_len_v6(),
@@ -320,6 +324,9 @@ fn default_next_hop_mac() -> [u8; 6] {
 }
 fn default_mtu() -> u16 {
     1500
+}
+fn default_gue_port() -> u16 {
+    6080
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -522,6 +529,35 @@ impl Config {
         }
         if g.next_hop_refresh_s == 0 {
             p.push("gateway.next_hop_refresh_s: must be at least 1".into());
+        }
+        if let Err(e) = lb::Services::from_specs(self.service.iter().cloned()) {
+            p.push(format!("service: {e}"));
+        }
+        if let Some(a) = &self.acl {
+            for (i, r) in a.rule.iter().enumerate() {
+                if let Err(e) = r.to_rule() {
+                    p.push(format!("acl.rule[{i}]: {e}"));
+                }
+            }
+            for (i, f) in a.file.iter().enumerate() {
+                if !Path::new(&f.path).is_file() {
+                    p.push(format!("acl.file[{i}].path: {} is not a readable file", f.path));
+                }
+            }
+        }
+        let has_v4 = g.underlay_v4().is_some() || g.vtep_ips.iter().any(|a| a.is_ipv4());
+        let has_v6 = g.underlay_v6().is_some() || g.vtep_ips.iter().any(|a| a.is_ipv6());
+        for s in &self.service {
+            for b in &s.backends {
+                if (b.ip.is_ipv4() && !has_v4) || (b.ip.is_ipv6() && !has_v6) {
+                    p.push(format!(
+                        "service {:?}: backend {} needs an {} source address in gateway.underlay_ips (or vtep_ips)",
+                        s.name,
+                        b.ip,
+                        if b.ip.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ));
+                }
+            }
         }
         if g.mtu < 576 {
             p.push(format!("gateway.mtu: {} is below the IPv4 minimum of 576", g.mtu));

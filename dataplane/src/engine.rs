@@ -217,7 +217,8 @@ pub fn run_worker<Q: Queue>(
             stats.rx_wire_bytes += wire_bytes(len);
         }
         verdicts[..n].fill(Verdict::Tx);
-        pipeline.run(&cur, &mut rx, &mut meta[..n], &mut verdicts[..n]);
+        let nh = shared.learned_next_hop.load(Ordering::Relaxed);
+        pipeline.run(&cur, nh, &mut rx, &mut meta[..n], &mut verdicts[..n]);
 
         for (pkt, v) in rx.drain(..).zip(verdicts[..n].iter()) {
             match v {
@@ -339,14 +340,25 @@ impl Pipeline {
         self.lb.flush_telemetry(t, tel);
     }
 
+    /// Runs the stages over one burst. `learned_next_hop` is the slow path's
+    /// resolved next-hop MAC (`mac | 1 << 48`), or 0 to use the configured one.
     #[inline]
     pub fn run<P: Packet>(
         &mut self,
         t: &Tables,
+        learned_next_hop: u64,
         pkts: &mut [P],
         meta: &mut [Meta],
         verdicts: &mut [Verdict],
     ) {
+        let nh = if learned_next_hop >> 48 == 1 {
+            let b = learned_next_hop.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        } else {
+            t.next_hop_mac
+        };
+        self.lb.next_hop = nh;
+        self.route.next_hop = nh;
         self.decap.process(t, pkts, meta, verdicts);
         self.inner.process(t, pkts, meta, verdicts);
         self.acl.process(t, pkts, meta, verdicts);

@@ -162,31 +162,252 @@ impl Stage for Acl {
     }
 }
 
-/// Service lookup and load balancing; non-service traffic follows `non_vip`.
-#[derive(Default)]
-pub struct Lb;
+/// Service lookup and load balancing: packets to a service VIP are pinned to a
+/// backend (per-worker flow table, Maglev for new flows) and encapsulated to
+/// it; other traffic follows `non_vip`.
+pub struct Lb {
+    keys: [lb::FlowKey; MAX_BURST],
+    pos: [u16; MAX_BURST],
+    out: [lb::LbVerdict; MAX_BURST],
+    pub flows: Option<lb::flow_table::FlowTable>,
+    /// Per service index of the snapshot `generation`: packets, bytes, new flows.
+    svc: Vec<[u64; 3]>,
+    /// Per (service index, backend index).
+    backend: Vec<Vec<[u64; 3]>>,
+    generation: u64,
+    epoch: Option<std::time::Instant>,
+    /// Destination MAC of transmitted frames for the current burst.
+    pub next_hop: [u8; 6],
+}
+
+impl Default for Lb {
+    fn default() -> Self {
+        Lb {
+            keys: [lb::FlowKey::default(); MAX_BURST],
+            pos: [0; MAX_BURST],
+            out: [lb::LbVerdict::NotService; MAX_BURST],
+            flows: None,
+            svc: Vec::new(),
+            backend: Vec::new(),
+            generation: 0,
+            epoch: None,
+            next_hop: [0; 6],
+        }
+    }
+}
 
 impl Lb {
-    pub fn flush_telemetry(&mut self, _t: &Tables, _tel: &mut crate::engine::Telemetry) {}
+    /// Moves per-service/backend counters and flow-table figures into `tel`.
+    pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut crate::engine::Telemetry) {
+        if self.generation == t.generation {
+            for ((si, svc), c) in t.lb.services().zip(self.svc.iter_mut()) {
+                if c.iter().any(|x| *x != 0) {
+                    let e = tel.services.entry(svc.name.clone()).or_insert([0; 3]);
+                    for k in 0..3 {
+                        e[k] += c[k];
+                        c[k] = 0;
+                    }
+                }
+                if let Some(bc) = self.backend.get_mut(si.0 as usize) {
+                    for (b, c) in t.lb.backends(si).iter().zip(bc.iter_mut()) {
+                        if c.iter().any(|x| *x != 0) {
+                            let e = tel.backends.entry((svc.name.clone(), b.ip)).or_insert([0; 3]);
+                            for k in 0..3 {
+                                e[k] += c[k];
+                                c[k] = 0;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(f) = &self.flows {
+            let st = f.stats();
+            tel.flows_in_use = f.live(self.now_ms()) as u64;
+            tel.flow_capacity = f.capacity() as u64;
+            tel.flow_counters = [st.hits, st.misses, st.evictions, st.expired];
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.map_or(0, |e| e.elapsed().as_millis() as u64)
+    }
+
+    fn prepare(&mut self, t: &Tables) {
+        if self.flows.is_none() {
+            self.flows = Some(lb::flow_table::FlowTable::new(t.flow_cfg));
+            self.epoch = Some(std::time::Instant::now());
+        }
+        if self.generation != t.generation {
+            self.generation = t.generation;
+            self.svc.clear();
+            self.svc.resize(t.lb.len(), [0; 3]);
+            self.backend.clear();
+            for (si, _) in t.lb.services() {
+                self.backend.push(vec![[0; 3]; t.lb.backends(si).len()]);
+            }
+        }
+    }
 }
 
 impl Stage for Lb {
     #[inline]
-    fn process<P: Packet>(&mut self, t: &Tables, _pkts: &mut [P], _meta: &mut [Meta], v: &mut [Verdict]) {
-        if t.non_vip == NonVip::Drop {
-            for x in v.iter_mut() {
-                if *x == Verdict::Tx {
-                    *x = Verdict::Drop(DropReason::NonVip);
+    fn process<P: Packet>(&mut self, t: &Tables, pkts: &mut [P], meta: &mut [Meta], v: &mut [Verdict]) {
+        if t.lb.is_empty() {
+            if t.non_vip == NonVip::Drop {
+                for x in v.iter_mut() {
+                    if *x == Verdict::Tx {
+                        *x = Verdict::Drop(DropReason::NonVip);
+                    }
+                }
+            }
+            return;
+        }
+        self.prepare(t);
+        let mut n = 0;
+        for i in 0..meta.len() {
+            if v[i] != Verdict::Tx {
+                continue;
+            }
+            let k = &meta[i].key;
+            self.keys[n] = lb::FlowKey {
+                vni: k.vni,
+                src: k.src,
+                dst: k.dst,
+                sport: k.sport,
+                dport: k.dport,
+                proto: k.proto,
+                v6: k.v6,
+            };
+            self.pos[n] = i as u16;
+            n += 1;
+        }
+        if n == 0 {
+            return;
+        }
+        let now = self.now_ms();
+        let Some(flows) = self.flows.as_mut() else { return };
+        t.lb.process_burst(&self.keys[..n], flows, now, &mut self.out[..n]);
+        for j in 0..n {
+            let i = self.pos[j] as usize;
+            match self.out[j] {
+                lb::LbVerdict::NotService => {
+                    if t.non_vip == NonVip::Drop {
+                        v[i] = Verdict::Drop(DropReason::NonVip);
+                    }
+                }
+                lb::LbVerdict::NoBackend(_) => v[i] = Verdict::Drop(DropReason::NoBackend),
+                lb::LbVerdict::Forward { svc, backend, new_flow } => {
+                    let len = pkts[i].data().len() as u64;
+                    let Some(bref) = t.lb.backend_ref(svc, backend) else {
+                        v[i] = Verdict::Drop(DropReason::NoBackend);
+                        continue;
+                    };
+                    match encap(t, self.next_hop, &mut pkts[i], &meta[i], bref) {
+                        Ok(()) => {
+                            meta[i].finished = true;
+                            let si = svc.0 as usize;
+                            if let Some(c) = self.svc.get_mut(si) {
+                                c[0] += 1;
+                                c[1] += len;
+                                c[2] += new_flow as u64;
+                            }
+                            if let Some(c) = self.backend.get_mut(si).and_then(|b| b.get_mut(backend as usize)) {
+                                c[0] += 1;
+                                c[1] += len;
+                                c[2] += new_flow as u64;
+                            }
+                        }
+                        Err(r) => v[i] = Verdict::Drop(r),
+                    }
                 }
             }
         }
     }
 }
 
+/// Encapsulates the decapsulated inner frame `p` to `b` in place.
+#[inline]
+fn encap<P: Packet>(
+    t: &Tables,
+    next_hop: [u8; 6],
+    p: &mut P,
+    m: &Meta,
+    b: &lb::BackendRef,
+) -> Result<(), DropReason> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let (src_ip, dst_ip) = if b.v6 {
+        let Some(s) = t.underlay_v6 else {
+            return Err(DropReason::NoBackend);
+        };
+        (IpAddr::V6(s), IpAddr::V6(Ipv6Addr::from(b.addr)))
+    } else {
+        let Some(s) = t.underlay_v4 else {
+            return Err(DropReason::NoBackend);
+        };
+        (IpAddr::V4(s), IpAddr::V4(Ipv4Addr::from(b.addr as u32)))
+    };
+    let outer = vxlan::Outer {
+        src_mac: t.local_mac,
+        dst_mac: next_hop,
+        vlan: None,
+        src_ip,
+        dst_ip,
+        ttl: 64,
+    };
+    let l3 = m.l3_off as usize;
+    match b.encap {
+        lb::EncapKind::Vxlan => {
+            // The inner Ethernet frame goes to the backend's VTEP: its MACs become
+            // gateway → backend (as Cilium's VTEP integration expects).
+            let inner_len = p.data().len();
+            let hl = vxlan::vxlan_header_len(&outer);
+            if inner_len + hl - 14 > t.mtu as usize {
+                return Err(DropReason::MtuExceeded);
+            }
+            {
+                let d = p.data_mut();
+                vxlan::set_macs(d, t.local_mac, b.mac.unwrap_or([0xff; 6]));
+            }
+            if !p.prepend(hl) {
+                return Err(DropReason::NoHeadroom);
+            }
+            let (hdr, inner) = p.data_mut().split_at_mut(hl);
+            vxlan::emit_vxlan(&outer, vxlan::flow_src_port(&m.key), t.vxlan_dst_port, m.vni, inner, hdr);
+        }
+        lb::EncapKind::Ipip | lb::EncapKind::Gue => {
+            // The inner Ethernet header is replaced by the outer stack.
+            p.adj(l3);
+            let ip_len = p.data().len();
+            let hl = if b.encap == lb::EncapKind::Ipip {
+                vxlan::ipip_header_len(&outer)
+            } else {
+                vxlan::gue_header_len(&outer)
+            };
+            if ip_len + hl - 14 > t.mtu as usize {
+                return Err(DropReason::MtuExceeded);
+            }
+            if !p.prepend(hl) {
+                return Err(DropReason::NoHeadroom);
+            }
+            let (hdr, inner) = p.data_mut().split_at_mut(hl);
+            if b.encap == lb::EncapKind::Ipip {
+                vxlan::emit_ipip(&outer, inner, hdr);
+            } else {
+                vxlan::emit_gue(&outer, vxlan::flow_src_port(&m.key), t.gue_port, inner, hdr);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Routes a decapsulated inner packet to the next hop: TTL/hop limit decremented
 /// (expired → drop), MACs rewritten to local → next hop.
 #[derive(Default)]
-pub struct Route;
+pub struct Route {
+    /// Destination MAC of transmitted frames for the current burst.
+    pub next_hop: [u8; 6],
+}
 
 impl Stage for Route {
     #[inline]
@@ -201,7 +422,7 @@ impl Stage for Route {
                 v[i] = Verdict::Drop(DropReason::TtlExpired);
                 continue;
             }
-            vxlan::set_macs(data, t.local_mac, t.next_hop_mac);
+            vxlan::set_macs(data, t.local_mac, self.next_hop);
         }
     }
 }

@@ -13,6 +13,16 @@ pub struct Tables {
     pub non_vip: NonVip,
     /// Compiled tenant ACL; `None` = no `[acl]` section (everything passes).
     pub acl: Option<AclTables>,
+    /// Services, Maglev tables.
+    pub lb: lb::LbTables,
+    /// The desired service state the `lb` snapshot was built from.
+    pub services: lb::Services,
+    pub flow_cfg: lb::flow_table::FlowTableConfig,
+    pub underlay_v4: Option<std::net::Ipv4Addr>,
+    pub underlay_v6: Option<std::net::Ipv6Addr>,
+    pub vxlan_dst_port: u16,
+    pub gue_port: u16,
+    pub mtu: u16,
 }
 
 /// The compiled ACL and what the counters need to name its rules.
@@ -65,6 +75,9 @@ impl Tables {
     pub fn build(cfg: &Config, generation: u64) -> Result<Tables, Vec<String>> {
         let g = &cfg.gateway;
         let mut problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let acl = match &cfg.acl {
             None => None,
             Some(spec) => match AclTables::build(spec) {
@@ -75,6 +88,32 @@ impl Tables {
                 }
             },
         };
+        let services = match lb::Services::from_specs(cfg.service.iter().cloned()) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(format!("service: {e}"));
+                lb::Services::new()
+            }
+        };
+        let lb = match lb::LbTables::rebuild(&lb::LbTables::empty(), &services) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("service: {e}"));
+                lb::LbTables::empty()
+            }
+        };
+        let underlay_v4 = g.underlay_v4().or_else(|| {
+            g.vtep_ips.iter().find_map(|a| match a {
+                std::net::IpAddr::V4(v) => Some(*v),
+                _ => None,
+            })
+        });
+        let underlay_v6 = g.underlay_v6().or_else(|| {
+            g.vtep_ips.iter().find_map(|a| match a {
+                std::net::IpAddr::V6(v) => Some(*v),
+                _ => None,
+            })
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -89,6 +128,18 @@ impl Tables {
             next_hop_mac: g.next_hop_mac,
             non_vip: g.non_vip,
             acl,
+            lb,
+            services,
+            flow_cfg: lb::flow_table::FlowTableConfig {
+                capacity: cfg.dataplane.flow_capacity,
+                tcp_timeout: cfg.dataplane.tcp_timeout_s.saturating_mul(1000),
+                udp_timeout: cfg.dataplane.udp_timeout_s.saturating_mul(1000),
+            },
+            underlay_v4,
+            underlay_v6,
+            vxlan_dst_port: g.vxlan_ports.first().copied().unwrap_or(4789),
+            gue_port: g.gue_port,
+            mtu: g.mtu,
         })
     }
 }

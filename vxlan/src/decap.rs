@@ -1,0 +1,528 @@
+//! VXLAN decapsulation: outer Ethernet (+ up to two VLAN tags) → IPv4/IPv6 →
+//! UDP → VXLAN, giving the VNI and where the inner Ethernet frame is.
+//!
+//! Checks, in this order (the first failing one is reported):
+//!
+//! 1. Ethernet header and tags present, else `Truncated`.
+//! 2. Ethertype IPv4 or IPv6, else `NotIp` (ARP and everything else).
+//! 3. IP header: fewer than 20 (IPv4) / 40 (IPv6) bytes or fewer than the IHL
+//!    says → `Truncated`; version wrong, IHL < 5, total length < header length,
+//!    total/payload length beyond the buffer → `BadIpHeader`.
+//! 4. IPv4 header checksum → `BadIpChecksum`.
+//! 5. IPv4 MF flag or fragment offset ≠ 0, or an IPv6 fragment header →
+//!    `OuterFragment` (IPv6 extension headers hop-by-hop, routing, destination
+//!    options and AH are walked; one running past the payload → `Truncated`,
+//!    more than 8 → `BadIpHeader`).
+//! 6. Protocol / final next header not UDP → `NotUdp`.
+//! 7. IP payload shorter than the 8-byte UDP header → `Truncated`.
+//! 8. UDP destination port not in `cfg.ports` → `NotVxlan`.
+//! 9. IP destination not one of our VTEP addresses → `WrongVtep`.
+//! 10. UDP length < 16 (UDP + VXLAN headers) or > IP payload → `BadUdpLength`.
+//! 11. VXLAN I flag clear → `BadVxlanFlags`. Reserved bits and GBP fields are
+//!     ignored.
+//!
+//! The port is checked before the VTEP so that other UDP traffic to our
+//! addresses is classified `NotVxlan` (exception path), and traffic to our VXLAN
+//! port on an address we do not own is `WrongVtep`.
+//!
+//! The UDP checksum is not verified (RFC 7348 sends 0 over IPv4; RFC 6935/6936
+//! allow 0 over IPv6 for tunnels), and the inner frame is not looked at:
+//! `inner_len` may be below an Ethernet header, which [`crate::parse_inner`]
+//! then reports as truncated.
+
+use crate::{be128, checksum, ethernet, ipv4, ipv6, proto, udp, vxlan, WireError, VXLAN_PORT};
+
+/// Which outer packets are ours.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecapConfig {
+    /// Our IPv4 VTEP addresses (`u32::from(Ipv4Addr)`).
+    pub vtep_v4: Vec<u32>,
+    /// Our IPv6 VTEP addresses (`u128::from(Ipv6Addr)`).
+    pub vtep_v6: Vec<u128>,
+    /// VXLAN UDP destination ports; empty means `[4789]`.
+    pub ports: Vec<u16>,
+}
+
+/// A decapsulated packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decap {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Offset of the inner Ethernet frame within the outer frame.
+    pub inner_offset: usize,
+    /// Length of the inner Ethernet frame (UDP length − 16; outer Ethernet
+    /// padding excluded).
+    pub inner_len: usize,
+    /// The outer IP header was IPv6.
+    pub outer_v6: bool,
+}
+
+/// Why [`decap()`] rejected a frame (see the module docs for the order).
+/// `#[repr(u8)]` with dense discriminants from 0, so `e as usize` can index a
+/// counter array of [`DecapError::COUNT`] entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DecapError {
+    /// The frame ends before a header that must be read.
+    Truncated,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NotIp,
+    /// Bad IP version/IHL or length fields.
+    BadIpHeader,
+    /// IPv4 header checksum wrong.
+    BadIpChecksum,
+    /// The outer packet is a fragment.
+    OuterFragment,
+    /// Not UDP.
+    NotUdp,
+    /// UDP, but not to a VXLAN port.
+    NotVxlan,
+    /// VXLAN port, but not to one of our addresses.
+    WrongVtep,
+    /// UDP length below 16 or beyond the IP payload.
+    BadUdpLength,
+    /// VXLAN I flag clear.
+    BadVxlanFlags,
+}
+
+impl DecapError {
+    /// Number of variants.
+    pub const COUNT: usize = 10;
+    /// Every variant, in discriminant order.
+    pub const ALL: [DecapError; Self::COUNT] = [
+        DecapError::Truncated,
+        DecapError::NotIp,
+        DecapError::BadIpHeader,
+        DecapError::BadIpChecksum,
+        DecapError::OuterFragment,
+        DecapError::NotUdp,
+        DecapError::NotVxlan,
+        DecapError::WrongVtep,
+        DecapError::BadUdpLength,
+        DecapError::BadVxlanFlags,
+    ];
+    /// A stable snake_case name for counters and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecapError::Truncated => "truncated",
+            DecapError::NotIp => "not_ip",
+            DecapError::BadIpHeader => "bad_ip_header",
+            DecapError::BadIpChecksum => "bad_ip_checksum",
+            DecapError::OuterFragment => "outer_fragment",
+            DecapError::NotUdp => "not_udp",
+            DecapError::NotVxlan => "not_vxlan",
+            DecapError::WrongVtep => "wrong_vtep",
+            DecapError::BadUdpLength => "bad_udp_length",
+            DecapError::BadVxlanFlags => "bad_vxlan_flags",
+        }
+    }
+}
+
+impl core::fmt::Display for DecapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::error::Error for DecapError {}
+
+/// The default port list when `cfg.ports` is empty.
+const DEFAULT_PORTS: [u16; 1] = [VXLAN_PORT];
+
+/// Decapsulates one outer frame (see the module docs). Never panics, never
+/// allocates.
+#[inline]
+pub fn decap(frame: &[u8], cfg: &DecapConfig) -> Result<Decap, DecapError> {
+    let (et, l3) = ethernet::walk(frame).map_err(|_| DecapError::Truncated)?;
+    let ip = &frame[l3..];
+    // (offset of UDP within `ip`, end of the IP packet within `ip`, our address?, v6)
+    let (l4, end, ours, outer_v6) = match et {
+        ethernet::ethertype::IPV4 => {
+            let (hl, total) = ipv4::check(ip).map_err(|e| match e {
+                WireError::Truncated => DecapError::Truncated,
+                _ => DecapError::BadIpHeader,
+            })?;
+            let Some(h) = ip.first_chunk::<{ ipv4::HEADER_LEN }>() else {
+                return Err(DecapError::Truncated);
+            };
+            let csum_ok = if hl == ipv4::HEADER_LEN {
+                checksum::verify20(h)
+            } else {
+                checksum::verify(&ip[..hl])
+            };
+            if !csum_ok {
+                return Err(DecapError::BadIpChecksum);
+            }
+            let flg = u16::from_be_bytes([
+                h[ipv4::field::FLG_OFF.start],
+                h[ipv4::field::FLG_OFF.start + 1],
+            ]);
+            if flg & (ipv4::FLAG_MF | ipv4::FRAG_OFFSET_MASK) != 0 {
+                return Err(DecapError::OuterFragment);
+            }
+            if h[ipv4::field::PROTOCOL] != proto::UDP {
+                return Err(DecapError::NotUdp);
+            }
+            let d = ipv4::field::DST_ADDR.start;
+            let dst = u32::from_be_bytes([h[d], h[d + 1], h[d + 2], h[d + 3]]);
+            let ours =
+                (cfg.vtep_v4.is_empty() && cfg.vtep_v6.is_empty()) || cfg.vtep_v4.contains(&dst);
+            (hl, total, ours, false)
+        }
+        ethernet::ethertype::IPV6 => {
+            let total = ipv6::check(ip).map_err(|e| match e {
+                WireError::Truncated => DecapError::Truncated,
+                _ => DecapError::BadIpHeader,
+            })?;
+            let pkt = &ip[..total];
+            let l4 = if pkt[ipv6::field::NXT_HDR] == proto::UDP {
+                ipv6::HEADER_LEN
+            } else {
+                let u = ipv6::walk_extensions(pkt).map_err(|e| match e {
+                    WireError::Truncated => DecapError::Truncated,
+                    _ => DecapError::BadIpHeader,
+                })?;
+                if u.fragment.is_some() {
+                    return Err(DecapError::OuterFragment);
+                }
+                if u.proto != proto::UDP {
+                    return Err(DecapError::NotUdp);
+                }
+                u.offset
+            };
+            let dst = be128(pkt, ipv6::field::DST_ADDR.start);
+            let ours =
+                (cfg.vtep_v4.is_empty() && cfg.vtep_v6.is_empty()) || cfg.vtep_v6.contains(&dst);
+            (l4, total, ours, true)
+        }
+        _ => return Err(DecapError::NotIp),
+    };
+    let payload = end - l4;
+    let Some(u) = ip
+        .get(l4..end)
+        .and_then(|b| b.first_chunk::<{ udp::HEADER_LEN }>())
+    else {
+        return Err(DecapError::Truncated);
+    };
+    let dport = u16::from_be_bytes([
+        u[udp::field::DST_PORT.start],
+        u[udp::field::DST_PORT.start + 1],
+    ]);
+    let ports: &[u16] = if cfg.ports.is_empty() {
+        &DEFAULT_PORTS
+    } else {
+        &cfg.ports
+    };
+    if !ports.contains(&dport) {
+        return Err(DecapError::NotVxlan);
+    }
+    if !ours {
+        return Err(DecapError::WrongVtep);
+    }
+    let ulen = usize::from(u16::from_be_bytes([
+        u[udp::field::LENGTH.start],
+        u[udp::field::LENGTH.start + 1],
+    ]));
+    if ulen < udp::HEADER_LEN + vxlan::HEADER_LEN || ulen > payload {
+        return Err(DecapError::BadUdpLength);
+    }
+    let vx = l4 + udp::HEADER_LEN;
+    // ulen >= 16 and ulen <= payload, so the VXLAN header is inside `ip`.
+    let Some(v) = ip
+        .get(vx..)
+        .and_then(|b| b.first_chunk::<{ vxlan::HEADER_LEN }>())
+    else {
+        return Err(DecapError::Truncated);
+    };
+    if v[vxlan::field::FLAGS] & vxlan::FLAG_I == 0 {
+        return Err(DecapError::BadVxlanFlags);
+    }
+    let n = vxlan::field::VNI.start;
+    Ok(Decap {
+        vni: u32::from_be_bytes([0, v[n], v[n + 1], v[n + 2]]),
+        inner_offset: l3 + vx + vxlan::HEADER_LEN,
+        inner_len: ulen - udp::HEADER_LEN - vxlan::HEADER_LEN,
+        outer_v6,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encap::{emit_vxlan, vxlan_header_len, Outer};
+    use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    const INNER: [u8; 20] = [
+        2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 8, 0, 6, 4,
+    ];
+
+    fn outer(v6: bool, vlan: Option<u16>) -> Outer {
+        let (s, d) = if v6 {
+            (
+                IpAddr::V6("2001:db8::1".parse().unwrap()),
+                IpAddr::V6("2001:db8::2".parse().unwrap()),
+            )
+        } else {
+            (
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+            )
+        };
+        Outer {
+            src_mac: [2, 0, 0, 0, 0, 0xa],
+            dst_mac: [2, 0, 0, 0, 0, 0xb],
+            vlan,
+            src_ip: s,
+            dst_ip: d,
+            ttl: 64,
+        }
+    }
+
+    fn packet(v6: bool, vlan: Option<u16>, vni: u32) -> Vec<u8> {
+        let o = outer(v6, vlan);
+        let mut p = vec![0u8; vxlan_header_len(&o)];
+        emit_vxlan(&o, 50000, 4789, vni, &INNER, &mut p);
+        p.extend_from_slice(&INNER);
+        p
+    }
+
+    fn any_cfg() -> DecapConfig {
+        DecapConfig::default()
+    }
+
+    fn ours() -> DecapConfig {
+        DecapConfig {
+            vtep_v4: vec![u32::from(Ipv4Addr::new(192, 0, 2, 2))],
+            vtep_v6: vec![u128::from("2001:db8::2".parse::<Ipv6Addr>().unwrap())],
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn test_error_table() {
+        for (i, e) in DecapError::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i);
+            assert_eq!(e.to_string(), e.name());
+        }
+    }
+
+    #[test]
+    fn test_decap_known_bytes() {
+        // Hand-assembled: Ethernet, IPv4 (checksum 0xb645 computed offline by
+        // summing the words), UDP 4789, VXLAN VNI 100, 20 bytes inner, 2 bytes padding.
+        let mut f = vec![0u8; 0];
+        f.extend_from_slice(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00]);
+        let mut ip = [
+            0x45, 0, 0, 56, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        let c = checksum::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0xc3, 0x50, 0x12, 0xb5, 0, 36, 0, 0]);
+        f.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 100, 0]);
+        f.extend_from_slice(&INNER);
+        f.extend_from_slice(&[0, 0]);
+        let d = decap(&f, &any_cfg()).unwrap();
+        assert_eq!(
+            d,
+            Decap {
+                vni: 100,
+                inner_offset: 14 + 20 + 16,
+                inner_len: 20,
+                outer_v6: false
+            }
+        );
+        assert_eq!(&f[d.inner_offset..d.inner_offset + d.inner_len], &INNER);
+    }
+
+    #[test]
+    fn test_roundtrip_variants() {
+        for v6 in [false, true] {
+            for vlan in [None, Some(7)] {
+                let p = packet(v6, vlan, 0xabcdef);
+                let d = decap(&p, &ours()).unwrap();
+                assert_eq!(
+                    (d.vni, d.inner_len, d.outer_v6),
+                    (0xabcdef, INNER.len(), v6)
+                );
+                assert_eq!(&p[d.inner_offset..], &INNER);
+            }
+        }
+    }
+
+    #[test]
+    fn test_truncated_every_length() {
+        for v6 in [false, true] {
+            for vlan in [None, Some(7)] {
+                let p = packet(v6, vlan, 1);
+                let hl = vxlan_header_len(&outer(v6, vlan));
+                let l3 = if vlan.is_some() { 18 } else { 14 };
+                for n in 0..p.len() {
+                    let e = decap(&p[..n], &ours());
+                    if n < l3 + if v6 { 40 } else { 20 } {
+                        assert_eq!(e, Err(DecapError::Truncated), "len {n}");
+                    } else {
+                        // IP total length now runs past the buffer.
+                        assert_eq!(e, Err(DecapError::BadIpHeader), "len {n}");
+                    }
+                }
+                assert!(hl < p.len());
+            }
+        }
+    }
+
+    fn ipv4_fixup(p: &mut [u8]) {
+        p[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&p[14..34]);
+        p[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+
+    #[test]
+    fn test_errors_v4() {
+        let cfg = ours();
+        let base = packet(false, None, 1);
+        let mut p = base.clone();
+        p[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(decap(&p, &cfg), Err(DecapError::NotIp));
+        let mut p = base.clone();
+        p[14] = 0x44;
+        assert_eq!(decap(&p, &cfg), Err(DecapError::BadIpHeader));
+        let mut p = base.clone();
+        p[14] = 0x55;
+        assert_eq!(decap(&p, &cfg), Err(DecapError::BadIpHeader));
+        let mut p = base.clone();
+        p[14 + 3] = 19; // total < header
+        assert_eq!(decap(&p, &cfg), Err(DecapError::BadIpHeader));
+        let mut p = base.clone();
+        p[14 + 8] = 63; // TTL changed, checksum not
+        assert_eq!(decap(&p, &cfg), Err(DecapError::BadIpChecksum));
+        let mut p = base.clone();
+        p[14 + 6] = 0x20; // MF
+        ipv4_fixup(&mut p);
+        assert_eq!(decap(&p, &cfg), Err(DecapError::OuterFragment));
+        let mut p = base.clone();
+        p[14 + 6] = 0x40;
+        p[14 + 7] = 1; // DF + offset 8
+        ipv4_fixup(&mut p);
+        assert_eq!(decap(&p, &cfg), Err(DecapError::OuterFragment));
+        let mut p = base.clone();
+        p[14 + 9] = 6;
+        ipv4_fixup(&mut p);
+        assert_eq!(decap(&p, &cfg), Err(DecapError::NotUdp));
+        let mut p = base.clone();
+        p[36..38].copy_from_slice(&8472u16.to_be_bytes());
+        assert_eq!(decap(&p, &cfg), Err(DecapError::NotVxlan));
+        assert!(decap(
+            &p,
+            &DecapConfig {
+                ports: vec![4789, 8472],
+                ..ours()
+            }
+        )
+        .is_ok());
+        let mut p = base.clone();
+        p[33] = 3; // dst 192.0.2.3
+        ipv4_fixup(&mut p);
+        assert_eq!(decap(&p, &cfg), Err(DecapError::WrongVtep));
+        assert!(decap(&p, &any_cfg()).is_ok());
+        // Only a v6 VTEP configured: v4 traffic is not ours.
+        let v6only = DecapConfig {
+            vtep_v4: vec![],
+            ..ours()
+        };
+        assert_eq!(decap(&base, &v6only), Err(DecapError::WrongVtep));
+        for bad in [0u16, 15, 8 + 8 + INNER.len() as u16 + 1] {
+            let mut p = base.clone();
+            p[38..40].copy_from_slice(&bad.to_be_bytes());
+            assert_eq!(
+                decap(&p, &cfg),
+                Err(DecapError::BadUdpLength),
+                "udp len {bad}"
+            );
+        }
+        // UDP length 16: empty inner frame.
+        let mut p = base.clone();
+        p[38..40].copy_from_slice(&16u16.to_be_bytes());
+        assert_eq!(decap(&p, &cfg).unwrap().inner_len, 0);
+        let mut p = base.clone();
+        p[42] = 0xf7; // every flag but I
+        assert_eq!(decap(&p, &cfg), Err(DecapError::BadVxlanFlags));
+        let mut p = base.clone();
+        p[42..50].copy_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0, 5, 0xff]); // I + all reserved bits
+        assert_eq!(decap(&p, &cfg).unwrap().vni, 5);
+        // IP payload too short for UDP.
+        let mut p = base[..14 + 20 + 7].to_vec();
+        p[14 + 2..14 + 4].copy_from_slice(&27u16.to_be_bytes());
+        ipv4_fixup(&mut p);
+        assert_eq!(decap(&p, &cfg), Err(DecapError::Truncated));
+        // IPv4 options are skipped.
+        let mut p = base[..34].to_vec();
+        p[14] = 0x46;
+        p.extend_from_slice(&[1, 1, 1, 0]);
+        p.extend_from_slice(&base[34..]);
+        let total = (p.len() - 14) as u16;
+        p[16..18].copy_from_slice(&total.to_be_bytes());
+        p[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&p[14..38]);
+        p[24..26].copy_from_slice(&c.to_be_bytes());
+        let d = decap(&p, &cfg).unwrap();
+        assert_eq!(&p[d.inner_offset..d.inner_offset + d.inner_len], &INNER);
+    }
+
+    /// Inserts an IPv6 extension header right after the fixed header.
+    fn with_ext(p: &[u8], ext: &[u8]) -> Vec<u8> {
+        let mut q = p[..54].to_vec();
+        let nh = q[14 + 6];
+        q[14 + 6] = ext[0];
+        let mut e = ext.to_vec();
+        e[0] = nh;
+        q.extend_from_slice(&e);
+        q.extend_from_slice(&p[54..]);
+        let plen = (q.len() - 54) as u16;
+        q[18..20].copy_from_slice(&plen.to_be_bytes());
+        q
+    }
+
+    #[test]
+    fn test_errors_v6() {
+        let cfg = ours();
+        let base = packet(true, None, 9);
+        let p = with_ext(&base, &[0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(decap(&p, &cfg).unwrap().vni, 9);
+        let p = with_ext(&base, &[43, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(decap(&p, &cfg).unwrap().vni, 9);
+        let p = with_ext(&base, &[44, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(decap(&p, &cfg), Err(DecapError::OuterFragment));
+        let p = with_ext(&base, &[60, 0, 0, 0, 0, 0, 0, 0]);
+        let mut p2 = p.clone();
+        p2[54] = 6; // dest opts -> TCP
+        assert_eq!(decap(&p2, &cfg), Err(DecapError::NotUdp));
+        let mut p = base.clone();
+        p[14] = 0x40;
+        assert_eq!(decap(&p, &cfg), Err(DecapError::BadIpHeader));
+        let mut p = base.clone();
+        p[14 + 39] ^= 1;
+        assert_eq!(decap(&p, &cfg), Err(DecapError::WrongVtep));
+        let mut p = base.clone();
+        p[14 + 6] = 58;
+        assert_eq!(decap(&p, &cfg), Err(DecapError::NotUdp));
+        let mut p = base.clone();
+        p.extend_from_slice(&[0; 10]); // padding after the IPv6 packet is excluded
+        let d = decap(&p, &cfg).unwrap();
+        assert_eq!(d.inner_offset + d.inner_len, base.len());
+    }
+
+    proptest! {
+        #[test]
+        fn prop_no_panic(data in proptest::collection::vec(any::<u8>(), 0..160), et in 0usize..2, mutate in 0usize..160) {
+            // Start from a valid packet and corrupt one byte, or use random bytes.
+            let mut p = packet(et == 1, None, 3);
+            if let Some(b) = p.get_mut(mutate) { *b ^= data.first().copied().unwrap_or(0xff); }
+            let _ = decap(&p, &ours());
+            if let Ok(d) = decap(&data, &any_cfg()) {
+                prop_assert!(d.inner_offset + d.inner_len <= data.len());
+            }
+        }
+    }
+}
