@@ -124,7 +124,18 @@ pub struct WorkerResult<Q> {
     /// TSC cycles and wall time the worker spent in its loop.
     pub cycles: u64,
     pub busy_ns: u64,
+    /// Time the worker thread actually ran on a CPU (from the scheduler), which
+    /// excludes time it was preempted on a busy machine; 0 if unknown.
+    pub on_cpu_ns: u64,
     pub pinned_to: Option<usize>,
+}
+
+/// Nanoseconds the calling thread has run on a CPU (Linux schedstat); 0 if unknown.
+pub fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Reads the CPU's time-stamp counter (0 on non-x86 targets).
@@ -167,6 +178,9 @@ pub fn run_worker<Q: Queue>(
     let mut verdicts = [Verdict::Tx; MAX_BURST];
     let published = &shared.published[id];
 
+    // Allocate per-worker state (flow table, counters) before timing starts.
+    pipeline.lb.prepare(&shared.tables.load());
+    let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     let c0 = rdtsc();
     let mut idle_spins = 0u32;
@@ -248,6 +262,7 @@ pub fn run_worker<Q: Queue>(
     }
     let cycles = rdtsc().wrapping_sub(c0);
     let busy_ns = t0.elapsed().as_nanos() as u64;
+    let on_cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
     pipeline.flush_telemetry(&cur, &shared.telemetry[id], true, &mut burst_hist);
     if let Err(e) = queue.flush() {
         eprintln!("dpgw: worker {id}: flushing output failed: {e}");
@@ -259,6 +274,7 @@ pub fn run_worker<Q: Queue>(
         stats,
         cycles,
         busy_ns,
+        on_cpu_ns,
         pinned_to,
     }
 }

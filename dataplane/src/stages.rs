@@ -233,7 +233,9 @@ impl Lb {
         self.epoch.map_or(0, |e| e.elapsed().as_millis() as u64)
     }
 
-    fn prepare(&mut self, t: &Tables) {
+    /// Allocates the flow table and the counters for `t` (done before the
+    /// first burst so the allocation is not on the fast path).
+    pub fn prepare(&mut self, t: &Tables) {
         if self.flows.is_none() {
             self.flows = Some(lb::flow_table::FlowTable::new(t.flow_cfg));
             self.epoch = Some(std::time::Instant::now());
