@@ -33,6 +33,8 @@ pub struct Meta {
     pub key: vxlan::FlowKey,
     /// Offset of the inner IP header in the (decapsulated) frame.
     pub l3_off: u16,
+    /// Bytes of outer headers decap removed (still in the headroom).
+    pub outer_len: u16,
     /// Set by a stage that already produced the final frame (e.g. encapsulation
     /// to a backend), so routing leaves it alone.
     pub finished: bool,
@@ -78,6 +80,8 @@ pub struct Telemetry {
     /// (service name, backend address) → (packets, bytes, new flows).
     pub backends: std::collections::HashMap<(String, std::net::IpAddr), [u64; 3]>,
     pub flows_in_use: u64,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" replies sent.
+    pub icmp_too_big: u64,
     pub flow_capacity: u64,
     /// Flow table hits, misses, evictions, expirations.
     pub flow_counters: [u64; 4],
@@ -101,7 +105,9 @@ impl Shared {
             published: (0..workers).map(|_| Published::default()).collect(),
             running: (0..workers).map(|_| AtomicBool::new(true)).collect(),
             learned_next_hop: AtomicU64::new(0),
-            telemetry: (0..workers).map(|_| Mutex::new(Telemetry::default())).collect(),
+            telemetry: (0..workers)
+                .map(|_| Mutex::new(Telemetry::default()))
+                .collect(),
             seen_generation: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         })
     }

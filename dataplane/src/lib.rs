@@ -8,8 +8,11 @@
 //! ```
 
 pub mod config;
+pub mod control;
 pub mod engine;
+pub mod exception;
 pub mod gen;
+pub mod icmp;
 pub mod io;
 pub mod pcapfile;
 pub mod runner;

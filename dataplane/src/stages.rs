@@ -29,7 +29,13 @@ pub struct Decap;
 
 impl Stage for Decap {
     #[inline]
-    fn process<P: Packet>(&mut self, t: &Tables, pkts: &mut [P], meta: &mut [Meta], v: &mut [Verdict]) {
+    fn process<P: Packet>(
+        &mut self,
+        t: &Tables,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        v: &mut [Verdict],
+    ) {
         for i in 0..pkts.len() {
             if v[i] != Verdict::Tx {
                 continue;
@@ -40,6 +46,7 @@ impl Stage for Decap {
                     p.trim(d.inner_offset + d.inner_len);
                     p.adj(d.inner_offset);
                     meta[i].vni = d.vni;
+                    meta[i].outer_len = d.inner_offset as u16;
                     meta[i].finished = false;
                 }
                 Err(e) => v[i] = Verdict::Drop(decap_reason(e)),
@@ -54,7 +61,13 @@ pub struct InnerParse;
 
 impl Stage for InnerParse {
     #[inline]
-    fn process<P: Packet>(&mut self, _t: &Tables, pkts: &mut [P], meta: &mut [Meta], v: &mut [Verdict]) {
+    fn process<P: Packet>(
+        &mut self,
+        _t: &Tables,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        v: &mut [Verdict],
+    ) {
         for i in 0..pkts.len() {
             if v[i] != Verdict::Tx {
                 continue;
@@ -66,9 +79,13 @@ impl Stage for InnerParse {
                     // Ethernet padding after the IP packet is not forwarded.
                     pkts[i].trim(inner.l3_offset + inner.l3_len);
                 }
-                Err(vxlan::InnerError::Truncated) => v[i] = Verdict::Drop(DropReason::InnerTruncated),
+                Err(vxlan::InnerError::Truncated) => {
+                    v[i] = Verdict::Drop(DropReason::InnerTruncated)
+                }
                 Err(vxlan::InnerError::NotIp) => v[i] = Verdict::Drop(DropReason::InnerNotIp),
-                Err(vxlan::InnerError::BadHeader) => v[i] = Verdict::Drop(DropReason::InnerBadHeader),
+                Err(vxlan::InnerError::BadHeader) => {
+                    v[i] = Verdict::Drop(DropReason::InnerBadHeader)
+                }
             }
         }
     }
@@ -117,7 +134,13 @@ impl Acl {
 
 impl Stage for Acl {
     #[inline]
-    fn process<P: Packet>(&mut self, t: &Tables, _pkts: &mut [P], meta: &mut [Meta], v: &mut [Verdict]) {
+    fn process<P: Packet>(
+        &mut self,
+        t: &Tables,
+        _pkts: &mut [P],
+        meta: &mut [Meta],
+        v: &mut [Verdict],
+    ) {
         let Some(a) = &t.acl else { return };
         if self.hits_generation != t.generation {
             // New rule set: counts of the old one were drained by the worker.
@@ -146,7 +169,8 @@ impl Stage for Acl {
         if n == 0 {
             return;
         }
-        a.classifier.classify_burst(&self.keys[..n], &mut self.out[..n]);
+        a.classifier
+            .classify_burst(&self.keys[..n], &mut self.out[..n]);
         for j in 0..n {
             let m = self.out[j];
             let i = self.pos[j] as usize;
@@ -178,6 +202,7 @@ pub struct Lb {
     epoch: Option<std::time::Instant>,
     /// Destination MAC of transmitted frames for the current burst.
     pub next_hop: [u8; 6],
+    icmp_too_big: u64,
 }
 
 impl Default for Lb {
@@ -192,6 +217,7 @@ impl Default for Lb {
             generation: 0,
             epoch: None,
             next_hop: [0; 6],
+            icmp_too_big: 0,
         }
     }
 }
@@ -211,7 +237,10 @@ impl Lb {
                 if let Some(bc) = self.backend.get_mut(si.0 as usize) {
                     for (b, c) in t.lb.backends(si).iter().zip(bc.iter_mut()) {
                         if c.iter().any(|x| *x != 0) {
-                            let e = tel.backends.entry((svc.name.clone(), b.ip)).or_insert([0; 3]);
+                            let e = tel
+                                .backends
+                                .entry((svc.name.clone(), b.ip))
+                                .or_insert([0; 3]);
                             for k in 0..3 {
                                 e[k] += c[k];
                                 c[k] = 0;
@@ -221,6 +250,7 @@ impl Lb {
                 }
             }
         }
+        tel.icmp_too_big += std::mem::take(&mut self.icmp_too_big);
         if let Some(f) = &self.flows {
             let st = f.stats();
             tel.flows_in_use = f.live(self.now_ms()) as u64;
@@ -254,7 +284,13 @@ impl Lb {
 
 impl Stage for Lb {
     #[inline]
-    fn process<P: Packet>(&mut self, t: &Tables, pkts: &mut [P], meta: &mut [Meta], v: &mut [Verdict]) {
+    fn process<P: Packet>(
+        &mut self,
+        t: &Tables,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        v: &mut [Verdict],
+    ) {
         if t.lb.is_empty() {
             if t.non_vip == NonVip::Drop {
                 for x in v.iter_mut() {
@@ -288,7 +324,9 @@ impl Stage for Lb {
             return;
         }
         let now = self.now_ms();
-        let Some(flows) = self.flows.as_mut() else { return };
+        let Some(flows) = self.flows.as_mut() else {
+            return;
+        };
         t.lb.process_burst(&self.keys[..n], flows, now, &mut self.out[..n]);
         for j in 0..n {
             let i = self.pos[j] as usize;
@@ -299,14 +337,23 @@ impl Stage for Lb {
                     }
                 }
                 lb::LbVerdict::NoBackend(_) => v[i] = Verdict::Drop(DropReason::NoBackend),
-                lb::LbVerdict::Forward { svc, backend, new_flow } => {
+                lb::LbVerdict::Forward {
+                    svc,
+                    backend,
+                    new_flow,
+                } => {
                     let len = pkts[i].data().len() as u64;
                     let Some(bref) = t.lb.backend_ref(svc, backend) else {
                         v[i] = Verdict::Drop(DropReason::NoBackend);
                         continue;
                     };
                     match encap(t, self.next_hop, &mut pkts[i], &meta[i], bref) {
-                        Ok(()) => {
+                        Ok(Encapped::IcmpTooBig) => {
+                            // The packet became the ICMP reply: send it.
+                            meta[i].finished = true;
+                            self.icmp_too_big += 1;
+                        }
+                        Ok(Encapped::ToBackend) => {
                             meta[i].finished = true;
                             let si = svc.0 as usize;
                             if let Some(c) = self.svc.get_mut(si) {
@@ -314,7 +361,11 @@ impl Stage for Lb {
                                 c[1] += len;
                                 c[2] += new_flow as u64;
                             }
-                            if let Some(c) = self.backend.get_mut(si).and_then(|b| b.get_mut(backend as usize)) {
+                            if let Some(c) = self
+                                .backend
+                                .get_mut(si)
+                                .and_then(|b| b.get_mut(backend as usize))
+                            {
                                 c[0] += 1;
                                 c[1] += len;
                                 c[2] += new_flow as u64;
@@ -328,6 +379,34 @@ impl Stage for Lb {
     }
 }
 
+/// What became of a packet sent to a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encapped {
+    /// Encapsulated to the backend.
+    ToBackend,
+    /// Too big for the MTU: it became an ICMP reply to the client.
+    IcmpTooBig,
+}
+
+/// The packet does not fit the MTU once encapsulated. IPv6, and IPv4 with DF
+/// set, get a "packet too big" / "fragmentation needed" reply back to the
+/// client (the packet becomes the reply); others are dropped (`mtu_exceeded`).
+#[cold]
+fn too_big<P: Packet>(
+    t: &Tables,
+    p: &mut P,
+    m: &Meta,
+    room: usize,
+) -> Result<Encapped, DropReason> {
+    let l3 = m.l3_off as usize;
+    let df = m.key.v6 || p.data().get(l3 + 6).is_some_and(|b| b & 0x40 != 0);
+    if df && crate::icmp::too_big_reply(p, m, room as u32, t.local_mac) {
+        Ok(Encapped::IcmpTooBig)
+    } else {
+        Err(DropReason::MtuExceeded)
+    }
+}
+
 /// Encapsulates the decapsulated inner frame `p` to `b` in place.
 #[inline]
 fn encap<P: Packet>(
@@ -336,7 +415,7 @@ fn encap<P: Packet>(
     p: &mut P,
     m: &Meta,
     b: &lb::BackendRef,
-) -> Result<(), DropReason> {
+) -> Result<Encapped, DropReason> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let (src_ip, dst_ip) = if b.v6 {
         let Some(s) = t.underlay_v6 else {
@@ -365,7 +444,8 @@ fn encap<P: Packet>(
             let inner_len = p.data().len();
             let hl = vxlan::vxlan_header_len(&outer);
             if inner_len + hl - 14 > t.mtu as usize {
-                return Err(DropReason::MtuExceeded);
+                let room = (t.mtu as usize + 14).saturating_sub(hl + l3);
+                return too_big(t, p, m, room);
             }
             {
                 let d = p.data_mut();
@@ -375,20 +455,28 @@ fn encap<P: Packet>(
                 return Err(DropReason::NoHeadroom);
             }
             let (hdr, inner) = p.data_mut().split_at_mut(hl);
-            vxlan::emit_vxlan(&outer, vxlan::flow_src_port(&m.key), t.vxlan_dst_port, m.vni, inner, hdr);
+            vxlan::emit_vxlan(
+                &outer,
+                vxlan::flow_src_port(&m.key),
+                t.vxlan_dst_port,
+                m.vni,
+                inner,
+                hdr,
+            );
         }
         lb::EncapKind::Ipip | lb::EncapKind::Gue => {
             // The inner Ethernet header is replaced by the outer stack.
-            p.adj(l3);
-            let ip_len = p.data().len();
+            let ip_len = p.data().len() - l3;
             let hl = if b.encap == lb::EncapKind::Ipip {
                 vxlan::ipip_header_len(&outer)
             } else {
                 vxlan::gue_header_len(&outer)
             };
             if ip_len + hl - 14 > t.mtu as usize {
-                return Err(DropReason::MtuExceeded);
+                let room = (t.mtu as usize + 14).saturating_sub(hl);
+                return too_big(t, p, m, room);
             }
+            p.adj(l3);
             if !p.prepend(hl) {
                 return Err(DropReason::NoHeadroom);
             }
@@ -400,7 +488,7 @@ fn encap<P: Packet>(
             }
         }
     }
-    Ok(())
+    Ok(Encapped::ToBackend)
 }
 
 /// Routes a decapsulated inner packet to the next hop: TTL/hop limit decremented
@@ -413,7 +501,13 @@ pub struct Route {
 
 impl Stage for Route {
     #[inline]
-    fn process<P: Packet>(&mut self, t: &Tables, pkts: &mut [P], meta: &mut [Meta], v: &mut [Verdict]) {
+    fn process<P: Packet>(
+        &mut self,
+        t: &Tables,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        v: &mut [Verdict],
+    ) {
         for i in 0..pkts.len() {
             if v[i] != Verdict::Tx || meta[i].finished {
                 continue;

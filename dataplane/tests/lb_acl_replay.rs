@@ -47,7 +47,13 @@ fn service(encap: &str) -> String {
     s
 }
 
-fn replay(dir: &Path, input: &Path, extra: &str, workers: usize, tag: &str) -> (serde_json::Value, PathBuf) {
+fn replay(
+    dir: &Path,
+    input: &Path,
+    extra: &str,
+    workers: usize,
+    tag: &str,
+) -> (serde_json::Value, PathBuf) {
     let cfg = dir.join(format!("{tag}.toml"));
     let out = dir.join(format!("{tag}.out.pcap"));
     std::fs::write(
@@ -66,8 +72,17 @@ fn replay(dir: &Path, input: &Path, extra: &str, workers: usize, tag: &str) -> (
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let drops: u64 = j["drops"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
-    assert_eq!(j["rx"].as_u64().unwrap(), j["tx"].as_u64().unwrap() + drops, "conservation: {j}");
+    let drops: u64 = j["drops"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        j["rx"].as_u64().unwrap(),
+        j["tx"].as_u64().unwrap() + drops,
+        "conservation: {j}"
+    );
     (j, out)
 }
 
@@ -86,7 +101,12 @@ fn read_pcap(p: &Path) -> Vec<Vec<u8>> {
 /// The inner (client) flow of an input VXLAN frame: (src, sport).
 fn input_flow(f: &[u8]) -> (Ipv4Addr, u16) {
     let inner_ip = 14 + 20 + 8 + 8 + 14;
-    let src = Ipv4Addr::new(f[inner_ip + 12], f[inner_ip + 13], f[inner_ip + 14], f[inner_ip + 15]);
+    let src = Ipv4Addr::new(
+        f[inner_ip + 12],
+        f[inner_ip + 13],
+        f[inner_ip + 14],
+        f[inner_ip + 15],
+    );
     let sport = u16::from_be_bytes([f[inner_ip + 20], f[inner_ip + 21]]);
     (src, sport)
 }
@@ -97,15 +117,29 @@ fn ipip_flow(f: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16) {
     assert_eq!(f[14 + 9], 4, "outer protocol is IPIP");
     let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
     let inner = 34;
-    assert_eq!(&f[inner + 16..inner + 20], &VIP.octets(), "inner destination is the VIP");
+    assert_eq!(
+        &f[inner + 16..inner + 20],
+        &VIP.octets(),
+        "inner destination is the VIP"
+    );
     let src = Ipv4Addr::new(f[inner + 12], f[inner + 13], f[inner + 14], f[inner + 15]);
     let sport = u16::from_be_bytes([f[inner + 20], f[inner + 21]]);
     (dst, src, sport)
 }
 
 fn tshark_count(p: &Path, extra: &[&str], filter: &str) -> Option<usize> {
-    let o = Command::new("tshark").arg("-r").arg(p).args(extra).args(["-Y", filter]).output().ok()?;
-    assert!(o.status.success(), "tshark: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("tshark")
+        .arg("-r")
+        .arg(p)
+        .args(extra)
+        .args(["-Y", filter])
+        .output()
+        .ok()?;
+    assert!(
+        o.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     Some(String::from_utf8_lossy(&o.stdout).lines().count())
 }
 
@@ -132,10 +166,20 @@ fn ipip_sticky_even_and_consistent() {
     let mut flow_backend: HashMap<(Ipv4Addr, u16), Ipv4Addr> = HashMap::new();
     for (i, o) in ins.iter().zip(outs.iter()) {
         let (dst, src, sport) = ipip_flow(o);
-        assert_eq!((src, sport), input_flow(i), "packet order and inner flow kept");
-        assert!(BACKENDS.contains(&dst), "outer destination {dst} is a backend");
+        assert_eq!(
+            (src, sport),
+            input_flow(i),
+            "packet order and inner flow kept"
+        );
+        assert!(
+            BACKENDS.contains(&dst),
+            "outer destination {dst} is a backend"
+        );
         let prev = flow_backend.insert((src, sport), dst);
-        assert!(prev.is_none() || prev == Some(dst), "a flow changed backend");
+        assert!(
+            prev.is_none() || prev == Some(dst),
+            "a flow changed backend"
+        );
         // The inner IP packet is carried unchanged (no TTL decrement for DSR).
         let inner_in = &i[14 + 20 + 8 + 8 + 14..];
         assert_eq!(&o[34..], inner_in, "inner packet intact");
@@ -146,7 +190,10 @@ fn ipip_sticky_even_and_consistent() {
     }
     assert_eq!(per.len(), 3);
     for (b, n) in &per {
-        assert!(*n > 600 / 3 * 7 / 10, "backend {b} got {n} of 600 flows: {per:?}");
+        assert!(
+            *n > 600 / 3 * 7 / 10,
+            "backend {b} got {n} of 600 flows: {per:?}"
+        );
     }
     // Another instance (and another worker count) picks the same backends.
     let (_, out2) = replay(dir.path(), &input, &service("ipip"), 2, "b");
@@ -155,8 +202,16 @@ fn ipip_sticky_even_and_consistent() {
         let (dst, src, sport) = ipip_flow(&o);
         map2.insert((src, sport), dst);
     }
-    assert_eq!(flow_backend, map2, "two gateways with the same config agree on every flow");
-    tshark_or_skip(&out, &[], &format!("ip.proto == 4 && ip.dst == {VIP}"), 6000);
+    assert_eq!(
+        flow_backend, map2,
+        "two gateways with the same config agree on every flow"
+    );
+    tshark_or_skip(
+        &out,
+        &[],
+        &format!("ip.proto == 4 && ip.dst == {VIP}"),
+        6000,
+    );
     // The service counters and the flow table are visible in the summary's drops: none.
     assert!(j["drops"].as_object().unwrap().is_empty(), "{j}");
 }
@@ -166,7 +221,8 @@ fn backend_order_does_not_matter() {
     let dir = tempfile::tempdir().unwrap();
     let input = capture(dir.path(), 5, 200, 1000);
     let (_, a) = replay(dir.path(), &input, &service("ipip"), 1, "a");
-    let mut reversed = format!("[[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\n");
+    let mut reversed =
+        format!("[[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\n");
     for b in BACKENDS.iter().rev() {
         reversed.push_str(&format!("[[service.backend]]\nip = \"{b}\"\n"));
     }
@@ -183,9 +239,18 @@ fn gue_and_vxlan_encap_dissect() {
     for o in read_pcap(&out) {
         assert_eq!(o[14 + 9], 17, "GUE is UDP");
         assert_eq!(u16::from_be_bytes([o[36], o[37]]), 6080);
-        assert_eq!(&o[42 + 16..42 + 20], &VIP.octets(), "inner IP right after UDP");
+        assert_eq!(
+            &o[42 + 16..42 + 20],
+            &VIP.octets(),
+            "inner IP right after UDP"
+        );
     }
-    tshark_or_skip(&out, &["-d", "udp.port==6080,ip"], &format!("ip.dst == {VIP} && tcp.dstport == 80"), 500);
+    tshark_or_skip(
+        &out,
+        &["-d", "udp.port==6080,ip"],
+        &format!("ip.dst == {VIP} && tcp.dstport == 80"),
+        500,
+    );
 
     let (j, out) = replay(dir.path(), &input, &service("vxlan"), 1, "vx");
     assert_eq!(j["tx"].as_u64(), Some(500));
@@ -194,18 +259,27 @@ fn gue_and_vxlan_encap_dissect() {
         assert_eq!(u16::from_be_bytes([o[36], o[37]]), 4789);
         let inner = &o[50..];
         let dmac: [u8; 6] = inner[0..6].try_into().unwrap();
-        assert!(macs.contains(&dmac), "inner destination MAC is the backend's");
+        assert!(
+            macs.contains(&dmac),
+            "inner destination MAC is the backend's"
+        );
         let vni = u32::from_be_bytes([0, o[46], o[47], o[48]]);
         assert_eq!(vni, 100, "VNI kept");
     }
-    tshark_or_skip(&out, &[], &format!("vxlan && ip.dst == {VIP} && tcp.dstport == 80"), 500);
+    tshark_or_skip(
+        &out,
+        &[],
+        &format!("vxlan && ip.dst == {VIP} && tcp.dstport == 80"),
+        500,
+    );
 }
 
 #[test]
 fn no_backend_and_non_vip() {
     let dir = tempfile::tempdir().unwrap();
     let input = capture(dir.path(), 9, 20, 100);
-    let empty = format!("[[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\n");
+    let empty =
+        format!("[[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\n");
     let (j, _) = replay(dir.path(), &input, &empty, 1, "nb");
     assert_eq!(j["drops"]["no_backend"].as_u64(), Some(100), "{j}");
     // A service on another port: the traffic is not for it and is routed.
@@ -223,7 +297,13 @@ fn acl_rules_drop_exactly_the_expected_packets() {
     // Deny sources 10.0.0.0/25 (flow sources are 10.0.0.1, 10.0.0.2, ...) to port 80,
     // allow the rest by default.
     let rules = "[acl]\ndefault = \"allow\"\n[[acl.rule]]\nsrc = \"10.0.0.0/25\"\nproto = \"tcp\"\ndst_ports = \"80\"\naction = \"deny\"\n";
-    let (j, _) = replay(dir.path(), &input, &format!("{rules}{}", service("ipip")), 1, "acl");
+    let (j, _) = replay(
+        dir.path(),
+        &input,
+        &format!("{rules}{}", service("ipip")),
+        1,
+        "acl",
+    );
     let expected = read_pcap(&input)
         .iter()
         .filter(|f| {
@@ -263,4 +343,85 @@ fn bad_service_config_lists_every_problem() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("dataplane.workers"), "{e}");
     assert!(e.contains("table_size") || e.contains("prime"), "{e}");
+}
+
+#[test]
+fn too_big_for_the_mtu_answers_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    for (v6, encap) in [(false, "ipip"), (false, "vxlan"), (true, "ipip")] {
+        let vip: IpAddr = if v6 {
+            "fd01::1".parse().unwrap()
+        } else {
+            IpAddr::V4(VIP)
+        };
+        let spec = GenSpec {
+            packets: 20,
+            flows: 5,
+            frame_size: 1400,
+            inner_v6: v6,
+            tcp_pct: 100,
+            seed: 4,
+            dsts: vec![vip],
+            dports: vec![80],
+            ..Default::default()
+        };
+        let input = dir.path().join(format!("big-{v6}-{encap}.pcap"));
+        std::fs::write(&input, generate(&spec).unwrap().buf).unwrap();
+        let backend = if v6 { "fd09::1" } else { "10.9.0.1" };
+        let underlay = if v6 {
+            "\"10.0.0.1\", \"fd00::1\""
+        } else {
+            "\"10.0.0.1\""
+        };
+        let svc = format!(
+            "[[service]]\nname = \"web\"\nvip = \"{vip}\"\nport = 80\nproto = \"tcp\"\nencap = \"{encap}\"\n[[service.backend]]\nip = \"{backend}\"\nmac = \"02:be:00:00:00:01\"\n"
+        );
+        let extra = format!("{svc}");
+        let tag = format!("big-{v6}-{encap}");
+        let cfg = dir.path().join(format!("{tag}.toml"));
+        let out = dir.path().join(format!("{tag}.out.pcap"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[pcap]\ninput = [{:?}]\noutput = {:?}\n[gateway]\nvtep_ips = [\"10.0.0.1\"]\nunderlay_ips = [{underlay}]\nmtu = 1400\n{extra}",
+                input.display().to_string(),
+                out.display().to_string()
+            ),
+        )
+        .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_dpgw"))
+            .args(["replay", "--json", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            j["tx"].as_u64(),
+            Some(20),
+            "{tag}: every packet becomes a reply: {j}"
+        );
+        for f in read_pcap(&out) {
+            // VXLAN back to the client's VTEP (172.16.0.x), from ours.
+            assert_eq!(
+                &f[26..30],
+                &[10, 0, 0, 1],
+                "{tag}: outer source is our VTEP"
+            );
+            assert_eq!(
+                &f[30..32],
+                &[172, 16],
+                "{tag}: outer destination is the client VTEP"
+            );
+            assert_eq!(u16::from_be_bytes([f[36], f[37]]), 4789);
+        }
+        let filter = if v6 {
+            "vxlan && icmpv6.type == 2 && icmpv6.mtu == 1360".to_string()
+        } else if encap == "ipip" {
+            "vxlan && icmp.type == 3 && icmp.code == 4 && icmp.mtu == 1380".to_string()
+        } else {
+            "vxlan && icmp.type == 3 && icmp.code == 4 && icmp.mtu == 1350".to_string()
+        };
+        tshark_or_skip(&out, &[], &filter, 20);
+    }
 }
