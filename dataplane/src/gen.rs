@@ -79,9 +79,13 @@ fn flows(spec: &GenSpec, rng: &mut SmallRng) -> Vec<Flow> {
     (0..n)
         .map(|i| {
             let src = if spec.inner_v6 {
-                IpAddr::V6(Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | (i as u128 + 1)))
+                IpAddr::V6(Ipv6Addr::from(
+                    0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | (i as u128 + 1),
+                ))
             } else {
-                IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 | (i as u32 + 1) & 0x00ff_ffff))
+                IpAddr::V4(Ipv4Addr::from(
+                    0x0a00_0000u32 | (i as u32 + 1) & 0x00ff_ffff,
+                ))
             };
             let dst = if spec.dsts.is_empty() {
                 if spec.inner_v6 {
@@ -92,8 +96,16 @@ fn flows(spec: &GenSpec, rng: &mut SmallRng) -> Vec<Flow> {
             } else {
                 spec.dsts[i % spec.dsts.len()]
             };
-            let dport = spec.dports.get(i % spec.dports.len().max(1)).copied().unwrap_or(80);
-            let proto = if rng.gen_range(0..100u8) < spec.tcp_pct { 6 } else { 17 };
+            let dport = spec
+                .dports
+                .get(i % spec.dports.len().max(1))
+                .copied()
+                .unwrap_or(80);
+            let proto = if rng.gen_range(0..100u8) < spec.tcp_pct {
+                6
+            } else {
+                17
+            };
             let host = (i % 250) as u8 + 1;
             let outer_src = if spec.outer_v6 {
                 IpAddr::V6(Ipv6Addr::new(0xfd10, 0, 0, 0, 0, 0, 0, host as u16))
@@ -140,7 +152,11 @@ impl Zipf {
 
 /// Writes the capture `spec` describes.
 pub fn generate(spec: &GenSpec) -> Result<PcapWriter, String> {
-    let min = if spec.inner_v6 { 14 + 40 + 20 } else { 14 + 20 + 20 };
+    let min = if spec.inner_v6 {
+        14 + 40 + 20
+    } else {
+        14 + 20 + 20
+    };
     if spec.frame_size < min {
         return Err(format!(
             "frame size {} is below the {min} bytes of inner headers (TCP worst case)",

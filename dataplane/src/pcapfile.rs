@@ -90,7 +90,10 @@ pub fn parse(data: Vec<u8>, path: &Path) -> Result<Capture, PcapError> {
         what,
     };
     if data.len() < 4 {
-        return Err(corrupt(0, format!("file too short ({} bytes) for a capture header", data.len())));
+        return Err(corrupt(
+            0,
+            format!("file too short ({} bytes) for a capture header", data.len()),
+        ));
     }
     let magic = [data[0], data[1], data[2], data[3]];
     match magic {
@@ -131,12 +134,18 @@ fn parse_pcap(data: Vec<u8>, path: &Path) -> Result<Capture, PcapError> {
         m => {
             return Err(corrupt(
                 0,
-                format!("not a pcap or pcapng file (magic {:02x}{:02x}{:02x}{:02x})", m[0], m[1], m[2], m[3]),
+                format!(
+                    "not a pcap or pcapng file (magic {:02x}{:02x}{:02x}{:02x})",
+                    m[0], m[1], m[2], m[3]
+                ),
             ))
         }
     };
     if data.len() < 24 {
-        return Err(corrupt(0, "truncated pcap global header (24 bytes needed)".into()));
+        return Err(corrupt(
+            0,
+            "truncated pcap global header (24 bytes needed)".into(),
+        ));
     }
     let linktype = rd_u32(&data, 20, be) & 0x0fff_ffff;
     if linktype != LINKTYPE_ETHERNET {
@@ -150,19 +159,28 @@ fn parse_pcap(data: Vec<u8>, path: &Path) -> Result<Capture, PcapError> {
     let mut off = 24;
     while off < data.len() {
         if data.len() - off < 16 {
-            return Err(corrupt(off, format!("truncated record header ({} of 16 bytes)", data.len() - off)));
+            return Err(corrupt(
+                off,
+                format!("truncated record header ({} of 16 bytes)", data.len() - off),
+            ));
         }
         let sec = rd_u32(&data, off, be) as u64;
         let frac = rd_u32(&data, off + 4, be) as u64;
         let incl = rd_u32(&data, off + 8, be) as usize;
         if incl > MAX_FRAME {
-            return Err(corrupt(off, format!("record length {incl} exceeds {MAX_FRAME}")));
+            return Err(corrupt(
+                off,
+                format!("record length {incl} exceeds {MAX_FRAME}"),
+            ));
         }
         let body = off + 16;
         if data.len() - body < incl {
             return Err(corrupt(
                 off,
-                format!("truncated record: {incl} bytes declared, {} present", data.len() - body),
+                format!(
+                    "truncated record: {incl} bytes declared, {} present",
+                    data.len() - body
+                ),
             ));
         }
         let ts_ns = sec * 1_000_000_000 + if nanos { frac } else { frac * 1000 };
@@ -189,7 +207,10 @@ fn parse_pcapng(data: Vec<u8>, path: &Path) -> Result<Capture, PcapError> {
     let mut off = 0;
     while off < data.len() {
         if data.len() - off < 12 {
-            return Err(corrupt(off, format!("truncated block header ({} bytes left)", data.len() - off)));
+            return Err(corrupt(
+                off,
+                format!("truncated block header ({} bytes left)", data.len() - off),
+            ));
         }
         let btype_raw = [data[off], data[off + 1], data[off + 2], data[off + 3]];
         if btype_raw == [0x0a, 0x0d, 0x0d, 0x0a] {
@@ -210,7 +231,10 @@ fn parse_pcapng(data: Vec<u8>, path: &Path) -> Result<Capture, PcapError> {
         if data.len() - off < blen {
             return Err(corrupt(
                 off,
-                format!("truncated block: {blen} bytes declared, {} present", data.len() - off),
+                format!(
+                    "truncated block: {blen} bytes declared, {} present",
+                    data.len() - off
+                ),
             ));
         }
         let body = off + 8;
@@ -257,7 +281,10 @@ fn parse_pcapng(data: Vec<u8>, path: &Path) -> Result<Capture, PcapError> {
                 }
                 let ifid = rd_u32(&data, body, be) as usize;
                 let Some(&(lt, units)) = ifaces.get(ifid) else {
-                    return Err(corrupt(off, format!("packet refers to undeclared interface {ifid}")));
+                    return Err(corrupt(
+                        off,
+                        format!("packet refers to undeclared interface {ifid}"),
+                    ));
                 };
                 if lt != LINKTYPE_ETHERNET {
                     return Err(PcapError::LinkType {
@@ -266,10 +293,14 @@ fn parse_pcapng(data: Vec<u8>, path: &Path) -> Result<Capture, PcapError> {
                         name: linktype_name(lt),
                     });
                 }
-                let ts = ((rd_u32(&data, body + 4, be) as u64) << 32) | rd_u32(&data, body + 8, be) as u64;
+                let ts = ((rd_u32(&data, body + 4, be) as u64) << 32)
+                    | rd_u32(&data, body + 8, be) as u64;
                 let caplen = rd_u32(&data, body + 12, be) as usize;
                 if caplen > body_len - 20 || caplen > MAX_FRAME {
-                    return Err(corrupt(off, format!("captured length {caplen} exceeds its block")));
+                    return Err(corrupt(
+                        off,
+                        format!("captured length {caplen} exceeds its block"),
+                    ));
                 }
                 let ts_ns = (ts as u128 * 1_000_000_000u128 / units as u128) as u64;
                 records.push(Record {
@@ -305,7 +336,10 @@ fn parse_pcapng(data: Vec<u8>, path: &Path) -> Result<Capture, PcapError> {
         }
         let trailer = rd_u32(&data, off + blen - 4, be) as usize;
         if trailer != blen {
-            return Err(corrupt(off + blen - 4, format!("block trailer length {trailer} != {blen}")));
+            return Err(corrupt(
+                off + blen - 4,
+                format!("block trailer length {trailer} != {blen}"),
+            ));
         }
         off += blen;
     }
@@ -427,7 +461,9 @@ mod tests {
 
     #[test]
     fn test_garbage() {
-        let e = parse(b"hello world, not a pcap".to_vec(), p()).unwrap_err().to_string();
+        let e = parse(b"hello world, not a pcap".to_vec(), p())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a pcap"), "{e}");
     }
 }

@@ -47,7 +47,10 @@ fn replay(inputs: &[PathBuf], gateway: &str, extra: &str, workers: usize) -> Run
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     let out = dir.path().join("out.pcap");
-    let list: Vec<String> = inputs.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+    let list: Vec<String> = inputs
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
     std::fs::write(
         &cfg,
         format!(
@@ -68,7 +71,8 @@ fn replay(inputs: &[PathBuf], gateway: &str, extra: &str, workers: usize) -> Run
         String::from_utf8_lossy(&o.stderr),
         String::from_utf8_lossy(&o.stdout)
     );
-    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object on stdout");
+    let json: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("one JSON object on stdout");
     let run = Run {
         json,
         out: Some(out),
@@ -123,7 +127,11 @@ fn ip_checksum(h: &[u8]) -> u16 {
 /// (cut to the inner IP length), MACs local → next hop, TTL/hop limit - 1,
 /// IPv4 header checksum valid.
 fn expected_forward(input: &[u8]) -> Vec<u8> {
-    let outer_ip = if input[12..14] == [0x86, 0xdd] { 40 } else { (input[14] & 0x0f) as usize * 4 };
+    let outer_ip = if input[12..14] == [0x86, 0xdd] {
+        40
+    } else {
+        (input[14] & 0x0f) as usize * 4
+    };
     let inner_start = 14 + outer_ip + 8 + 8;
     let mut f = input[inner_start..].to_vec();
     f[0..6].copy_from_slice(&NEXT);
@@ -149,7 +157,11 @@ fn expected_forward(input: &[u8]) -> Vec<u8> {
 
 /// tshark must read the output without any malformed packet.
 fn tshark_clean(p: &Path, expect_packets: u64) {
-    let Ok(o) = Command::new("tshark").args(["-r"]).arg(p).args(["-Y", "_ws.malformed || _ws.expert.severity == \"error\""]).output()
+    let Ok(o) = Command::new("tshark")
+        .args(["-r"])
+        .arg(p)
+        .args(["-Y", "_ws.malformed || _ws.expert.severity == \"error\""])
+        .output()
     else {
         if std::env::var_os("CI").is_some() {
             panic!("tshark is required in CI (scripts/setup.sh installs it)");
@@ -157,9 +169,17 @@ fn tshark_clean(p: &Path, expect_packets: u64) {
         eprintln!("tshark not installed: skipping the dissection check");
         return;
     };
-    assert!(o.status.success(), "tshark failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let bad = String::from_utf8_lossy(&o.stdout);
-    assert!(bad.trim().is_empty(), "tshark finds malformed packets in {}:\n{bad}", p.display());
+    assert!(
+        bad.trim().is_empty(),
+        "tshark finds malformed packets in {}:\n{bad}",
+        p.display()
+    );
     let o = Command::new("tshark").args(["-r"]).arg(p).output().unwrap();
     let n = String::from_utf8_lossy(&o.stdout).lines().count() as u64;
     assert_eq!(n, expect_packets, "tshark packet count");
@@ -171,7 +191,11 @@ fn check_forwarded(inputs: &[Vec<u8>], run: &Run) {
     let expected: Vec<Vec<u8>> = inputs
         .iter()
         .filter(|f| {
-            let outer_ip = if f[12..14] == [0x86, 0xdd] { 40 } else { (f[14] & 0x0f) as usize * 4 };
+            let outer_ip = if f[12..14] == [0x86, 0xdd] {
+                40
+            } else {
+                (f[14] & 0x0f) as usize * 4
+            };
             let inner = 14 + outer_ip + 16;
             matches!(&f[inner + 12..inner + 14], [0x08, 0x00] | [0x86, 0xdd])
         })
@@ -179,7 +203,10 @@ fn check_forwarded(inputs: &[Vec<u8>], run: &Run) {
         .collect();
     assert_eq!(out.len(), expected.len());
     for (i, (o, e)) in out.iter().zip(expected.iter()).enumerate() {
-        assert_eq!(o, e, "forwarded packet {i} differs from the input's inner frame");
+        assert_eq!(
+            o, e,
+            "forwarded packet {i} differs from the input's inner frame"
+        );
     }
     tshark_clean(run.out.as_ref().unwrap(), run.tx());
 }
@@ -216,10 +243,17 @@ fn vtep_filter() {
 
 #[test]
 fn pcapplusplus_flags_tolerated() {
-    for f in ["vxlan/pcapplusplus-Vxlan1.pcap", "vxlan/pcapplusplus-Vxlan2.pcap"] {
+    for f in [
+        "vxlan/pcapplusplus-Vxlan1.pcap",
+        "vxlan/pcapplusplus-Vxlan2.pcap",
+    ] {
         let p = testdata(f);
         let run = replay(&[p.clone()], GW, "", 1);
-        assert_eq!(run.tx(), 1, "{f}: GBP/reserved bits must not drop a frame with I set");
+        assert_eq!(
+            run.tx(),
+            1,
+            "{f}: GBP/reserved bits must not drop a frame with I set"
+        );
         check_forwarded(&read_pcap(&p), &run);
     }
 }
@@ -272,7 +306,12 @@ fn zeek_vxlan_captures() {
         let run = replay(&[p.clone()], GW, "", 1);
         if f.contains("igmp") {
             // IGMP packets are sent with TTL 1: routing them would expire them.
-            assert_eq!(run.drops().get("ttl_expired"), Some(&3), "{f}: {}", run.json);
+            assert_eq!(
+                run.drops().get("ttl_expired"),
+                Some(&3),
+                "{f}: {}",
+                run.json
+            );
             continue;
         }
         assert_eq!(run.tx(), tx, "{f}: {}", run.json);
@@ -297,9 +336,15 @@ fn general_captures_all_dropped_with_reason() {
         ("pcapplusplus-IcmpPackets.pcap", &[("not_udp", 15)]),
         ("pcapplusplus-IcmpV6_EchoMessages.pcap", &[("not_udp", 2)]),
         ("pcapplusplus-QinQ_802.1_AD.pcapng", &[("not_udp", 1)]),
-        ("pcapplusplus-VlanPackets.pcap", &[("not_udp", 20), ("not_ip", 6)]),
+        (
+            "pcapplusplus-VlanPackets.pcap",
+            &[("not_udp", 20), ("not_ip", 6)],
+        ),
         // 50 fragments, and 3 whole UDP datagrams (to port 789).
-        ("pcapplusplus-ip4_fragments.pcap", &[("outer_fragment", 50), ("not_vxlan", 3)]),
+        (
+            "pcapplusplus-ip4_fragments.pcap",
+            &[("outer_fragment", 50), ("not_vxlan", 3)],
+        ),
         ("pcapplusplus-ip6_fragments.pcap", &[("outer_fragment", 36)]),
         ("pcapplusplus-one_tcp_stream.pcap", &[("not_udp", 36)]),
         ("tcpdump-802.1ad_QinQ.pcap", &[("not_ip", 2)]),
@@ -317,7 +362,11 @@ fn raw_linktype_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     let p = testdata("general/pcapplusplus-four_ipv6_http_streams.pcap");
-    std::fs::write(&cfg, format!("[pcap]\ninput = [{:?}]\n", p.display().to_string())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[pcap]\ninput = [{:?}]\n", p.display().to_string()),
+    )
+    .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_dpgw"))
         .args(["replay", "--config"])
         .arg(&cfg)
@@ -336,7 +385,11 @@ fn corrupt_capture_names_offset() {
     let bad = dir.path().join("bad.pcap");
     std::fs::write(&bad, &good[..good.len() - 7]).unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, format!("[pcap]\ninput = [{:?}]\n", bad.display().to_string())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[pcap]\ninput = [{:?}]\n", bad.display().to_string()),
+    )
+    .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_dpgw"))
         .args(["replay", "--config"])
         .arg(&cfg)
@@ -349,10 +402,14 @@ fn corrupt_capture_names_offset() {
 
 #[test]
 fn two_workers_conserve_and_forward_everything() {
-    let files: Vec<PathBuf> = ["vxlan/tcpdump-vxlan.pcap", "vxlan/zeek-vxlan-encapsulated-http.pcap", "general/pcapplusplus-DnsPackets.pcap"]
-        .iter()
-        .map(|f| testdata(f))
-        .collect();
+    let files: Vec<PathBuf> = [
+        "vxlan/tcpdump-vxlan.pcap",
+        "vxlan/zeek-vxlan-encapsulated-http.pcap",
+        "general/pcapplusplus-DnsPackets.pcap",
+    ]
+    .iter()
+    .map(|f| testdata(f))
+    .collect();
     let one = replay(&files, GW, "", 1);
     let two = replay(&files, GW, "", 2);
     assert_eq!(one.rx(), two.rx());
@@ -362,7 +419,10 @@ fn two_workers_conserve_and_forward_everything() {
     let mut b = read_pcap(two.out.as_ref().unwrap());
     a.sort();
     b.sort();
-    assert_eq!(a, b, "the same packets leave, whatever the number of workers");
+    assert_eq!(
+        a, b,
+        "the same packets leave, whatever the number of workers"
+    );
 }
 
 #[test]
@@ -375,11 +435,22 @@ fn demo_config_runs() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    for k in ["rx", "tx", "drops", "mpps", "ns_per_packet", "gbps", "line_rate_pct"] {
+    for k in [
+        "rx",
+        "tx",
+        "drops",
+        "mpps",
+        "ns_per_packet",
+        "gbps",
+        "line_rate_pct",
+    ] {
         assert!(j.get(k).is_some(), "missing {k}");
     }
     for k in ["10G", "25G", "40G", "100G"] {
-        assert!(j["line_rate_pct"].get(k).is_some(), "missing line_rate_pct.{k}");
+        assert!(
+            j["line_rate_pct"].get(k).is_some(),
+            "missing line_rate_pct.{k}"
+        );
     }
     assert!(j["rx"].as_u64().unwrap() > 0);
 }

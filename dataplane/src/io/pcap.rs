@@ -108,7 +108,8 @@ pub struct WorkerTrace {
 
 impl WorkerTrace {
     fn push(&mut self, frame: &[u8], ts: u64) {
-        self.recs.push((self.data.len() as u32, frame.len() as u32, ts));
+        self.recs
+            .push((self.data.len() as u32, frame.len() as u32, ts));
         self.data.extend_from_slice(frame);
         self.max_frame = self.max_frame.max(frame.len());
         self.wire_bytes += crate::stats::wire_bytes(frame.len());
@@ -159,7 +160,9 @@ pub fn rss_hash(f: &[u8]) -> u32 {
     let l3 = off + 2;
     let (a, b, proto, l4) = match et {
         0x0800 => {
-            let Some(h) = f.get(l3..l3 + 20) else { return 0 };
+            let Some(h) = f.get(l3..l3 + 20) else {
+                return 0;
+            };
             let ihl = (h[0] & 0x0f) as usize * 4;
             let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0;
             let a = u32::from_be_bytes([h[12], h[13], h[14], h[15]]) as u128;
@@ -167,7 +170,9 @@ pub fn rss_hash(f: &[u8]) -> u32 {
             (a, b, if frag { 0 } else { h[9] }, l3 + ihl)
         }
         0x86dd => {
-            let Some(h) = f.get(l3..l3 + 40) else { return 0 };
+            let Some(h) = f.get(l3..l3 + 40) else {
+                return 0;
+            };
             let a = u128::from_be_bytes(h[8..24].try_into().unwrap_or([0; 16]));
             let b = u128::from_be_bytes(h[24..40].try_into().unwrap_or([0; 16]));
             (a, b, h[6], l3 + 40)
@@ -217,7 +222,9 @@ impl PcapQueue {
     /// `loops == 0` replays forever. `output`: (worker index, shared slots).
     pub fn new(trace: WorkerTrace, loops: u64, output: Option<(usize, OutputSlots)>) -> PcapQueue {
         let cap = trace.max_frame.max(2048);
-        let pool = (0..POOL_SIZE).map(|_| HeapBuf::with_capacity(cap)).collect();
+        let pool = (0..POOL_SIZE)
+            .map(|_| HeapBuf::with_capacity(cap))
+            .collect();
         let done = trace.is_empty();
         PcapQueue {
             trace,
@@ -252,7 +259,9 @@ impl Queue for PcapQueue {
                     }
                 }
             }
-            let Some(mut buf) = self.pool.pop() else { break };
+            let Some(mut buf) = self.pool.pop() else {
+                break;
+            };
             let (off, len, ts) = self.trace.recs[self.idx];
             let (off, len) = (off as usize, len as usize);
             buf.load(&self.trace.data[off..off + len], ts);
@@ -286,7 +295,9 @@ impl Queue for PcapQueue {
 
     fn flush(&mut self) -> std::io::Result<()> {
         if let Some((i, out, slots)) = &mut self.out {
-            let mut s = slots.lock().map_err(|_| std::io::Error::other("output lock poisoned"))?;
+            let mut s = slots
+                .lock()
+                .map_err(|_| std::io::Error::other("output lock poisoned"))?;
             if s.len() <= *i {
                 s.resize(*i + 1, Vec::new());
             }
