@@ -203,6 +203,7 @@ pub struct Lb {
     /// Destination MAC of transmitted frames for the current burst.
     pub next_hop: [u8; 6],
     icmp_too_big: u64,
+    live_scanned_at: u64,
 }
 
 impl Default for Lb {
@@ -218,6 +219,7 @@ impl Default for Lb {
             epoch: None,
             next_hop: [0; 6],
             icmp_too_big: 0,
+            live_scanned_at: 0,
         }
     }
 }
@@ -253,7 +255,12 @@ impl Lb {
         tel.icmp_too_big += std::mem::take(&mut self.icmp_too_big);
         if let Some(f) = &self.flows {
             let st = f.stats();
-            tel.flows_in_use = f.live(self.now_ms()) as u64;
+            // Counting live flows scans the whole table: at most once a second.
+            let now = self.now_ms();
+            if now >= self.live_scanned_at + 1000 || tel.flow_capacity == 0 {
+                self.live_scanned_at = now;
+                tel.flows_in_use = f.live(now) as u64;
+            }
             tel.flow_capacity = f.capacity() as u64;
             tel.flow_counters = [st.hits, st.misses, st.evictions, st.expired];
         }

@@ -1,0 +1,637 @@
+//! The immutable lookup snapshot ([`LbTables`]) the workers read: service lookup,
+//! Maglev tables, and backend selection through the per-worker flow table.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use crate::flow_table::{FlowTable, Pinned, Probe};
+use crate::maglev::{self, BackendIdx, Permutation, WeightedBackend};
+use crate::spec::{BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services};
+use crate::{flow_hash, fold_mul, FlowKey};
+
+/// Index of a service in an [`LbTables`] snapshot (services are in name order).
+/// Valid for the snapshot that returned it; per-service counters kept by the
+/// engine should be re-keyed by name when the snapshot changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceIdx(pub u32);
+
+/// Everything the engine needs to encapsulate one packet to a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendRef {
+    /// Backend address; IPv4 is `u32::from(Ipv4Addr)` zero-extended.
+    pub addr: u128,
+    /// Whether `addr` is IPv6.
+    pub v6: bool,
+    /// Backend MAC (always present for `vxlan` services).
+    pub mac: Option<[u8; 6]>,
+    /// How to encapsulate.
+    pub encap: EncapKind,
+    /// Index of the backend in its service ([`LbTables::backends`]), for counters.
+    pub index: BackendIdx,
+}
+
+impl BackendRef {
+    /// The backend address as an `IpAddr`.
+    pub fn ip(&self) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(self.addr))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(self.addr as u32))
+        }
+    }
+}
+
+/// The backend chosen for a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Selected {
+    /// Where to send it.
+    pub backend: BackendRef,
+    /// True if the flow was not (validly) in the flow table: a new selection.
+    pub new_flow: bool,
+}
+
+/// Per-packet result of [`LbTables::process_burst`]: 8 bytes, so a burst of
+/// verdicts is cheap to write; [`LbTables::backend_ref`] gives the address,
+/// MAC and encapsulation of a `Forward` backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LbVerdict {
+    /// The packet is not addressed to a service VIP.
+    #[default]
+    NotService,
+    /// The service has no backend able to take the flow: drop (NoBackend).
+    NoBackend(ServiceIdx),
+    /// Encapsulate to backend `backend` of service `svc`.
+    Forward {
+        /// The service (for per-service counters).
+        svc: ServiceIdx,
+        /// The backend's index in the service (for per-backend counters and
+        /// [`LbTables::backend_ref`]).
+        backend: BackendIdx,
+        /// True if this packet started (or re-homed) a flow.
+        new_flow: bool,
+    },
+}
+
+/// A backend as seen in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Address.
+    pub ip: IpAddr,
+    /// Weight (0 = no new flows).
+    pub weight: u32,
+    /// State.
+    pub state: BackendState,
+    /// MAC, if configured.
+    pub mac: Option<MacAddr>,
+    /// Number of Maglev table entries it owns (its share of new flows is
+    /// `slots / table_size`).
+    pub slots: u32,
+    r: BackendRef,
+}
+
+impl Backend {
+    /// The encapsulation target for this backend.
+    pub fn backend_ref(&self) -> BackendRef {
+        self.r
+    }
+
+    /// Whether it may be given new flows.
+    pub fn eligible(&self) -> bool {
+        self.state == BackendState::Active && self.weight > 0
+    }
+}
+
+/// A service as seen in a snapshot.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// VIP.
+    pub vip: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub proto: Proto,
+    /// VNI scope.
+    pub vni: Option<u32>,
+    /// Encapsulation.
+    pub encap: EncapKind,
+    /// Maglev table size.
+    pub table_size: u32,
+    /// Backends sorted by Maglev key (the canonical IP text).
+    backends: Vec<Backend>,
+    /// (addr, v6, index) sorted, for finding a pinned backend after a rebuild.
+    by_addr: Vec<(u128, bool, BackendIdx)>,
+    /// The Maglev table over `backends` indices; empty if no backend is eligible.
+    table: Arc<Vec<BackendIdx>>,
+    /// What `table` was computed from: eligible (addr, v6, weight, index).
+    input: Vec<(u128, bool, u32, BackendIdx)>,
+    /// Generation of the backend list: unchanged while `(addr, v6, down)` of
+    /// every index is unchanged, so a flow pinned under this generation has a
+    /// valid index without any further check.
+    gen: u32,
+}
+
+impl Service {
+    /// The backends, in the order [`BackendRef::index`] refers to.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// The Maglev table (backend indices); empty if no backend is eligible.
+    pub fn table(&self) -> &[BackendIdx] {
+        &self.table
+    }
+
+    /// The backend a new flow with this hash would get.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<BackendIdx> {
+        // Lemire's multiply-shift reduction of the high 32 bits onto [0, M): no
+        // division on the fast path, and independent of the low bits the flow
+        // table uses for its set index.
+        let i = ((hash >> 32) * self.table.len() as u64) >> 32;
+        self.table.get(i as usize).copied()
+    }
+
+    #[inline]
+    fn find(&self, addr: u128, v6: bool) -> Option<BackendIdx> {
+        self.by_addr
+            .binary_search_by(|&(a, v, _)| (a, v).cmp(&(addr, v6)))
+            .ok()
+            .map(|i| self.by_addr[i].2)
+    }
+}
+
+fn addr_bits(ip: IpAddr) -> (u128, bool) {
+    match ip {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), false),
+        IpAddr::V6(a) => (u128::from(a), true),
+    }
+}
+
+const VIP_K0: u64 = 0x9E37_79B9_7F4A_7C15;
+const VIP_K1: u64 = 0xD6E8_FEB8_6659_FD93;
+const META_USED: u32 = 1 << 31;
+const DEEP_PREFETCH_ABOVE_BYTES: usize = 2 << 20;
+const NONE: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Default, Debug)]
+struct VipSlot {
+    addr: u128,
+    /// 0 = empty; else `META_USED | v6 << 24 | proto << 16 | port`.
+    meta: u32,
+    unscoped: u32,
+    scoped_start: u32,
+    scoped_len: u32,
+}
+
+#[inline]
+fn vip_meta(v6: bool, proto: u8, port: u16) -> u32 {
+    META_USED | (u32::from(v6) << 24) | (u32::from(proto) << 16) | u32::from(port)
+}
+
+#[inline]
+fn vip_hash(addr: u128, meta: u32) -> u64 {
+    fold_mul(
+        addr as u64 ^ VIP_K0,
+        (addr >> 64) as u64 ^ u64::from(meta) ^ VIP_K1,
+    )
+}
+
+/// The immutable snapshot workers read. Build it with [`build`] (or
+/// [`LbTables::rebuild`] to reuse unchanged Maglev tables) off the fast path.
+#[derive(Clone, Debug, Default)]
+pub struct LbTables {
+    services: Vec<Service>,
+    /// Open-addressing map (linear probing, at most half full) from
+    /// (vip, v6, proto, port) to its services.
+    vips: Box<[VipSlot]>,
+    /// (vni, service) ranges referenced by `VipSlot::scoped_*`, sorted by vni.
+    scoped: Vec<(u32, u32)>,
+}
+
+/// Builds a snapshot from the desired state.
+pub fn build(services: &Services) -> Result<LbTables, LbError> {
+    LbTables::rebuild(&LbTables::default(), services)
+}
+
+impl LbTables {
+    /// An empty snapshot (no services).
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Builds a snapshot, reusing `prev`'s Maglev table for every service whose
+    /// table inputs (size and eligible backends with weights) did not change.
+    /// (Maglev needs no diffing for "only what changed moves": a table depends
+    /// only on the backend set, and changing the set moves few entries.)
+    pub fn rebuild(prev: &LbTables, services: &Services) -> Result<LbTables, LbError> {
+        let mut out = Vec::with_capacity(services.len());
+        for spec in services.iter() {
+            let prev_svc = prev.services.iter().find(|s| s.name == spec.name);
+            out.push(build_service(spec, prev_svc)?);
+        }
+        let (vips, scoped) = build_vip_map(&out);
+        Ok(LbTables {
+            services: out,
+            vips,
+            scoped,
+        })
+    }
+
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// True if there is no service.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// A service by index.
+    pub fn service(&self, svc: ServiceIdx) -> Option<&Service> {
+        self.services.get(svc.0 as usize)
+    }
+
+    /// All services with their indices.
+    pub fn services(&self) -> impl Iterator<Item = (ServiceIdx, &Service)> {
+        self.services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (ServiceIdx(i as u32), s))
+    }
+
+    /// A service's index by name.
+    pub fn service_by_name(&self, name: &str) -> Option<ServiceIdx> {
+        self.services
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| ServiceIdx(i as u32))
+    }
+
+    /// A service's backends (empty for an unknown index).
+    pub fn backends(&self, svc: ServiceIdx) -> &[Backend] {
+        self.service(svc).map_or(&[], |s| &s.backends)
+    }
+
+    /// The service a packet is addressed to: `(key.vni, key.dst, key.proto,
+    /// key.dport)`. A service scoped to `key.vni` wins over an unscoped one.
+    #[inline]
+    pub fn lookup_service(&self, key: &FlowKey) -> Option<ServiceIdx> {
+        if self.vips.is_empty() {
+            return None;
+        }
+        let mask = self.vips.len() - 1;
+        let meta = vip_meta(key.v6, key.proto, key.dport);
+        let mut i = vip_hash(key.dst, meta) as usize & mask;
+        // The map is at most half full, so the probe ends at an empty slot.
+        loop {
+            let s = &self.vips[i];
+            if s.meta == meta && s.addr == key.dst {
+                if s.scoped_len != 0 {
+                    let start = s.scoped_start as usize;
+                    let range = self.scoped.get(start..start + s.scoped_len as usize)?;
+                    if let Ok(j) = range.binary_search_by_key(&key.vni, |&(v, _)| v) {
+                        return Some(ServiceIdx(range[j].1));
+                    }
+                }
+                return (s.unscoped != NONE).then_some(ServiceIdx(s.unscoped));
+            }
+            if s.meta == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Chooses the backend for a packet of service `svc` with flow key `key`
+    /// and `hash = flow_hash(key)`:
+    /// * a flow in `flows` whose backend is still in the service and not `Down`
+    ///   keeps it (also when it is `Draining` or has weight 0);
+    /// * otherwise (new, expired, or pinned to a removed/down backend) the Maglev
+    ///   table picks one among the eligible backends and the flow is pinned to it;
+    /// * `None` if no backend is eligible (drop: NoBackend); nothing is stored.
+    #[inline]
+    pub fn select(
+        &self,
+        svc: ServiceIdx,
+        key: &FlowKey,
+        hash: u64,
+        flows: &mut FlowTable,
+        now: u64,
+    ) -> Option<Selected> {
+        let s = self.services.get(svc.0 as usize)?;
+        let (idx, new_flow) = select_in(s, key, hash, flows, now)?;
+        Some(Selected {
+            backend: s.backends[usize::from(idx)].r,
+            new_flow,
+        })
+    }
+
+    /// The encapsulation target of backend `backend` of service `svc` (as found
+    /// in [`LbVerdict::Forward`]).
+    #[inline]
+    pub fn backend_ref(&self, svc: ServiceIdx, backend: BackendIdx) -> Option<&BackendRef> {
+        self.services
+            .get(svc.0 as usize)?
+            .backends
+            .get(usize::from(backend))
+            .map(|b| &b.r)
+    }
+
+    /// The whole LB stage for a burst: service lookup, flow hash and
+    /// [`select`](Self::select) for `keys[i]`, written to `out[i]` (for
+    /// `i < min(keys.len(), out.len())`). The flow-table sets of a whole burst are
+    /// touched first, then the matching entries, so that their cache misses
+    /// overlap instead of being paid one after the other (only for tables
+    /// larger than 2 MiB, where it pays).
+    pub fn process_burst(
+        &self,
+        keys: &[FlowKey],
+        flows: &mut FlowTable,
+        now: u64,
+        out: &mut [LbVerdict],
+    ) {
+        const CHUNK: usize = 64;
+        let n = keys.len().min(out.len());
+        // Touching each packet's set metadata, then its entry, before the real
+        // lookups lets the CPU overlap their cache misses (the lookup loop itself
+        // is too long for the out-of-order window to reach the next packets).
+        // Measured with lb-bench: on a DRAM-sized table this saves 2-3x, on a
+        // cache-resident one the extra passes cost ~10 cycles/packet, so only
+        // tables above 2 MiB get them.
+        let deep = flows.memory_bytes() > DEEP_PREFETCH_ABOVE_BYTES;
+        let mut svcs = [None::<ServiceIdx>; CHUNK];
+        let mut hashes = [0u64; CHUNK];
+        for (keys, out) in keys[..n].chunks(CHUNK).zip(out[..n].chunks_mut(CHUNK)) {
+            for (i, k) in keys.iter().enumerate() {
+                svcs[i] = self.lookup_service(k);
+                if svcs[i].is_some() {
+                    hashes[i] = flow_hash(k);
+                }
+            }
+            if deep {
+                let mut touch = 0u64;
+                for (i, &h) in hashes[..keys.len()].iter().enumerate() {
+                    if svcs[i].is_some() {
+                        touch ^= u64::from(flows.prefetch(h));
+                    }
+                }
+                for (i, k) in keys.iter().enumerate() {
+                    if svcs[i].is_some() {
+                        touch ^= flows.prefetch_entry(hashes[i], k.proto);
+                    }
+                }
+                std::hint::black_box(touch);
+            }
+            for (i, (k, o)) in keys.iter().zip(out.iter_mut()).enumerate() {
+                *o = match svcs[i] {
+                    None => LbVerdict::NotService,
+                    Some(svc) => match self
+                        .services
+                        .get(svc.0 as usize)
+                        .and_then(|s| select_in(s, k, hashes[i], flows, now))
+                    {
+                        Some((backend, new_flow)) => LbVerdict::Forward {
+                            svc,
+                            backend,
+                            new_flow,
+                        },
+                        None => LbVerdict::NoBackend(svc),
+                    },
+                };
+            }
+        }
+    }
+}
+
+/// Selection within one service; returns the backend index and whether the
+/// flow is new (see [`LbTables::select`]).
+#[inline(always)]
+fn select_in(
+    s: &Service,
+    key: &FlowKey,
+    hash: u64,
+    flows: &mut FlowTable,
+    now: u64,
+) -> Option<(BackendIdx, bool)> {
+    match flows.lookup(key, hash, now) {
+        Probe::Hit(slot, p) => {
+            if p.gen == s.gen {
+                flows.stats_mut().hits += 1;
+                return Some((p.idx, false));
+            }
+            // The backend list changed since the flow was pinned: find its
+            // backend by address.
+            if let Some(idx) = s.find(p.addr, p.v6) {
+                if s.backends[usize::from(idx)].state != BackendState::Down {
+                    flows.repin(
+                        slot,
+                        Pinned {
+                            idx,
+                            gen: s.gen,
+                            ..p
+                        },
+                    );
+                    flows.stats_mut().hits += 1;
+                    return Some((idx, false));
+                }
+            }
+            // Removed or down: re-select.
+            flows.stats_mut().misses += 1;
+            let Some(idx) = s.pick(hash) else {
+                flows.remove_at(slot);
+                return None;
+            };
+            flows.repin(slot, pinned(s, idx));
+            flows.stats_mut().rehomed += 1;
+            Some((idx, true))
+        }
+        Probe::Miss(slot) => {
+            flows.stats_mut().misses += 1;
+            let idx = s.pick(hash)?;
+            flows.insert_at(slot, key, hash, now, pinned(s, idx));
+            Some((idx, true))
+        }
+    }
+}
+
+#[inline]
+fn pinned(s: &Service, idx: BackendIdx) -> Pinned {
+    let b = &s.backends[usize::from(idx)];
+    Pinned {
+        addr: b.r.addr,
+        v6: b.r.v6,
+        idx,
+        gen: s.gen,
+    }
+}
+
+/// Source of backend-list generations; unique within the process (flow tables
+/// never outlive it). 0 is never handed out.
+static NEXT_GEN: AtomicU32 = AtomicU32::new(1);
+
+fn next_gen() -> u32 {
+    loop {
+        let g = NEXT_GEN.fetch_add(1, Ordering::Relaxed);
+        if g != 0 {
+            return g;
+        }
+    }
+}
+
+fn build_service(spec: &ServiceSpec, prev: Option<&Service>) -> Result<Service, LbError> {
+    spec.validate()?;
+    let mut keyed: Vec<(String, &crate::spec::BackendSpec)> = spec
+        .backends
+        .iter()
+        .map(|b| (b.ip.to_string(), b))
+        .collect();
+    keyed.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut backends: Vec<Backend> = keyed
+        .iter()
+        .enumerate()
+        .map(|(i, (_, b))| {
+            let (addr, v6) = addr_bits(b.ip);
+            Backend {
+                ip: b.ip,
+                weight: b.weight,
+                state: b.state,
+                mac: b.mac,
+                slots: 0,
+                r: BackendRef {
+                    addr,
+                    v6,
+                    mac: b.mac.map(|m| m.0),
+                    encap: spec.encap,
+                    index: i as BackendIdx,
+                },
+            }
+        })
+        .collect();
+    let input: Vec<(u128, bool, u32, BackendIdx)> = backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.eligible())
+        .map(|(i, b)| (b.r.addr, b.r.v6, b.weight, i as BackendIdx))
+        .collect();
+    let gen = match prev {
+        Some(p) if same_backend_list(&p.backends, &backends) => p.gen,
+        _ => next_gen(),
+    };
+    let reusable = prev.filter(|p| p.table_size == spec.table_size && p.input == input);
+    let table: Arc<Vec<BackendIdx>> = if let Some(p) = reusable {
+        Arc::clone(&p.table)
+    } else if input.is_empty() {
+        Arc::new(Vec::new())
+    } else {
+        let m = spec.table_size;
+        let wb: Vec<WeightedBackend> = input
+            .iter()
+            .map(|&(_, _, weight, i)| WeightedBackend {
+                perm: Permutation::from_key(keyed[usize::from(i)].0.as_bytes(), m),
+                weight,
+            })
+            .collect();
+        let mut t = maglev::populate_weighted(&wb, m).map_err(|e| LbError::InvalidService {
+            service: spec.name.clone(),
+            field: "table_size",
+            reason: e.to_string(),
+        })?;
+        // Table entries index `input`; map them to backend indices (nothing to
+        // do when every backend is eligible).
+        if input.len() != backends.len() {
+            for e in &mut t {
+                *e = input[usize::from(*e)].3;
+            }
+        }
+        Arc::new(t)
+    };
+    for &e in table.iter() {
+        backends[usize::from(e)].slots += 1;
+    }
+    let mut by_addr: Vec<(u128, bool, BackendIdx)> = backends
+        .iter()
+        .map(|b| (b.r.addr, b.r.v6, b.r.index))
+        .collect();
+    by_addr.sort_unstable();
+    Ok(Service {
+        name: spec.name.clone(),
+        vip: spec.vip,
+        port: spec.port,
+        proto: spec.proto,
+        vni: spec.vni,
+        encap: spec.encap,
+        table_size: spec.table_size,
+        backends,
+        by_addr,
+        table,
+        input,
+        gen,
+    })
+}
+
+/// Same addresses at the same indices, and the same ones down.
+fn same_backend_list(a: &[Backend], b: &[Backend]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.r.addr == y.r.addr
+                && x.r.v6 == y.r.v6
+                && (x.state == BackendState::Down) == (y.state == BackendState::Down)
+        })
+}
+
+fn build_vip_map(services: &[Service]) -> (Box<[VipSlot]>, Vec<(u32, u32)>) {
+    // Group services by (vip, v6, proto, port).
+    let mut groups: Vec<((u128, u32), Option<u32>, u32)> = services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (addr, v6) = addr_bits(s.vip);
+            (
+                (addr, vip_meta(v6, s.proto.number(), s.port)),
+                s.vni,
+                i as u32,
+            )
+        })
+        .collect();
+    groups.sort_unstable();
+    if groups.is_empty() {
+        return (Box::default(), Vec::new());
+    }
+    let distinct = groups.windows(2).filter(|w| w[0].0 != w[1].0).count() + 1;
+    let size = (distinct * 2).next_power_of_two();
+    let mask = size - 1;
+    let mut slots = vec![VipSlot::default(); size];
+    let mut scoped = Vec::new();
+    let mut g = 0;
+    while g < groups.len() {
+        let (addr, meta) = groups[g].0;
+        let mut slot = VipSlot {
+            addr,
+            meta,
+            unscoped: NONE,
+            scoped_start: scoped.len() as u32,
+            scoped_len: 0,
+        };
+        // Within a group `None` sorts first, then VNIs ascending.
+        while g < groups.len() && groups[g].0 == (addr, meta) {
+            match groups[g].1 {
+                None => slot.unscoped = groups[g].2,
+                Some(vni) => {
+                    scoped.push((vni, groups[g].2));
+                    slot.scoped_len += 1;
+                }
+            }
+            g += 1;
+        }
+        let mut i = vip_hash(addr, meta) as usize & mask;
+        while slots[i].meta != 0 {
+            i = (i + 1) & mask;
+        }
+        slots[i] = slot;
+    }
+    (slots.into_boxed_slice(), scoped)
+}
