@@ -214,7 +214,7 @@ fn check_forwarded(inputs: &[Vec<u8>], run: &Run) {
 #[test]
 fn tcpdump_vxlan_decapsulated() {
     let p = testdata("vxlan/tcpdump-vxlan.pcap");
-    let run = replay(&[p.clone()], GW, "", 1);
+    let run = replay(std::slice::from_ref(&p), GW, "", 1);
     assert_eq!(run.rx(), 10);
     assert_eq!(run.tx(), 8, "8 inner ICMP packets are routed");
     assert_eq!(run.drops().get("inner_not_ip"), Some(&2), "2 inner ARP");
@@ -224,11 +224,11 @@ fn tcpdump_vxlan_decapsulated() {
 #[test]
 fn port_8472_only_when_configured() {
     let p = testdata("vxlan/tcpdump-vxlan_port_8472.pcap");
-    let run = replay(&[p.clone()], GW, "", 1);
+    let run = replay(std::slice::from_ref(&p), GW, "", 1);
     assert_eq!(run.tx(), 0);
     assert_eq!(run.drops().get("not_vxlan"), Some(&10));
     let gw = GW.replace("vxlan_ports = [4789]", "vxlan_ports = [4789, 8472]");
-    let run = replay(&[p.clone()], &gw, "", 1);
+    let run = replay(std::slice::from_ref(&p), &gw, "", 1);
     assert_eq!(run.tx(), 8);
     check_forwarded(&read_pcap(&p), &run);
 }
@@ -248,7 +248,7 @@ fn pcapplusplus_flags_tolerated() {
         "vxlan/pcapplusplus-Vxlan2.pcap",
     ] {
         let p = testdata(f);
-        let run = replay(&[p.clone()], GW, "", 1);
+        let run = replay(std::slice::from_ref(&p), GW, "", 1);
         assert_eq!(
             run.tx(),
             1,
@@ -279,7 +279,7 @@ fn gso_all_four_families() {
 #[test]
 fn triple_decapsulates_one_level() {
     let p = testdata("vxlan/zeek-vxlan-triple-v2.pcap");
-    let run = replay(&[p.clone()], GW, "", 1);
+    let run = replay(std::slice::from_ref(&p), GW, "", 1);
     assert_eq!(run.tx(), 1);
     // The forwarded frame is itself VXLAN (VNI 2): only one level was removed.
     let out = read_pcap(run.out.as_ref().unwrap());
@@ -303,7 +303,7 @@ fn zeek_vxlan_captures() {
         ("vxlan/zeek-vxlan-inner-tcp-bad-checksum.pcap", 1),
     ] {
         let p = testdata(f);
-        let run = replay(&[p.clone()], GW, "", 1);
+        let run = replay(std::slice::from_ref(&p), GW, "", 1);
         if f.contains("igmp") {
             // IGMP packets are sent with TTL 1: routing them would expire them.
             assert_eq!(

@@ -376,7 +376,7 @@ fn too_big_for_the_mtu_answers_the_client() {
         let svc = format!(
             "[[service]]\nname = \"web\"\nvip = \"{vip}\"\nport = 80\nproto = \"tcp\"\nencap = \"{encap}\"\n[[service.backend]]\nip = \"{backend}\"\nmac = \"02:be:00:00:00:01\"\n"
         );
-        let extra = format!("{svc}");
+        let extra = svc;
         let tag = format!("big-{v6}-{encap}");
         let cfg = dir.path().join(format!("{tag}.toml"));
         let out = dir.path().join(format!("{tag}.out.pcap"));

@@ -25,9 +25,11 @@
 //! DPDK's per-lcore mempool cache is used only by threads that have an lcore id.
 //! The engine's workers are plain threads, so [`DpdkQueue::on_worker_thread`]
 //! registers the calling thread with `rte_thread_register()` (it takes a free lcore
-//! id; the EAL's own `-l` list only reserves the ids it names). If no id is free
-//! the queue still works, just without the cache: mempool operations from threads
-//! without an lcore id go straight to the pool's multi-producer/consumer ring.
+//! id; the EAL's own `-l` list only reserves the ids it names). The first
+//! `rx_burst` calls it if the engine did not, so it happens on the polling thread
+//! (after the engine pinned it). If no id is free the queue still works, just
+//! without the cache: mempool operations from threads without an lcore id go
+//! straight to the pool's multi-producer/consumer ring.
 //!
 //! # Multi-segment packets
 //!
@@ -66,13 +68,14 @@ use std::os::raw::{c_char, c_int};
 use std::ptr::{self, NonNull};
 use std::slice;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
-use std::thread::ThreadId;
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 
 pub use dpdk_sys as sys;
-use dpdk_sys::{rte_eth_conf, rte_eth_dev_info, rte_eth_link, rte_eth_stats, rte_mbuf, rte_mempool};
+use dpdk_sys::{
+    rte_eth_conf, rte_eth_dev_info, rte_eth_link, rte_eth_stats, rte_mbuf, rte_mempool,
+};
 
 use super::{Burst, Packet, Queue, MAX_BURST};
 
@@ -172,14 +175,20 @@ fn default_true() -> bool {
 /// An error from DPDK or from the DPDK configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum DpdkError {
-    #[error("the DPDK EAL is already initialised in this process (it can be initialised only once)")]
+    #[error(
+        "the DPDK EAL is already initialised in this process (it can be initialised only once)"
+    )]
     AlreadyInitialised,
     #[error("EAL argument {0:?} contains a NUL byte")]
     BadArgument(String),
     #[error("{call} failed: {errno}")]
     Call { call: String, errno: Errno },
     #[error("port {port} does not exist ({available} ports available: {names})")]
-    NoSuchPort { port: u16, available: u16, names: String },
+    NoSuchPort {
+        port: u16,
+        available: u16,
+        names: String,
+    },
     #[error("no port named {0:?}")]
     NoSuchPortName(String),
     #[error("port {0} is already in use by this process")]
@@ -277,7 +286,7 @@ impl Eal {
         argv.push(ptr::null_mut());
         let affinity = current_affinity();
         // SAFETY: argv holds argc pointers to NUL-terminated strings (plus a NULL
-        // terminator) that outlive the call; EAL_STATE guarantees no other thread
+        // terminator) that stay alive (leaked on success); EAL_STATE guarantees no other thread
         // runs rte_eal_init concurrently, and at most one success per process.
         let ret = unsafe { sys::rte_eal_init(argc, argv.as_mut_ptr()) };
         if ret < 0 {
@@ -288,6 +297,10 @@ impl Eal {
         if let Some(set) = affinity {
             restore_affinity(&set);
         }
+        // Some of DPDK keeps pointers into argv (e.g. the syslog ident taken from
+        // argv[0]); the strings live as long as the EAL does: the whole process.
+        mem::forget(cargs);
+        mem::forget(argv);
         EAL_STATE.store(EAL_READY, Ordering::Release);
         Ok(Eal { _private: () })
     }
@@ -344,7 +357,11 @@ impl Eal {
             return None;
         }
         // SAFETY: on success the buffer holds a NUL-terminated name.
-        Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+        Some(
+            unsafe { CStr::from_ptr(buf.as_ptr()) }
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }
 
@@ -396,7 +413,9 @@ impl Mempool {
         data_room: u16,
         socket: Option<u32>,
     ) -> Result<Mempool, DpdkError> {
-        if cache > dpdk_sys::RTE_MEMPOOL_CACHE_MAX_SIZE || u64::from(cache) * 3 > u64::from(n_mbufs) * 2 {
+        if cache > dpdk_sys::RTE_MEMPOOL_CACHE_MAX_SIZE
+            || u64::from(cache) * 3 > u64::from(n_mbufs) * 2
+        {
             return Err(DpdkError::Config(format!(
                 "mbuf cache {cache} must be at most {} and at most 2/3 of the {n_mbufs} mbufs",
                 dpdk_sys::RTE_MEMPOOL_CACHE_MAX_SIZE
@@ -408,18 +427,28 @@ impl Mempool {
             )));
         }
         let cname = CString::new(name).map_err(|_| DpdkError::BadArgument(name.into()))?;
-        let socket_id = socket.map_or(dpdk_sys::SOCKET_ID_ANY, |s| c_int::try_from(s).unwrap_or(dpdk_sys::SOCKET_ID_ANY));
+        let socket_id = socket.map_or(dpdk_sys::SOCKET_ID_ANY, |s| {
+            c_int::try_from(s).unwrap_or(dpdk_sys::SOCKET_ID_ANY)
+        });
         // SAFETY: the EAL is initialised (_eal is the proof); cname is NUL-terminated.
         let mp = unsafe {
             sys::rte_pktmbuf_pool_create(cname.as_ptr(), n_mbufs, cache, 0, data_room, socket_id)
         };
-        NonNull::new(mp)
-            .map(|mp| Mempool { mp })
-            .ok_or_else(|| call_err(format!("rte_pktmbuf_pool_create({name}, {n_mbufs} mbufs)"), Errno::last()))
+        NonNull::new(mp).map(|mp| Mempool { mp }).ok_or_else(|| {
+            call_err(
+                format!("rte_pktmbuf_pool_create({name}, {n_mbufs} mbufs)"),
+                Errno::last(),
+            )
+        })
     }
 
     /// The pool of this name, if one exists.
-    pub fn lookup(_eal: &Eal, name: &str) -> Option<Mempool> {
+    ///
+    /// # Safety
+    /// A pool of that name, if any, must be a packet mbuf pool
+    /// (`rte_pktmbuf_pool_create`): [`alloc`](Self::alloc) and RX queues treat it
+    /// as one.
+    pub unsafe fn lookup(_eal: &Eal, name: &str) -> Option<Mempool> {
         let cname = CString::new(name).ok()?;
         // SAFETY: the EAL is initialised; cname is NUL-terminated.
         let mp = unsafe { sys::rte_mempool_lookup(cname.as_ptr()) };
@@ -442,7 +471,7 @@ impl Mempool {
     /// or `None` when the pool is exhausted.
     pub fn alloc(&self) -> Option<Mbuf> {
         // SAFETY: the pool is live and is a pktmbuf pool (created by
-        // rte_pktmbuf_pool_create or looked up by a name only such pools get here).
+        // rte_pktmbuf_pool_create, or found by `lookup`, whose caller vouched for it).
         let m = unsafe { sys::dpdk_sys_rte_pktmbuf_alloc(self.mp.as_ptr()) };
         // SAFETY: a freshly allocated mbuf is owned by us, single-segment, refcnt 1.
         NonNull::new(m).map(|m| unsafe { Mbuf::from_raw(m) })
@@ -496,7 +525,8 @@ impl Mbuf {
         self.m.as_ptr()
     }
 
-    /// The port the mbuf was received on (meaningless for allocated mbufs).
+    /// The port the driver says the mbuf was received on (`u16::MAX` when it does not
+    /// say, e.g. `net_ring`, or for allocated mbufs).
     pub fn port(&self) -> u16 {
         self.raw().port
     }
@@ -554,7 +584,10 @@ impl Packet for Mbuf {
     fn adj(&mut self, n: usize) {
         let r = self.raw();
         let (off, len) = (r.data_off, r.data_len);
-        assert!(n <= usize::from(len), "Mbuf::adj({n}) on a {len}-byte packet");
+        assert!(
+            n <= usize::from(len),
+            "Mbuf::adj({n}) on a {len}-byte packet"
+        );
         // n <= len <= u16::MAX, and off + len <= buf_len.
         let n = n as u16;
         self.set_window(off + n, len - n);
@@ -708,7 +741,9 @@ impl Port {
             String::new()
         } else {
             // SAFETY: driver_name points to the driver's static NUL-terminated name.
-            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(info.driver_name) }
+                .to_string_lossy()
+                .into_owned()
         };
         // SAFETY: the port id is valid (checked in new).
         let socket = unsafe { sys::rte_eth_dev_socket_id(self.id) };
@@ -731,7 +766,7 @@ impl Port {
 
     /// Configures `rxq` RX and `txq` TX queues. RSS (IP/TCP/UDP hash types the
     /// device supports) is enabled when `rss` is set, there is more than one RX
-    /// queue and the device reports RSS offloads (`net_null` and `net_ring` don't).
+    /// queue and the device reports RSS offloads (`net_null` reports emulated ones).
     pub fn configure(&mut self, rxq: u16, txq: u16, rss: bool) -> Result<(), DpdkError> {
         let info = self.raw_info()?;
         if rxq > info.max_rx_queues || txq > info.max_tx_queues {
@@ -754,7 +789,12 @@ impl Port {
         // SAFETY: the port id is valid, conf is a fully initialised configuration
         // that lives across the call, and this Port has exclusive control.
         let ret = unsafe { sys::rte_eth_dev_configure(self.id, rxq, txq, &conf) };
-        check(ret, || format!("rte_eth_dev_configure(port {}, {rxq} rxq, {txq} txq)", self.id))?;
+        check(ret, || {
+            format!(
+                "rte_eth_dev_configure(port {}, {rxq} rxq, {txq} txq)",
+                self.id
+            )
+        })?;
         Ok(())
     }
 
@@ -763,29 +803,47 @@ impl Port {
         let (mut rx, mut tx) = (rx, tx);
         // SAFETY: the port id is valid; rx and tx are writable u16s.
         let ret = unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(self.id, &mut rx, &mut tx) };
-        check(ret, || format!("rte_eth_dev_adjust_nb_rx_tx_desc(port {})", self.id))?;
+        check(ret, || {
+            format!("rte_eth_dev_adjust_nb_rx_tx_desc(port {})", self.id)
+        })?;
         Ok((rx, tx))
     }
 
     /// Sets up RX queue `q` with `desc` descriptors, filled from `pool`.
     pub fn rx_queue_setup(&mut self, q: u16, desc: u16, pool: Mempool) -> Result<(), DpdkError> {
-        let socket = self.info()?.socket.unwrap_or(dpdk_sys::SOCKET_ID_ANY as u32);
+        let socket = self
+            .info()?
+            .socket
+            .unwrap_or(dpdk_sys::SOCKET_ID_ANY as u32);
         // SAFETY: the port is configured by this Port; a NULL rxconf means the
         // driver's defaults; the pool is a live pktmbuf pool that is never freed.
         let ret = unsafe {
             sys::rte_eth_rx_queue_setup(self.id, q, desc, socket, ptr::null(), pool.as_ptr())
         };
-        check(ret, || format!("rte_eth_rx_queue_setup(port {}, queue {q}, {desc} desc)", self.id))?;
+        check(ret, || {
+            format!(
+                "rte_eth_rx_queue_setup(port {}, queue {q}, {desc} desc)",
+                self.id
+            )
+        })?;
         Ok(())
     }
 
     /// Sets up TX queue `q` with `desc` descriptors.
     pub fn tx_queue_setup(&mut self, q: u16, desc: u16) -> Result<(), DpdkError> {
-        let socket = self.info()?.socket.unwrap_or(dpdk_sys::SOCKET_ID_ANY as u32);
+        let socket = self
+            .info()?
+            .socket
+            .unwrap_or(dpdk_sys::SOCKET_ID_ANY as u32);
         // SAFETY: the port is configured by this Port; a NULL txconf means the
         // driver's defaults.
         let ret = unsafe { sys::rte_eth_tx_queue_setup(self.id, q, desc, socket, ptr::null()) };
-        check(ret, || format!("rte_eth_tx_queue_setup(port {}, queue {q}, {desc} desc)", self.id))?;
+        check(ret, || {
+            format!(
+                "rte_eth_tx_queue_setup(port {}, queue {q}, {desc} desc)",
+                self.id
+            )
+        })?;
         Ok(())
     }
 
@@ -798,7 +856,9 @@ impl Port {
     pub fn start(&mut self) -> Result<(), DpdkError> {
         // SAFETY: the port id is valid and controlled by this Port.
         let ret = unsafe { sys::rte_eth_dev_start(self.id) };
-        check(ret, || format!("rte_eth_dev_start(port {} {})", self.id, self.name))?;
+        check(ret, || {
+            format!("rte_eth_dev_start(port {} {})", self.id, self.name)
+        })?;
         self.started = true;
         Ok(())
     }
@@ -831,9 +891,7 @@ impl Port {
         // SAFETY: the port id is valid and link is writable.
         let ret = unsafe { sys::rte_eth_link_get_nowait(self.id, &mut link) };
         check(ret, || format!("rte_eth_link_get_nowait(port {})", self.id))?;
-        // SAFETY: rte_eth_link is a union of a u64 and the struct; the driver filled
-        // the struct view.
-        let l = unsafe { link.__bindgen_anon_1.__bindgen_anon_1 };
+        let l = link;
         let speed = l.link_speed;
         Ok(LinkStatus {
             up: u32::from(l.link_status()) == dpdk_sys::RTE_ETH_LINK_UP,
@@ -906,14 +964,25 @@ pub struct DpdkRuntime {
 impl DpdkRuntime {
     /// Configures and starts the ports of `cfg` on an initialised EAL with one RX and
     /// one TX queue per worker on each port, and returns one [`DpdkQueue`] per worker
-    /// (worker `i` uses queue `i`). `cfg.eal_args` is ignored here.
-    pub fn open(eal: &Eal, cfg: &DpdkConfig, workers: usize) -> Result<(DpdkRuntime, Vec<DpdkQueue>), DpdkError> {
+    /// (worker `i` uses queue `i`). Port counters are reset. `cfg.eal_args` is
+    /// ignored here.
+    pub fn open(
+        eal: &Eal,
+        cfg: &DpdkConfig,
+        workers: usize,
+    ) -> Result<(DpdkRuntime, Vec<DpdkQueue>), DpdkError> {
         let nq = u16::try_from(workers)
             .ok()
             .filter(|n| *n > 0 && u32::from(*n) <= dpdk_sys::RTE_MAX_QUEUES_PER_PORT)
-            .ok_or_else(|| DpdkError::Config(format!("workers = {workers}: need 1..=1024 queues per port")))?;
+            .ok_or_else(|| {
+                DpdkError::Config(format!(
+                    "workers = {workers}: need 1..=1024 queues per port"
+                ))
+            })?;
         if cfg.ports.is_empty() {
-            return Err(DpdkError::Config("ports: at least one port is needed".into()));
+            return Err(DpdkError::Config(
+                "ports: at least one port is needed".into(),
+            ));
         }
         let tx_port = cfg.tx_port.unwrap_or(cfg.ports[0]);
         let mut ids: Vec<u16> = cfg.ports.clone();
@@ -921,7 +990,10 @@ impl DpdkRuntime {
         ids.sort_unstable();
         ids.dedup();
         if ids.len() != cfg.ports.len() + usize::from(!cfg.ports.contains(&tx_port)) {
-            return Err(DpdkError::Config(format!("ports {:?}: a port is listed twice", cfg.ports)));
+            return Err(DpdkError::Config(format!(
+                "ports {:?}: a port is listed twice",
+                cfg.ports
+            )));
         }
         // Every descriptor of every RX ring can hold an mbuf, every worker can hold
         // a full burst and its cache: fewer mbufs than that can stall RX for good.
@@ -937,7 +1009,20 @@ impl DpdkRuntime {
             )));
         }
 
-        let mut ports = ids.iter().map(|id| Port::new(eal, *id)).collect::<Result<Vec<_>, _>>()?;
+        let mut ports = ids
+            .iter()
+            .map(|id| Port::new(eal, *id))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Queue limits first: cheaper to report than a failed pool allocation.
+        for port in &ports {
+            let info = port.info()?;
+            if nq > info.max_rx_queues || nq > info.max_tx_queues {
+                return Err(DpdkError::Config(format!(
+                    "port {} ({}) supports {} RX / {} TX queues, {workers} workers need {nq} of each",
+                    port.id, port.name, info.max_rx_queues, info.max_tx_queues
+                )));
+            }
+        }
         let mut pools: Vec<(Option<u32>, Mempool)> = Vec::new();
         for port in &mut ports {
             let socket = port.info()?.socket;
@@ -947,9 +1032,18 @@ impl DpdkRuntime {
                     let s = socket.map_or("any".to_string(), |s| s.to_string());
                     // Same parameters, same pool: a later open in this process reuses it.
                     let name = format!("dpgw_{s}_{}_{}", cfg.mbufs, cfg.mbuf_cache);
-                    let p = match Mempool::lookup(eal, &name) {
+                    // SAFETY: the "dpgw_" names are given only to pktmbuf pools,
+                    // by this function.
+                    let p = match unsafe { Mempool::lookup(eal, &name) } {
                         Some(p) => p,
-                        None => Mempool::new(eal, &name, cfg.mbufs, cfg.mbuf_cache, MBUF_DATA_ROOM, socket)?,
+                        None => Mempool::new(
+                            eal,
+                            &name,
+                            cfg.mbufs,
+                            cfg.mbuf_cache,
+                            MBUF_DATA_ROOM,
+                            socket,
+                        )?,
                     };
                     pools.push((socket, p));
                     p
@@ -965,22 +1059,28 @@ impl DpdkRuntime {
                 port.promiscuous_enable();
             }
             port.start()?;
+            // Counters describe this runtime, not an earlier one on the same port
+            // (drivers without a reset keep counting; not an error).
+            let _ = port.stats_reset();
         }
         let shared = Arc::new(Shared {
             eal: *eal,
             ports,
             pools: pools.into_iter().map(|(_, p)| p).collect(),
         });
+        if let Ok(mut cur) = CURRENT.lock() {
+            *cur = Arc::downgrade(&shared);
+        }
         let rx_pool = shared.pools[0];
         let queues = (0..nq)
             .map(|q| DpdkQueue {
-                shared: Arc::clone(&shared),
+                _shared: Arc::clone(&shared),
                 rx_ports: cfg.ports.clone(),
                 next_rx: 0,
                 tx_port,
                 queue: q,
                 pool: rx_pool,
-                registered: None,
+                thread_ready: false,
                 stats: QueueStats::default(),
             })
             .collect();
@@ -1023,12 +1123,48 @@ impl DpdkRuntime {
 
     /// Mbufs currently allocated from this runtime's pools.
     pub fn mbufs_in_use(&self) -> u64 {
-        self.shared.pools.iter().map(|p| u64::from(p.in_use())).sum()
+        self.shared
+            .pools
+            .iter()
+            .map(|p| u64::from(p.in_use()))
+            .sum()
     }
 
     pub fn eal(&self) -> Eal {
         self.shared.eal
     }
+}
+
+/// The most recently opened runtime, for telemetry readers that have no handle.
+static CURRENT: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
+
+/// Counters of the ports of the most recently opened [`DpdkRuntime`], while it
+/// (or one of its queues) is alive; `None` otherwise. For the control and
+/// metrics side, which does not hold the runtime.
+pub fn current_port_stats() -> Option<Vec<PortStats>> {
+    let shared = CURRENT.lock().ok()?.upgrade()?;
+    Some(DpdkRuntime { shared }.port_stats())
+}
+
+/// `dataplane.io = "dpdk"`: opens the `[dpdk]` section's ports with one queue per
+/// worker and drives the workers until `stop` (the ports never run dry). The
+/// EAL is initialised here, so this runs once per process.
+pub fn run_prepared(
+    cfg: &crate::config::Config,
+    opts: &crate::runner::RunOptions,
+    stop: crate::runner::StopFlag,
+    shared: Arc<crate::engine::Shared>,
+) -> Result<(crate::runner::Summary, Arc<crate::engine::Shared>), crate::runner::RunError> {
+    use crate::runner::RunError;
+    let section = cfg.dpdk.as_ref().ok_or_else(|| {
+        RunError::Config("dpdk: section required when dataplane.io = \"dpdk\"".into())
+    })?;
+    let dcfg = DpdkConfig::from(section);
+    let (runtime, queues) =
+        open(&dcfg, cfg.dataplane.workers).map_err(|e| RunError::Backend(format!("dpdk: {e}")))?;
+    let summary = crate::runner::drive(cfg, opts, &shared, queues, &stop)?;
+    drop(runtime);
+    Ok((summary, shared))
 }
 
 /// Initialises the EAL from `cfg.eal_args` and opens the ports (see
@@ -1052,31 +1188,46 @@ pub struct QueueStats {
 /// `queue_id` on the TX port.
 #[derive(Debug)]
 pub struct DpdkQueue {
-    shared: Arc<Shared>,
+    /// Keeps the ports started (and the runtime's state alive) while the queue lives.
+    _shared: Arc<Shared>,
     rx_ports: Vec<u16>,
     next_rx: usize,
     tx_port: u16,
     queue: u16,
     pool: Mempool,
-    registered: Option<ThreadId>,
+    /// on_worker_thread ran (explicitly, or lazily at the first rx_burst).
+    thread_ready: bool,
     stats: QueueStats,
 }
 
 impl DpdkQueue {
     /// Call first thing on the worker thread: gives the thread an EAL lcore id
-    /// (`rte_thread_register`) so the mempool's per-lcore cache is used. Returns the
-    /// lcore id, or `None` if none was free (the queue then works without the cache).
+    /// (`rte_thread_register`) so the mempool's per-lcore cache is used; the id is
+    /// released when the thread exits. Returns the lcore id, or `None` if none was
+    /// free (the queue then works without the cache).
+    ///
+    /// `rx_burst` calls it by itself the first time, so an engine that knows
+    /// nothing about DPDK gets the cache on the thread that polls the queue.
     pub fn on_worker_thread(&mut self) -> Option<u32> {
+        self.thread_ready = true;
         // SAFETY: reads the calling thread's TLS lcore id; the EAL is initialised.
         let id = unsafe { sys::dpdk_sys_rte_lcore_id() };
         if id != dpdk_sys::LCORE_ID_ANY {
             return Some(id);
         }
-        // SAFETY: the EAL is initialised (self.shared.eal); registers this thread only.
+        // SAFETY: the EAL is initialised (the queue exists); registers this thread only.
         if unsafe { sys::rte_thread_register() } != 0 {
             return None;
         }
-        self.registered = Some(std::thread::current().id());
+        // The id is the thread's until it exits (the queue may be dropped elsewhere).
+        let kept = LCORE_REGISTRATION
+            .try_with(|r| *r.borrow_mut() = Some(LcoreRegistration))
+            .is_ok();
+        if !kept {
+            // SAFETY: this thread registered itself just above; undo it.
+            unsafe { sys::rte_thread_unregister() };
+            return None;
+        }
         // SAFETY: as above.
         Some(unsafe { sys::dpdk_sys_rte_lcore_id() })
     }
@@ -1128,6 +1279,9 @@ impl Queue for DpdkQueue {
     type Pkt = Mbuf;
 
     fn rx_burst(&mut self, burst: &mut Burst<Mbuf>, max: usize) -> usize {
+        if !self.thread_ready {
+            self.on_worker_thread();
+        }
         let want = max.min(burst.remaining_capacity());
         let mut raw = [const { MaybeUninit::<*mut rte_mbuf>::uninit() }; MAX_BURST];
         let nports = self.rx_ports.len();
@@ -1138,11 +1292,16 @@ impl Queue for DpdkQueue {
                 break;
             }
             let port = self.rx_ports[(self.next_rx + i) % nports];
-            // SAFETY: the port is started and kept so by self.shared; queue
+            // SAFETY: the port is started and kept so by self._shared; queue
             // `self.queue` was set up on it and is polled only through this
             // DpdkQueue (&mut self); raw has room for left <= MAX_BURST pointers.
             let n = unsafe {
-                sys::dpdk_sys_rte_eth_rx_burst(port, self.queue, raw.as_mut_ptr().cast(), left as u16)
+                sys::dpdk_sys_rte_eth_rx_burst(
+                    port,
+                    self.queue,
+                    raw.as_mut_ptr().cast(),
+                    left as u16,
+                )
             };
             for slot in &raw[..usize::from(n)] {
                 // SAFETY: the driver wrote the first n slots.
@@ -1182,12 +1341,17 @@ impl Queue for DpdkQueue {
         for (slot, m) in raw.iter_mut().zip(burst.iter()) {
             slot.write(m.as_ptr());
         }
-        // SAFETY: the TX port is started and kept so by self.shared; TX queue
+        // SAFETY: the TX port is started and kept so by self._shared; TX queue
         // `self.queue` is used only through this DpdkQueue (&mut self); the first n
         // slots hold valid single-segment mbufs we own. The driver takes ownership
         // of the first `sent` of them.
         let sent = unsafe {
-            sys::dpdk_sys_rte_eth_tx_burst(self.tx_port, self.queue, raw.as_mut_ptr().cast(), n as u16)
+            sys::dpdk_sys_rte_eth_tx_burst(
+                self.tx_port,
+                self.queue,
+                raw.as_mut_ptr().cast(),
+                n as u16,
+            )
         };
         let sent = usize::from(sent).min(n);
         // The driver owns the sent mbufs now: forget our handles, keep the rest.
@@ -1200,15 +1364,83 @@ impl Queue for DpdkQueue {
     }
 }
 
-impl Drop for DpdkQueue {
+/// Held in a thread-local by a thread that `rte_thread_register` gave an lcore id:
+/// its destructor runs on that thread when it exits and releases the id.
+struct LcoreRegistration;
+
+impl Drop for LcoreRegistration {
     fn drop(&mut self) {
-        if self.registered == Some(std::thread::current().id()) {
-            // SAFETY: this thread registered itself in on_worker_thread and
-            // unregisters itself (the call acts on the calling thread). Mbufs left in
-            // that lcore's mempool cache stay counted as available and are reused by
-            // the next thread that gets the id; later frees from this thread go to
-            // the pool's ring.
-            unsafe { sys::rte_thread_unregister() };
-        }
+        // SAFETY: a thread-local's destructor runs on its own thread, which
+        // registered itself; the call releases the calling thread's lcore id. Mbufs
+        // left in that lcore's mempool cache stay counted as available and are
+        // reused by the next thread that gets the id.
+        unsafe { sys::rte_thread_unregister() };
+    }
+}
+
+thread_local! {
+    static LCORE_REGISTRATION: std::cell::RefCell<Option<LcoreRegistration>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_overrides() {
+        let c: DpdkConfig = toml::from_str("").unwrap();
+        assert_eq!(c, DpdkConfig::default());
+        assert_eq!(c.ports, vec![0]);
+        assert_eq!(
+            (c.rx_desc, c.tx_desc, c.mbufs, c.mbuf_cache),
+            (1024, 1024, 8191, 256)
+        );
+        assert!(c.rss && c.promiscuous && c.tx_port.is_none());
+
+        let c: DpdkConfig = toml::from_str(
+            "eal_args = [\"--no-huge\", \"--vdev=net_null0\"]\nports = [1, 2]\ntx_port = 3\nrss = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.eal_args, vec!["--no-huge", "--vdev=net_null0"]);
+        assert_eq!((c.ports, c.tx_port, c.rss), (vec![1, 2], Some(3), false));
+    }
+
+    #[test]
+    fn config_rejects_unknown_and_bad_values() {
+        let e = toml::from_str::<DpdkConfig>("port = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `port`"), "{e}");
+        assert!(toml::from_str::<DpdkConfig>("ports = [70000]\n").is_err());
+        assert!(toml::from_str::<DpdkConfig>("rx_desc = -1\n").is_err());
+    }
+
+    #[test]
+    fn config_from_the_engine_section() {
+        let s = crate::config::DpdkSection {
+            eal_args: vec!["-l".into(), "0".into()],
+            ports: vec![4],
+            tx_port: Some(5),
+            rx_desc: 512,
+            tx_desc: 256,
+            mbufs: 4095,
+            mbuf_cache: 128,
+        };
+        let c = DpdkConfig::from(&s);
+        assert_eq!(c.eal_args, s.eal_args);
+        assert_eq!((c.ports.as_slice(), c.tx_port), (&[4][..], Some(5)));
+        assert_eq!(
+            (c.rx_desc, c.tx_desc, c.mbufs, c.mbuf_cache),
+            (512, 256, 4095, 128)
+        );
+        assert!(c.rss && c.promiscuous);
+    }
+
+    #[test]
+    fn errno_text_comes_from_dpdk() {
+        // rte_strerror needs no EAL: plain errno values and DPDK's own.
+        assert!(Errno(libc::ENOMEM).to_string().contains("errno 12"));
+        assert_eq!(Errno::from_ret(-22), Errno(22));
     }
 }

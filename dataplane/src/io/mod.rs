@@ -5,6 +5,7 @@
 //! engine dropped. Every packet that `rx_burst` hands out comes back exactly once,
 //! through `tx_burst` (sent) or `free` (dropped, or unsent after retries).
 
+pub mod afpacket;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod pcap;
