@@ -20,7 +20,10 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: invalid configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -368,7 +371,9 @@ fn default_socket_mode() -> String {
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split([':', '-']).collect();
     if parts.len() != 6 {
-        return Err(format!("invalid MAC address {s:?}: expected 6 hex bytes like 02:00:00:00:00:01"));
+        return Err(format!(
+            "invalid MAC address {s:?}: expected 6 hex bytes like 02:00:00:00:00:01"
+        ));
     }
     let mut mac = [0u8; 6];
     for (i, p) in parts.iter().enumerate() {
@@ -489,7 +494,9 @@ impl Config {
                 }
             },
             IoKind::Afpacket => match &self.afpacket {
-                None => p.push("afpacket: section required when dataplane.io = \"afpacket\"".into()),
+                None => {
+                    p.push("afpacket: section required when dataplane.io = \"afpacket\"".into())
+                }
                 Some(a) => {
                     if a.interfaces.is_empty() {
                         p.push("afpacket.interfaces: at least one interface is required".into());
@@ -541,7 +548,10 @@ impl Config {
             }
             for (i, f) in a.file.iter().enumerate() {
                 if !Path::new(&f.path).is_file() {
-                    p.push(format!("acl.file[{i}].path: {} is not a readable file", f.path));
+                    p.push(format!(
+                        "acl.file[{i}].path: {} is not a readable file",
+                        f.path
+                    ));
                 }
             }
         }
@@ -560,7 +570,10 @@ impl Config {
             }
         }
         if g.mtu < 576 {
-            p.push(format!("gateway.mtu: {} is below the IPv4 minimum of 576", g.mtu));
+            p.push(format!(
+                "gateway.mtu: {} is below the IPv4 minimum of 576",
+                g.mtu
+            ));
         }
         p
     }
@@ -636,8 +649,9 @@ mod tests {
 
     #[test]
     fn test_all_problems_listed() {
-        let c = Config::parse("[dataplane]\nworkers = 0\nburst = 1000\n[gateway]\nvxlan_ports = []\n")
-            .unwrap();
+        let c =
+            Config::parse("[dataplane]\nworkers = 0\nburst = 1000\n[gateway]\nvxlan_ports = []\n")
+                .unwrap();
         let p = c.validate();
         assert!(p.iter().any(|s| s.starts_with("dataplane.workers")));
         assert!(p.iter().any(|s| s.starts_with("dataplane.burst")));

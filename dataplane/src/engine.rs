@@ -363,7 +363,8 @@ impl Pipeline {
     }
 
     /// Runs the stages over one burst. `learned_next_hop` is the slow path's
-    /// resolved next-hop MAC (`mac | 1 << 48`), or 0 to use the configured one.
+    /// next-hop state ([`crate::exception::NextHop`]: 0 = use the configured
+    /// MAC, learned MAC, or pending = drop as `next_hop_unresolved`).
     #[inline]
     pub fn run<P: Packet>(
         &mut self,
@@ -373,14 +374,12 @@ impl Pipeline {
         meta: &mut [Meta],
         verdicts: &mut [Verdict],
     ) {
-        let nh = if learned_next_hop >> 48 == 1 {
-            let b = learned_next_hop.to_be_bytes();
-            [b[2], b[3], b[4], b[5], b[6], b[7]]
-        } else {
-            t.next_hop_mac
-        };
-        self.lb.next_hop = nh;
-        self.route.next_hop = nh;
+        // An unresolved next hop (ARP/ND pending) drops what would be sent.
+        let nh = crate::exception::NextHop::decode(learned_next_hop).mac(t.next_hop_mac);
+        self.lb.next_hop = nh.unwrap_or([0; 6]);
+        self.route.next_hop = nh.unwrap_or([0; 6]);
+        self.lb.unresolved = nh.is_none();
+        self.route.unresolved = nh.is_none();
         self.decap.process(t, pkts, meta, verdicts);
         self.inner.process(t, pkts, meta, verdicts);
         self.acl.process(t, pkts, meta, verdicts);

@@ -103,7 +103,10 @@ impl Summary {
             "on-CPU: {:.1} ns/packet, {:.1} cycles/packet per worker\n",
             self.cpu_ns_per_packet, self.cpu_cycles_per_packet
         ));
-        s.push_str(&format!("line rate (avg frame {:.0} B):", self.avg_frame_bytes));
+        s.push_str(&format!(
+            "line rate (avg frame {:.0} B):",
+            self.avg_frame_bytes
+        ));
         for (k, v) in &self.line_rate_pct {
             s.push_str(&format!(" {k} {v:.1}%"));
         }
@@ -143,7 +146,11 @@ pub fn prepare(cfg: &Config) -> Result<Arc<Shared>, RunError> {
 }
 
 /// Runs the configured pipeline until the input is exhausted or `stop` is set.
-pub fn run(cfg: &Config, opts: &RunOptions, stop: StopFlag) -> Result<(Summary, Arc<Shared>), RunError> {
+pub fn run(
+    cfg: &Config,
+    opts: &RunOptions,
+    stop: StopFlag,
+) -> Result<(Summary, Arc<Shared>), RunError> {
     let shared = prepare(cfg)?;
     run_prepared(cfg, opts, stop, shared)
 }
@@ -168,7 +175,8 @@ pub fn run_prepared(
             }
             let traces = split(&caps, workers);
             drop(caps);
-            let slots: Option<OutputSlots> = pc.output.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));
+            let slots: Option<OutputSlots> =
+                pc.output.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));
             let queues: Vec<PcapQueue> = traces
                 .into_iter()
                 .enumerate()
@@ -177,7 +185,9 @@ pub fn run_prepared(
             let summary = drive(cfg, opts, &shared, queues, &stop)?;
             if let (Some(path), Some(slots)) = (&pc.output, slots) {
                 let mut file = pcapfile::global_header().to_vec();
-                let s = slots.lock().map_err(|_| RunError::Backend("output lock poisoned".into()))?;
+                let s = slots
+                    .lock()
+                    .map_err(|_| RunError::Backend("output lock poisoned".into()))?;
                 for part in s.iter() {
                     file.extend_from_slice(part);
                 }
@@ -196,14 +206,18 @@ pub fn run_prepared(
                 .afpacket
                 .as_ref()
                 .ok_or_else(|| RunError::Config("afpacket: section required".into()))?;
-            let queues =
-                crate::io::afpacket::open_queues(af, workers).map_err(|e| RunError::Backend(e.to_string()))?;
-            let slow = crate::exception::SlowPath::start(cfg, shared.clone()).map_err(RunError::Backend)?;
+            let queues = crate::io::afpacket::open_queues(af, workers)
+                .map_err(|e| RunError::Backend(e.to_string()))?;
+            let slow = crate::exception::SlowPath::start(cfg, shared.clone())
+                .map_err(RunError::Backend)?;
             let punts = (0..workers).map(|_| Some(slow.punt())).collect();
             let summary = drive_with_punts(cfg, opts, &shared, queues, punts, &stop);
             slow.stop();
             Ok((summary?, shared))
         }
+        #[cfg(feature = "dpdk")]
+        IoKind::Dpdk => crate::io::dpdk::run_prepared(cfg, opts, stop, shared),
+        #[cfg(not(feature = "dpdk"))]
         IoKind::Dpdk => Err(RunError::Config(
             "dataplane.io = \"dpdk\" needs a dpgw built with `--features dpdk`".into(),
         )),
@@ -213,8 +227,14 @@ pub fn run_prepared(
 /// Writes a file through a temporary file and a rename, so readers never see half of it.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
@@ -285,7 +305,10 @@ pub fn drive_with_punts<Q: Queue + 'static>(
         if stop.load(Ordering::Relaxed) {
             shared.stop.store(true, Ordering::Relaxed);
         }
-        if opts.progress && t0.elapsed() > Duration::from_secs(3) && last_print.elapsed() >= Duration::from_secs(1) {
+        if opts.progress
+            && t0.elapsed() > Duration::from_secs(3)
+            && last_print.elapsed() >= Duration::from_secs(1)
+        {
             let t = shared.totals();
             let dt = last_print.elapsed().as_secs_f64();
             eprintln!(
@@ -316,10 +339,20 @@ pub fn drive_with_punts<Q: Queue + 'static>(
                 .map_err(|_| RunError::Backend("a worker thread panicked".into()))?,
         );
     }
-    Ok(summarise(&results, seconds, tsc_ghz, shared.tables.load().generation))
+    Ok(summarise(
+        &results,
+        seconds,
+        tsc_ghz,
+        shared.tables.load().generation,
+    ))
 }
 
-fn summarise<Q>(results: &[WorkerResult<Q>], seconds: f64, tsc_ghz: f64, generation: u64) -> Summary {
+fn summarise<Q>(
+    results: &[WorkerResult<Q>],
+    seconds: f64,
+    tsc_ghz: f64,
+    generation: u64,
+) -> Summary {
     let mut total = WorkerStats::default();
     let mut workers = Vec::new();
     let (mut cycles, mut busy, mut on_cpu) = (0u64, 0u64, 0u64);
@@ -352,7 +385,14 @@ fn summarise<Q>(results: &[WorkerResult<Q>], seconds: f64, tsc_ghz: f64, generat
     let mut line_rate_pct = BTreeMap::new();
     for (name, gbit) in [("10G", 10.0), ("25G", 25.0), ("40G", 40.0), ("100G", 100.0)] {
         let max_pps = gbit * 1e9 / (8.0 * avg_wire.max(84.0));
-        line_rate_pct.insert(name, if total.rx == 0 { 0.0 } else { pps / max_pps * 100.0 });
+        line_rate_pct.insert(
+            name,
+            if total.rx == 0 {
+                0.0
+            } else {
+                pps / max_pps * 100.0
+            },
+        );
     }
     let mut drops = BTreeMap::new();
     for r in DropReason::ALL {
@@ -375,7 +415,11 @@ fn summarise<Q>(results: &[WorkerResult<Q>], seconds: f64, tsc_ghz: f64, generat
         cpu_cycles_per_packet: on_cpu as f64 / rx * tsc_ghz,
         gbps: total.rx_bytes as f64 * 8.0 / secs / 1e9,
         line_rate_pct,
-        avg_frame_bytes: if total.rx == 0 { 0.0 } else { total.rx_bytes as f64 / rx },
+        avg_frame_bytes: if total.rx == 0 {
+            0.0
+        } else {
+            total.rx_bytes as f64 / rx
+        },
         workers,
         tsc_ghz,
         generation,

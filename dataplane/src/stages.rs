@@ -49,6 +49,12 @@ impl Stage for Decap {
                     meta[i].outer_len = d.inner_offset as u16;
                     meta[i].finished = false;
                 }
+                Err(e @ (vxlan::DecapError::NotIp | vxlan::DecapError::NotUdp))
+                    if crate::exception::is_exception(pkts[i].data(), t) =>
+                {
+                    let _ = e;
+                    v[i] = Verdict::Drop(DropReason::Exception);
+                }
                 Err(e) => v[i] = Verdict::Drop(decap_reason(e)),
             }
         }
@@ -202,6 +208,8 @@ pub struct Lb {
     epoch: Option<std::time::Instant>,
     /// Destination MAC of transmitted frames for the current burst.
     pub next_hop: [u8; 6],
+    /// The next hop's MAC is not known (ARP/ND pending): drop.
+    pub unresolved: bool,
     icmp_too_big: u64,
     live_scanned_at: u64,
 }
@@ -218,6 +226,7 @@ impl Default for Lb {
             generation: 0,
             epoch: None,
             next_hop: [0; 6],
+            unresolved: false,
             icmp_too_big: 0,
             live_scanned_at: 0,
         }
@@ -504,6 +513,8 @@ fn encap<P: Packet>(
 pub struct Route {
     /// Destination MAC of transmitted frames for the current burst.
     pub next_hop: [u8; 6],
+    /// The next hop's MAC is not known (ARP/ND pending): drop.
+    pub unresolved: bool,
 }
 
 impl Stage for Route {
@@ -517,6 +528,10 @@ impl Stage for Route {
     ) {
         for i in 0..pkts.len() {
             if v[i] != Verdict::Tx || meta[i].finished {
+                continue;
+            }
+            if self.unresolved {
+                v[i] = Verdict::Drop(DropReason::NextHopUnresolved);
                 continue;
             }
             let data = pkts[i].data_mut();
