@@ -13,7 +13,11 @@ use dataplane::gen::{generate, GenSpec, Popularity};
 use dataplane::runner::{self, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "dpgw", version, about = "User-space VXLAN gateway dataplane: decap, ACL, Maglev load balancing")]
+#[command(
+    name = "dpgw",
+    version,
+    about = "User-space VXLAN gateway dataplane: decap, ACL, Maglev load balancing"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -125,7 +129,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 "dpgw: running {} worker(s) on {:?} I/O; SIGINT/SIGTERM to stop",
                 cfg.dataplane.workers, cfg.dataplane.io
             );
-            let (summary, _) = runner::run(&cfg, &RunOptions { progress: false }, stop)?;
+            let shared = runner::prepare(&cfg)?;
+            let ctl = dataplane::control::start(&cfg, &config, shared.clone())?;
+            if let Some(c) = &ctl {
+                eprintln!("dpgw: control socket {}", c.socket().display());
+                if let Some(m) = c.metrics_addr() {
+                    eprintln!("dpgw: metrics on http://{m}/metrics");
+                }
+            }
+            let result = runner::run_prepared(&cfg, &RunOptions { progress: false }, stop, shared);
+            if let Some(c) = ctl {
+                c.stop();
+            }
+            let (summary, _) = result?;
             eprint!("dpgw: final counters:\n{}", summary.human());
             Ok(ExitCode::SUCCESS)
         }
@@ -234,7 +250,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let w = generate(&spec).map_err(|e| anyhow::anyhow!(e))?;
             runner::write_atomic(&out, &w.buf)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
-            eprintln!("dpgw: wrote {} packets ({} bytes) to {}", packets, w.buf.len(), out.display());
+            eprintln!(
+                "dpgw: wrote {} packets ({} bytes) to {}",
+                packets,
+                w.buf.len(),
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,529 @@
+//! Wire types. Field names are the JSON keys; enums are `snake_case`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use acl::{Action, FileSpec, RuleSpec};
+pub use lb::{BackendSpec, BackendState, EncapKind, MacAddr, Proto, ServiceSpec};
+
+/// The protocol version this crate speaks (the `v` field of every message).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest request line a server accepts, in bytes (newline excluded).
+/// Large enough for a 10k-rule ClassBench file sent by `rule load`.
+pub const MAX_LINE: usize = 4 << 20;
+
+/// The default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/dpgw/dpgw.sock";
+
+/// One request line: `{"v":1,"cmd":"<command>", ...arguments}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Protocol version ([`PROTOCOL_VERSION`]).
+    pub v: u32,
+    /// The command and its arguments (flattened into the same object).
+    #[serde(flatten)]
+    pub cmd: Command,
+}
+
+impl Request {
+    /// A request in this crate's protocol version.
+    pub fn new(cmd: Command) -> Request {
+        Request {
+            v: PROTOCOL_VERSION,
+            cmd,
+        }
+    }
+
+    /// The request as one line of JSON, newline included.
+    pub fn to_line(&self) -> String {
+        // Serialising these types cannot fail (string keys, no non-finite floats).
+        let mut s = serde_json::to_string(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+/// Format of a rule file sent with [`Command::RuleLoad`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleFormat {
+    /// TOML with `[[rule]]` (or `[[acl.rule]]`) tables, the fields of `[[acl.rule]]`.
+    #[default]
+    Toml,
+    /// ClassBench filters (IPv4), one rule per line.
+    Classbench,
+}
+
+/// The commands. `cmd` is the variant name in `snake_case`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Liveness and version check.
+    Ping,
+    /// Adds a service (with the backends it lists).
+    ServiceAdd {
+        /// The service, as in `[[service]]`.
+        service: ServiceSpec,
+    },
+    /// Removes a service and its backends.
+    ServiceDel {
+        /// Service name.
+        name: String,
+    },
+    /// Lists the services (desired state).
+    ServiceList,
+    /// Adds a backend to a service.
+    BackendAdd {
+        /// Service name.
+        service: String,
+        /// The backend, as in `[[service.backend]]`.
+        backend: BackendSpec,
+    },
+    /// Removes a backend.
+    BackendDel {
+        /// Service name.
+        service: String,
+        /// Backend address.
+        ip: IpAddr,
+    },
+    /// Sets a backend's state (`drain` = `draining`).
+    BackendState {
+        /// Service name.
+        service: String,
+        /// Backend address.
+        ip: IpAddr,
+        /// New state.
+        state: BackendState,
+    },
+    /// Sets a backend's weight.
+    BackendWeight {
+        /// Service name.
+        service: String,
+        /// Backend address.
+        ip: IpAddr,
+        /// New weight (0 = no new flows).
+        weight: u32,
+    },
+    /// Lists backends, of one service or of all.
+    BackendList {
+        /// Only this service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
+    /// Adds an ACL rule; the daemon assigns its id (the `id` field must be absent).
+    RuleAdd {
+        /// The rule, as in `[[acl.rule]]`.
+        rule: RuleSpec,
+    },
+    /// Removes an ACL rule by id.
+    RuleDel {
+        /// Rule id.
+        id: u32,
+    },
+    /// Lists the ACL rules.
+    RuleList,
+    /// Adds the rules of a file whose content the client read and sends.
+    RuleLoad {
+        /// Format of `content`.
+        #[serde(default)]
+        format: RuleFormat,
+        /// The file's text.
+        content: String,
+        /// Replace every inline rule instead of appending.
+        #[serde(default)]
+        replace: bool,
+        /// Action of every ClassBench rule (default `deny`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<Action>,
+        /// Restrict every ClassBench rule to one tenant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vni: Option<u32>,
+    },
+    /// Counters: per worker, total, per service/backend/rule, flow tables.
+    Stats,
+    /// Flow-table summary (per worker, per service and backend).
+    Flows {
+        /// Only this service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        /// At most this many service/backend rows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+    /// The running state as a TOML config `dpgw run` accepts.
+    ConfigDump,
+    /// Writes the running state to the config file (or `path`, see the server's policy).
+    ConfigSave {
+        /// Target path; absent = the file the daemon was started with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+    },
+}
+
+impl Command {
+    /// True for commands that change the desired state.
+    pub fn is_mutation(&self) -> bool {
+        matches!(
+            self,
+            Command::ServiceAdd { .. }
+                | Command::ServiceDel { .. }
+                | Command::BackendAdd { .. }
+                | Command::BackendDel { .. }
+                | Command::BackendState { .. }
+                | Command::BackendWeight { .. }
+                | Command::RuleAdd { .. }
+                | Command::RuleDel { .. }
+                | Command::RuleLoad { .. }
+        )
+    }
+}
+
+/// One response line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Protocol version of the server.
+    pub v: u32,
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// What went wrong (when `ok` is false), naming the field or value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Generation of the snapshot live after this request (mutations and stats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// For mutations: `true` once every running worker used the new snapshot,
+    /// `false` if the bounded wait ended first (the snapshot is published anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<bool>,
+    /// The payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Data>,
+}
+
+impl Response {
+    /// A successful response.
+    pub fn ok(data: Option<Data>) -> Response {
+        Response {
+            v: PROTOCOL_VERSION,
+            ok: true,
+            error: None,
+            generation: None,
+            live: None,
+            data,
+        }
+    }
+
+    /// An error response.
+    pub fn error(msg: impl Into<String>) -> Response {
+        Response {
+            v: PROTOCOL_VERSION,
+            ok: false,
+            error: Some(msg.into()),
+            generation: None,
+            live: None,
+            data: None,
+        }
+    }
+
+    /// The response as one line of JSON, newline included.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!("{{\"v\":{PROTOCOL_VERSION},\"ok\":false,\"error\":\"cannot serialise response: {e}\"}}")
+        });
+        s.push('\n');
+        s
+    }
+}
+
+/// Response payloads; `kind` names the variant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Data {
+    /// Answer to `ping`.
+    Pong {
+        /// Daemon version.
+        version: String,
+        /// Number of workers.
+        workers: usize,
+    },
+    /// Ids of the rules a `rule_add` / `rule_load` created.
+    RuleIds {
+        /// The ids, in order.
+        ids: Vec<u32>,
+    },
+    /// Services (with their backends).
+    Services {
+        /// In name order.
+        services: Vec<ServiceSpec>,
+    },
+    /// Backends.
+    Backends {
+        /// In service-name order, then configuration order.
+        backends: Vec<BackendRow>,
+    },
+    /// ACL rules.
+    Rules {
+        /// Default action when no rule matches.
+        default: Action,
+        /// Inline rules (each with its id), in insertion order.
+        rules: Vec<RuleSpec>,
+        /// Rule files the daemon was configured with (their rules have no ids).
+        files: Vec<FileSpec>,
+    },
+    /// Counters.
+    Stats(Box<StatsReport>),
+    /// Flow tables.
+    Flows(FlowsReport),
+    /// The running configuration.
+    Config {
+        /// TOML text.
+        toml: String,
+    },
+    /// Where `config_save` wrote.
+    Saved {
+        /// Absolute path.
+        path: String,
+        /// Bytes written.
+        bytes: usize,
+    },
+}
+
+/// A backend with its service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendRow {
+    /// Service name.
+    pub service: String,
+    /// The backend.
+    pub backend: BackendSpec,
+}
+
+/// Packet counters of one worker (or of all, `worker == None`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerCounters {
+    /// Worker index; `None` for the total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<usize>,
+    /// Still running (not exited).
+    pub running: bool,
+    /// Snapshot generation the worker last used.
+    pub generation: u64,
+    /// Received packets.
+    pub rx: u64,
+    /// Transmitted packets.
+    pub tx: u64,
+    /// Received bytes.
+    pub rx_bytes: u64,
+    /// Transmitted bytes.
+    pub tx_bytes: u64,
+    /// Non-empty bursts.
+    pub bursts: u64,
+    /// Receive rate over the daemon's last sampling window, Mpps.
+    pub rx_mpps: f64,
+    /// Transmit rate over the same window, Mpps.
+    pub tx_mpps: f64,
+    /// Drops by reason (non-zero only).
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl WorkerCounters {
+    /// Sum of all drop reasons.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+/// Counters of one service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCounters {
+    /// Service name.
+    pub name: String,
+    /// False if the service was deleted (its counters are kept).
+    pub configured: bool,
+    /// Packets sent to a backend.
+    pub packets: u64,
+    /// Bytes sent to a backend.
+    pub bytes: u64,
+    /// Flows created.
+    pub new_flows: u64,
+}
+
+/// Counters of one backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendCounters {
+    /// Service name.
+    pub service: String,
+    /// Backend address.
+    pub ip: IpAddr,
+    /// Current state, `None` if no longer configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<BackendState>,
+    /// Current weight, `None` if no longer configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Packets sent to it.
+    pub packets: u64,
+    /// Bytes sent to it.
+    pub bytes: u64,
+    /// Flows pinned to it.
+    pub new_flows: u64,
+}
+
+/// Hits of one ACL rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCounters {
+    /// Rule id.
+    pub id: u32,
+    /// Packets matched.
+    pub hits: u64,
+}
+
+/// Flow-table use (of one worker, or summed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableCounters {
+    /// Worker index; `None` for the sum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<usize>,
+    /// Entries in use.
+    pub in_use: u64,
+    /// Capacity.
+    pub capacity: u64,
+    /// Lookups that found the flow.
+    pub hits: u64,
+    /// Lookups that did not.
+    pub misses: u64,
+    /// Entries evicted to make room.
+    pub evictions: u64,
+    /// Entries expired by idle timeout.
+    pub expirations: u64,
+}
+
+/// Answer to `stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Generation of the published snapshot.
+    pub generation: u64,
+    /// Seconds since the control server started.
+    pub uptime_s: f64,
+    /// Length of the window the Mpps figures are computed over, seconds.
+    pub rate_window_s: f64,
+    /// Per worker.
+    pub workers: Vec<WorkerCounters>,
+    /// All workers.
+    pub total: WorkerCounters,
+    /// Per service (configured ones and deleted ones with traffic).
+    pub services: Vec<ServiceCounters>,
+    /// Per backend.
+    pub backends: Vec<BackendCounters>,
+    /// Per rule with an id.
+    pub rules: Vec<RuleCounters>,
+    /// Flow tables, per worker.
+    pub flow_tables: Vec<FlowTableCounters>,
+    /// Flow tables, summed.
+    pub flow_total: FlowTableCounters,
+}
+
+/// Flows of one backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRow {
+    /// Service name.
+    pub service: String,
+    /// Backend address (`None`: the service's row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<IpAddr>,
+    /// Flows created since start.
+    pub new_flows: u64,
+    /// Packets.
+    pub packets: u64,
+}
+
+/// Answer to `flows`. Flow tables are per worker and private to it, so the
+/// daemon reports what workers publish: table use and per-service/backend
+/// flow counts, not individual entries.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowsReport {
+    /// Per worker.
+    pub tables: Vec<FlowTableCounters>,
+    /// Summed.
+    pub total: FlowTableCounters,
+    /// Per service, then its backends.
+    pub rows: Vec<FlowRow>,
+    /// Rows left out by `limit`.
+    pub truncated: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_request_round_trip() {
+        let mut svc = ServiceSpec::new("web", "10.99.0.1".parse().unwrap(), 80, Proto::Tcp);
+        svc.vni = Some(7);
+        svc.backends
+            .push(BackendSpec::new("192.168.0.1".parse().unwrap()));
+        let cmds = vec![
+            Command::Ping,
+            Command::ServiceAdd { service: svc },
+            Command::BackendAdd {
+                service: "web".into(),
+                backend: BackendSpec::new("192.168.0.2".parse().unwrap()),
+            },
+            Command::BackendState {
+                service: "web".into(),
+                ip: "192.168.0.2".parse().unwrap(),
+                state: BackendState::Draining,
+            },
+            Command::RuleLoad {
+                format: RuleFormat::Classbench,
+                content: "@1.2.3.4/32\t0.0.0.0/0\t0 : 65535\t80 : 80\t0x06/0xFF\n".into(),
+                replace: true,
+                action: Some(Action::Deny),
+                vni: None,
+            },
+            Command::Flows {
+                service: None,
+                limit: Some(3),
+            },
+            Command::ConfigSave { path: None },
+        ];
+        for c in cmds {
+            let line = Request::new(c.clone()).to_line();
+            assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+            let back: Request = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.cmd, c, "{line}");
+        }
+    }
+
+    #[test]
+    fn test_bad_requests_name_the_problem() {
+        let e = serde_json::from_str::<Request>(r#"{"v":1,"cmd":"service_frob"}"#).unwrap_err();
+        assert!(e.to_string().contains("service_frob"), "{e}");
+        let e =
+            serde_json::from_str::<Request>(r#"{"v":1,"cmd":"rule_del","id":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
+        let e = serde_json::from_str::<Request>(
+            r#"{"v":1,"cmd":"backend_weight","service":"a","ip":"1.2.3.999","weight":1}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("address"), "{e}");
+    }
+
+    #[test]
+    fn test_response_round_trip() {
+        let mut r = Response::ok(Some(Data::RuleIds { ids: vec![4] }));
+        r.generation = Some(9);
+        r.live = Some(true);
+        let back: Response = serde_json::from_str(&r.to_line()).unwrap();
+        assert_eq!(back, r);
+        let mut s = StatsReport::default();
+        s.total.drops.insert("acl_deny".into(), 3);
+        let r = Response::ok(Some(Data::Stats(Box::new(s))));
+        let back: Response = serde_json::from_str(&r.to_line()).unwrap();
+        assert_eq!(back, r);
+        let e = Response::error("boom");
+        assert_eq!(e.to_line(), "{\"v\":1,\"ok\":false,\"error\":\"boom\"}\n");
+    }
+}

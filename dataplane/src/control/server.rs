@@ -1,0 +1,684 @@
+//! The event loop: connections, line framing, request dispatch, the metrics
+//! endpoint, and mutations that answer once the workers use their snapshot.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ctl::{Command, Data, Request, Response, MAX_LINE, PROTOCOL_VERSION};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::metrics::{self, Sampler};
+use super::state::Desired;
+use super::WAIT_BOUND;
+use crate::engine::Shared;
+use crate::tables::Tables;
+
+const LISTENER: Token = Token(0);
+const METRICS: Token = Token(1);
+const WAKER: Token = Token(2);
+const FIRST_CONN: usize = 3;
+
+/// Connections beyond this are accepted and closed at once.
+const MAX_CONNS: usize = 1024;
+/// Bytes read from one connection per turn before others get theirs.
+const READ_BUDGET: usize = 256 << 10;
+/// Reading pauses while this many answer bytes wait for the client to read.
+const MAX_PENDING_OUT: usize = 4 << 20;
+/// An HTTP request head larger than this is refused.
+const MAX_HTTP_HEAD: usize = 16 << 10;
+/// HTTP connections idle this long are closed.
+const HTTP_IDLE: Duration = Duration::from_secs(10);
+
+enum Sock {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Sock {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Sock::Unix(s) => s,
+            Sock::Tcp(s) => s,
+        }
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Unix(s) => s.read(b),
+            Sock::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Unix(s) => s.write(b),
+            Sock::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How long a mutation spins for the workers before its answer is parked.
+const FAST_WAIT: Duration = Duration::from_micros(300);
+
+/// Has every running worker loaded snapshot generation `g`?
+fn all_live(shared: &Shared, g: u64) -> bool {
+    (0..shared.running.len()).all(|i| {
+        !shared.running[i].load(Ordering::Acquire)
+            || shared.seen_generation[i].load(Ordering::Acquire) >= g
+    })
+}
+
+/// A mutation's answer, held until the workers use its snapshot.
+struct Pending {
+    generation: u64,
+    deadline: Instant,
+    resp: Response,
+    /// The snapshot this one replaced. Held until the workers have moved on, so
+    /// the last reference (and the deallocation of its tables) is dropped here
+    /// rather than on a worker's fast path.
+    _retired: Arc<Tables>,
+}
+
+struct Conn {
+    sock: Sock,
+    http: bool,
+    inbuf: Vec<u8>,
+    /// `inbuf[..scanned]` holds no newline.
+    scanned: usize,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Dropping the rest of an oversized line.
+    discarding: bool,
+    pending: Option<Pending>,
+    eof: bool,
+    close_after_write: bool,
+    dead: bool,
+    last_active: Instant,
+}
+
+impl Conn {
+    fn new(sock: Sock, http: bool) -> Conn {
+        Conn {
+            sock,
+            http,
+            inbuf: Vec::new(),
+            scanned: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            discarding: false,
+            pending: None,
+            eof: false,
+            close_after_write: false,
+            dead: false,
+            last_active: Instant::now(),
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    fn can_read(&self) -> bool {
+        self.pending.is_none()
+            && self.backlog() < MAX_PENDING_OUT
+            && !self.eof
+            && !self.close_after_write
+            && !self.dead
+    }
+
+    fn send(&mut self, r: &Response) {
+        self.out.extend_from_slice(r.to_line().as_bytes());
+    }
+
+    /// Writes as much of the answer backlog as the socket takes.
+    fn flush(&mut self) {
+        while self.out_pos < self.out.len() {
+            match self.sock.write(&self.out[self.out_pos..]) {
+                Ok(0) => {
+                    self.dead = true;
+                    return;
+                }
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.dead = true;
+                    return;
+                }
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > (1 << 20) {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+    }
+
+    /// Takes bytes read from the socket; an oversized line is answered with an
+    /// error at once and the rest of it is skipped as it arrives.
+    fn feed(&mut self, mut data: &[u8]) {
+        if self.discarding {
+            match data.iter().position(|&b| b == b'\n') {
+                None => return,
+                Some(i) => {
+                    self.discarding = false;
+                    data = &data[i + 1..];
+                }
+            }
+        }
+        self.inbuf.extend_from_slice(data);
+    }
+
+    /// The next complete line, if any (without its newline).
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let rel = self.inbuf[self.scanned..].iter().position(|&b| b == b'\n');
+        match rel {
+            Some(i) => {
+                let end = self.scanned + i;
+                let mut line: Vec<u8> = self.inbuf.drain(..=end).collect();
+                line.pop();
+                self.scanned = 0;
+                Some(line)
+            }
+            None => {
+                self.scanned = self.inbuf.len();
+                None
+            }
+        }
+    }
+}
+
+pub struct Server {
+    poll: Poll,
+    waker: Arc<Waker>,
+    listener: UnixListener,
+    metrics: Option<TcpListener>,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    ready: VecDeque<Token>,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    desired: Desired,
+    config_path: PathBuf,
+    config_dir: PathBuf,
+    sampler: Sampler,
+    buf: Vec<u8>,
+}
+
+enum Outcome {
+    Now(Response),
+    Wait(Pending),
+}
+
+impl Server {
+    pub fn new(
+        mut listener: UnixListener,
+        mut metrics: Option<TcpListener>,
+        shared: Arc<Shared>,
+        desired: Desired,
+        config_path: PathBuf,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Server> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        if let Some(m) = &mut metrics {
+            poll.registry().register(m, METRICS, Interest::READABLE)?;
+        }
+        let config_dir = config_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        Ok(Server {
+            poll,
+            waker,
+            listener,
+            metrics,
+            conns: HashMap::new(),
+            next_token: FIRST_CONN,
+            ready: VecDeque::new(),
+            stop,
+            shared,
+            desired,
+            config_path,
+            config_dir,
+            sampler: Sampler::new(),
+            buf: vec![0u8; 64 << 10],
+        })
+    }
+
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    pub fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        while !self.stop.load(Ordering::Acquire) {
+            let timeout = if !self.ready.is_empty() {
+                Duration::ZERO
+            } else if self.conns.values().any(|c| c.pending.is_some()) {
+                Duration::from_millis(1)
+            } else {
+                self.sampler.next_due().min(Duration::from_secs(1))
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    eprintln!("dpgw: control: poll failed: {e}; control server stops");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_unix(),
+                    METRICS => self.accept_tcp(),
+                    WAKER => {}
+                    t => self.ready.push_back(t),
+                }
+            }
+            self.sampler.tick(&self.shared);
+            self.resolve_pending();
+            // Serve the connections that are ready now; those that still have
+            // input after their budget go to the back of the queue.
+            let n = self.ready.len();
+            for _ in 0..n {
+                if let Some(t) = self.ready.pop_front() {
+                    self.service(t);
+                }
+            }
+            self.reap_idle_http();
+        }
+    }
+
+    fn add_conn(&mut self, sock: Sock, http: bool) {
+        if self.conns.len() >= MAX_CONNS {
+            return; // dropped: closed at once
+        }
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        let mut c = Conn::new(sock, http);
+        if self
+            .poll
+            .registry()
+            .register(c.sock.source(), t, Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            return;
+        }
+        self.conns.insert(t, c);
+        self.ready.push_back(t);
+    }
+
+    fn accept_unix(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => self.add_conn(Sock::Unix(s), false),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: stop accepting this round, keep serving.
+                    eprintln!("dpgw: control: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept_tcp(&mut self) {
+        loop {
+            let Some(m) = &self.metrics else { return };
+            match m.accept() {
+                Ok((s, _)) => self.add_conn(Sock::Tcp(s), true),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!("dpgw: control: metrics accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, t: Token, mut c: Conn) {
+        let _ = self.poll.registry().deregister(c.sock.source());
+        drop(c);
+        let _ = t;
+    }
+
+    fn reap_idle_http(&mut self) {
+        let idle: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.http && c.last_active.elapsed() > HTTP_IDLE)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in idle {
+            if let Some(c) = self.conns.remove(&t) {
+                self.close(t, c);
+            }
+        }
+    }
+
+    /// Answers mutations whose snapshot every running worker now uses (or
+    /// whose wait ran out).
+    fn resolve_pending(&mut self) {
+        let now = Instant::now();
+        for (t, c) in self.conns.iter_mut() {
+            let Some(p) = &c.pending else { continue };
+            let ok = all_live(&self.shared, p.generation);
+            if ok || now >= p.deadline {
+                if let Some(mut p) = c.pending.take() {
+                    p.resp.live = Some(ok);
+                    c.send(&p.resp);
+                    self.ready.push_back(*t);
+                }
+            }
+        }
+    }
+
+    fn service(&mut self, t: Token) {
+        let Some(mut c) = self.conns.remove(&t) else {
+            return;
+        };
+        c.flush();
+        let mut budget = READ_BUDGET;
+        let mut more = false;
+        loop {
+            self.process(&mut c);
+            if !c.can_read() {
+                break;
+            }
+            if budget == 0 {
+                more = true;
+                break;
+            }
+            match c.sock.read(&mut self.buf) {
+                Ok(0) => {
+                    c.eof = true;
+                }
+                Ok(n) => {
+                    c.last_active = Instant::now();
+                    budget = budget.saturating_sub(n);
+                    c.feed(&self.buf[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.process(&mut c);
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => c.dead = true,
+            }
+        }
+        c.flush();
+        let finished = c.dead
+            || (c.close_after_write && c.backlog() == 0)
+            || (c.eof && c.pending.is_none() && c.backlog() == 0);
+        if finished {
+            self.close(t, c);
+            return;
+        }
+        if more {
+            self.ready.push_back(t);
+        }
+        self.conns.insert(t, c);
+    }
+
+    /// Handles the complete requests in the connection's buffer (in order,
+    /// stopping at a mutation that waits for the workers).
+    fn process(&mut self, c: &mut Conn) {
+        if c.http {
+            self.process_http(c);
+            return;
+        }
+        while c.pending.is_none() && !c.dead {
+            let line = match c.next_line() {
+                Some(l) => l,
+                None => {
+                    if c.inbuf.len() > MAX_LINE {
+                        c.send(&Response::error(format!(
+                            "request line exceeds {MAX_LINE} bytes; the rest of the line is discarded"
+                        )));
+                        c.inbuf.clear();
+                        c.scanned = 0;
+                        c.discarding = true;
+                    } else if c.eof && !c.inbuf.is_empty() && !c.discarding {
+                        // A last request without a newline before the client's shutdown.
+                        let l = std::mem::take(&mut c.inbuf);
+                        c.scanned = 0;
+                        self.answer(c, &l);
+                        continue;
+                    }
+                    return;
+                }
+            };
+            if line.len() > MAX_LINE {
+                c.send(&Response::error(format!(
+                    "request line of {} bytes exceeds {MAX_LINE} bytes; discarded",
+                    line.len()
+                )));
+                continue;
+            }
+            self.answer(c, &line);
+        }
+    }
+
+    fn answer(&mut self, c: &mut Conn, line: &[u8]) {
+        let l = line.strip_suffix(b"\r").unwrap_or(line);
+        if l.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match self.handle(l) {
+            Outcome::Now(r) => c.send(&r),
+            Outcome::Wait(p) => c.pending = Some(p),
+        }
+    }
+
+    fn process_http(&mut self, c: &mut Conn) {
+        if c.close_after_write {
+            return;
+        }
+        let head_end = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n");
+        let Some(_) = head_end else {
+            if c.inbuf.len() > MAX_HTTP_HEAD {
+                c.out.extend_from_slice(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                c.close_after_write = true;
+            } else if c.eof {
+                c.close_after_write = true;
+            }
+            return;
+        };
+        let first = c.inbuf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let first = String::from_utf8_lossy(first);
+        let mut parts = first.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (status, ctype, body) = if method != "GET" && method != "HEAD" {
+            (
+                "405 Method Not Allowed",
+                "text/plain",
+                "only GET is supported\n".to_string(),
+            )
+        } else if target == "/metrics" || target.starts_with("/metrics?") {
+            let tel = metrics::telemetry(&self.shared);
+            let report = metrics::collect(&self.shared, &self.desired, &self.sampler, &tel);
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::prometheus(&self.shared, &report, &tel, self.sampler.tsc_hz()),
+            )
+        } else {
+            ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        c.out.extend_from_slice(head.as_bytes());
+        if method != "HEAD" {
+            c.out.extend_from_slice(body.as_bytes());
+        }
+        c.inbuf.clear();
+        c.close_after_write = true;
+    }
+
+    /// One request line → its answer (or a wait for the workers).
+    fn handle(&mut self, line: &[u8]) -> Outcome {
+        let value: serde_json::Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => return Outcome::Now(Response::error(format!("invalid JSON: {e}"))),
+        };
+        let Some(obj) = value.as_object() else {
+            return Outcome::Now(Response::error("invalid request: expected a JSON object"));
+        };
+        match obj.get("v").map(|v| v.as_u64()) {
+            None => {
+                return Outcome::Now(Response::error(
+                    "invalid request: missing protocol version field \"v\"",
+                ))
+            }
+            Some(Some(v)) if v == u64::from(PROTOCOL_VERSION) => {}
+            Some(v) => {
+                return Outcome::Now(Response::error(format!(
+                    "unsupported protocol version {}; this daemon speaks {PROTOCOL_VERSION}",
+                    v.map_or_else(|| obj["v"].to_string(), |v| v.to_string())
+                )))
+            }
+        }
+        let req: Request = match serde_json::from_value(value) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Now(Response::error(format!("invalid request: {e}"))),
+        };
+        let cmd = req.cmd;
+        if cmd.is_mutation() {
+            return self.mutate(&cmd);
+        }
+        let generation = self.shared.tables.load().generation;
+        let result: Result<Option<Data>, String> = match &cmd {
+            Command::Ping => Ok(Some(Data::Pong {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                workers: self.shared.published.len(),
+            })),
+            Command::Stats => {
+                let tel = metrics::telemetry(&self.shared);
+                let r = metrics::collect(&self.shared, &self.desired, &self.sampler, &tel);
+                Ok(Some(Data::Stats(Box::new(r))))
+            }
+            Command::Flows { service, limit } => {
+                let tel = metrics::telemetry(&self.shared);
+                let r = metrics::collect(&self.shared, &self.desired, &self.sampler, &tel);
+                metrics::flows(&r, service.as_deref(), *limit).map(|f| Some(Data::Flows(f)))
+            }
+            Command::ConfigSave { path } => self.save(path.as_deref()).map(Some),
+            other => match self.desired.list(other) {
+                Some(r) => r.map(Some),
+                None => Err(format!("command {other:?} is not handled")),
+            },
+        };
+        Outcome::Now(match result {
+            Ok(data) => {
+                let mut r = Response::ok(data);
+                r.generation = Some(generation);
+                r
+            }
+            Err(e) => Response::error(e),
+        })
+    }
+
+    /// Validates, builds and publishes; the answer waits for the workers.
+    fn mutate(&mut self, cmd: &Command) -> Outcome {
+        let change = match self.desired.apply(cmd) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Now(Response::error(e)),
+        };
+        let generation = self.shared.tables.load().generation + 1;
+        let tables = match Tables::build(change.next.config(), generation) {
+            Ok(t) => t,
+            Err(p) => return Outcome::Now(Response::error(p.join("; "))),
+        };
+        let retired = self.shared.tables.swap(Arc::new(tables));
+        self.desired = change.next;
+        let mut resp = Response::ok(change.data);
+        resp.generation = Some(generation);
+        // A busy worker picks the snapshot up at its next burst (microseconds):
+        // wait that long here rather than a poll round (a millisecond).
+        let t0 = Instant::now();
+        while t0.elapsed() < FAST_WAIT {
+            if all_live(&self.shared, generation) {
+                resp.live = Some(true);
+                drop(retired);
+                return Outcome::Now(resp);
+            }
+            std::thread::yield_now();
+        }
+        Outcome::Wait(Pending {
+            generation,
+            deadline: Instant::now() + WAIT_BOUND,
+            resp,
+            _retired: retired,
+        })
+    }
+
+    /// `config save`: only into the directory of the daemon's config file.
+    fn save(&self, path: Option<&str>) -> Result<Data, String> {
+        let target = match path {
+            None => self.config_path.clone(),
+            Some(p) => {
+                let p = Path::new(p);
+                if p.is_relative() {
+                    self.config_dir.join(p)
+                } else {
+                    p.to_path_buf()
+                }
+            }
+        };
+        let name = match target.components().next_back() {
+            Some(Component::Normal(n)) => n.to_os_string(),
+            _ => return Err(format!("{}: not a file path", target.display())),
+        };
+        let parent = target.parent().unwrap_or(Path::new("/"));
+        let cparent = parent
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", parent.display()))?;
+        if cparent != self.config_dir {
+            return Err(format!(
+                "refusing to write {}: config save writes only into {} (the directory of the config file dpgw was started with)",
+                target.display(),
+                self.config_dir.display()
+            ));
+        }
+        let target = cparent.join(name);
+        if let Ok(md) = std::fs::symlink_metadata(&target) {
+            if !md.file_type().is_file() {
+                return Err(format!(
+                    "refusing to write {}: it exists and is not a regular file",
+                    target.display()
+                ));
+            }
+        }
+        let text = format!(
+            "# Written by dpgw's `config save` (the running state).\n{}",
+            self.desired.config().to_toml()
+        );
+        crate::runner::write_atomic(&target, text.as_bytes())
+            .map_err(|e| format!("writing {}: {e}", target.display()))?;
+        Ok(Data::Saved {
+            path: target.to_string_lossy().into_owned(),
+            bytes: text.len(),
+        })
+    }
+}

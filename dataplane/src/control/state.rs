@@ -1,0 +1,444 @@
+//! The desired state the control plane owns, and the validated mutations of it.
+//!
+//! A [`Desired`] is always a configuration `dpgw run` accepts: every mutation is
+//! applied to a copy, the copy is checked as a whole (the `lb` model's rules,
+//! each rule's fields, [`Config::validate`], and finally [`Tables::build`] by the
+//! caller), and only then replaces the current state.
+
+use std::collections::HashSet;
+
+use ctl::{BackendRow, Command, Data, RuleFormat, RuleSpec};
+
+use crate::config::Config;
+
+/// Services, backends and inline ACL rules (each with a unique id), plus the
+/// rest of the configuration they run in.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    cfg: Config,
+    services: lb::Services,
+    next_rule_id: u32,
+}
+
+/// A change that was validated and is ready to publish.
+#[derive(Debug)]
+pub struct Change {
+    pub next: Desired,
+    pub data: Option<Data>,
+}
+
+impl Desired {
+    /// The state a configuration describes. Inline rules without an id get one
+    /// (after the largest configured id); duplicate ids are refused.
+    pub fn new(cfg: &Config) -> Result<Desired, String> {
+        let services =
+            lb::Services::from_specs(cfg.service.iter().cloned()).map_err(|e| e.to_string())?;
+        let mut cfg = cfg.clone();
+        let mut next_rule_id = 1u32;
+        if let Some(a) = &mut cfg.acl {
+            let mut seen = HashSet::new();
+            for r in &a.rule {
+                if let Some(id) = r.id {
+                    if !seen.insert(id) {
+                        return Err(format!("acl.rule: id {id} is used by more than one rule"));
+                    }
+                    next_rule_id = next_rule_id.max(id.saturating_add(1));
+                }
+            }
+            for r in &mut a.rule {
+                if r.id.is_none() {
+                    r.id = Some(next_rule_id);
+                    next_rule_id = next_rule_id
+                        .checked_add(1)
+                        .ok_or("acl.rule: rule ids exhausted")?;
+                }
+            }
+        }
+        cfg.service = services.to_specs();
+        Ok(Desired {
+            cfg,
+            services,
+            next_rule_id,
+        })
+    }
+
+    /// The whole configuration (services in name order, rules with ids).
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn services(&self) -> &lb::Services {
+        &self.services
+    }
+
+    /// Applies a mutation to a copy of the state. Read-only commands are not
+    /// mutations and are refused here.
+    pub fn apply(&self, cmd: &Command) -> Result<Change, String> {
+        let mut next = self.clone();
+        let mut data = None;
+        let lb_err = |e: lb::LbError| e.to_string();
+        match cmd {
+            Command::ServiceAdd { service } => {
+                next.services.add_service(service.clone()).map_err(lb_err)?
+            }
+            Command::ServiceDel { name } => {
+                next.services.del_service(name).map_err(lb_err)?;
+            }
+            Command::BackendAdd { service, backend } => next
+                .services
+                .add_backend(service, backend.clone())
+                .map_err(lb_err)?,
+            Command::BackendDel { service, ip } => {
+                next.services.del_backend(service, *ip).map_err(lb_err)?;
+            }
+            Command::BackendState { service, ip, state } => next
+                .services
+                .set_state(service, *ip, *state)
+                .map_err(lb_err)?,
+            Command::BackendWeight {
+                service,
+                ip,
+                weight,
+            } => next
+                .services
+                .set_weight(service, *ip, *weight)
+                .map_err(lb_err)?,
+            Command::RuleAdd { rule } => {
+                if rule.id.is_some() {
+                    return Err("rule.id: ids are assigned by the daemon; leave it out".into());
+                }
+                let id = next.push_rules(vec![rule.clone()], false)?;
+                data = Some(Data::RuleIds { ids: id });
+            }
+            Command::RuleDel { id } => {
+                let rules = next.cfg.acl.as_mut().map(|a| &mut a.rule);
+                let pos = rules
+                    .as_ref()
+                    .and_then(|r| r.iter().position(|x| x.id == Some(*id)))
+                    .ok_or_else(|| format!("rule {id}: no such rule"))?;
+                if let Some(r) = rules {
+                    r.remove(pos);
+                }
+            }
+            Command::RuleLoad {
+                format,
+                content,
+                replace,
+                action,
+                vni,
+            } => {
+                let specs = match format {
+                    RuleFormat::Toml => parse_toml_rules(content)?,
+                    RuleFormat::Classbench => {
+                        let rules = acl::parse_classbench(
+                            content,
+                            "<rule load>",
+                            action.unwrap_or(acl::Action::Deny),
+                        )
+                        .map_err(|e| e.to_string())?;
+                        if let Some(v) = vni {
+                            if *v > 0x00FF_FFFF {
+                                return Err(format!("vni: {v} does not fit 24 bits"));
+                            }
+                        }
+                        rules
+                            .iter()
+                            .map(|r| RuleSpec {
+                                vni: *vni,
+                                id: None,
+                                ..RuleSpec::from(r)
+                            })
+                            .collect()
+                    }
+                };
+                let ids = next.push_rules(specs, *replace)?;
+                data = Some(Data::RuleIds { ids });
+            }
+            other => return Err(format!("{other:?} is not a mutation")),
+        }
+        next.cfg.service = next.services.to_specs();
+        let problems = next.cfg.validate();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(Change { next, data })
+    }
+
+    /// Validates and appends rules (after removing every inline rule if
+    /// `replace`). Rules that carry an id keep it if it is free.
+    fn push_rules(&mut self, specs: Vec<RuleSpec>, replace: bool) -> Result<Vec<u32>, String> {
+        let acl = self.cfg.acl.get_or_insert_with(Default::default);
+        if replace {
+            acl.rule.clear();
+        }
+        let mut used: HashSet<u32> = acl.rule.iter().filter_map(|r| r.id).collect();
+        let mut ids = Vec::with_capacity(specs.len());
+        let single = specs.len() == 1;
+        for (i, mut spec) in specs.into_iter().enumerate() {
+            let what = if single {
+                "rule".to_string()
+            } else {
+                format!("rule[{i}]")
+            };
+            if let Some(v) = spec.vni {
+                if v > 0x00FF_FFFF {
+                    return Err(format!("{what}: field `vni`: {v} does not fit 24 bits"));
+                }
+            }
+            spec.to_rule().map_err(|e| format!("{what}: {e}"))?;
+            let id = match spec.id {
+                Some(id) => {
+                    if !used.insert(id) {
+                        return Err(format!("{what}: id {id} is already in use"));
+                    }
+                    self.next_rule_id = self.next_rule_id.max(id.saturating_add(1));
+                    id
+                }
+                None => {
+                    let mut id = self.next_rule_id;
+                    while used.contains(&id) {
+                        id = id.checked_add(1).ok_or("rule ids exhausted")?;
+                    }
+                    used.insert(id);
+                    self.next_rule_id = id.checked_add(1).ok_or("rule ids exhausted")?;
+                    id
+                }
+            };
+            spec.id = Some(id);
+            ids.push(id);
+            acl.rule.push(spec);
+        }
+        Ok(ids)
+    }
+
+    /// Answers the read-only listing commands.
+    pub fn list(&self, cmd: &Command) -> Option<Result<Data, String>> {
+        Some(match cmd {
+            Command::ServiceList => Ok(Data::Services {
+                services: self.services.to_specs(),
+            }),
+            Command::BackendList { service } => {
+                let rows = |s: &lb::ServiceSpec| {
+                    s.backends
+                        .iter()
+                        .map(|b| BackendRow {
+                            service: s.name.clone(),
+                            backend: b.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                };
+                match service {
+                    Some(name) => match self.services.get(name) {
+                        Some(s) => Ok(Data::Backends { backends: rows(s) }),
+                        None => Err(format!("service {name:?}: no such service")),
+                    },
+                    None => Ok(Data::Backends {
+                        backends: self.services.iter().flat_map(rows).collect(),
+                    }),
+                }
+            }
+            Command::RuleList => {
+                let a = self.cfg.acl.clone().unwrap_or_default();
+                Ok(Data::Rules {
+                    default: a.default,
+                    rules: a.rule,
+                    files: a.file,
+                })
+            }
+            Command::ConfigDump => Ok(Data::Config {
+                toml: self.cfg.to_toml(),
+            }),
+            _ => return None,
+        })
+    }
+}
+
+/// `[[rule]]` or `[[acl.rule]]` tables.
+fn parse_toml_rules(text: &str) -> Result<Vec<RuleSpec>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AclRules {
+        #[serde(default)]
+        rule: Vec<RuleSpec>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RuleFile {
+        #[serde(default)]
+        rule: Vec<RuleSpec>,
+        #[serde(default)]
+        acl: Option<AclRules>,
+    }
+    let f: RuleFile =
+        toml::from_str(text).map_err(|e| format!("rule file: {}", e.to_string().trim_end()))?;
+    let mut v = f.rule;
+    if let Some(a) = f.acl {
+        v.extend(a.rule);
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        Config::parse(
+            r#"
+[pcap]
+input = ["x.pcap"]
+[gateway]
+underlay_ips = ["10.0.0.1"]
+[acl]
+[[acl.rule]]
+src = "10.0.0.0/8"
+action = "deny"
+[[acl.rule]]
+id = 5
+action = "allow"
+[[service]]
+name = "web"
+vip = "10.99.0.1"
+port = 80
+proto = "tcp"
+[[service.backend]]
+ip = "192.168.0.1"
+"#,
+        )
+        .unwrap()
+    }
+
+    fn rule(src: &str, dport: &str) -> RuleSpec {
+        RuleSpec {
+            vni: None,
+            src: src.into(),
+            dst: "any".into(),
+            proto: "any".into(),
+            src_ports: "any".into(),
+            dst_ports: dport.into(),
+            action: acl::Action::Deny,
+            priority: None,
+            id: None,
+        }
+    }
+
+    #[test]
+    fn test_ids_assigned_and_stable() {
+        let d = Desired::new(&base()).unwrap();
+        let ids: Vec<_> = d
+            .config()
+            .acl
+            .as_ref()
+            .unwrap()
+            .rule
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, vec![Some(6), Some(5)]);
+        let c = d
+            .apply(&Command::RuleAdd {
+                rule: rule("any", "80"),
+            })
+            .unwrap();
+        assert_eq!(c.data, Some(Data::RuleIds { ids: vec![7] }));
+        let d2 = c.next.apply(&Command::RuleDel { id: 7 }).unwrap().next;
+        // A deleted id is not handed out again.
+        let c = d2
+            .apply(&Command::RuleAdd {
+                rule: rule("any", "81"),
+            })
+            .unwrap();
+        assert_eq!(c.data, Some(Data::RuleIds { ids: vec![8] }));
+        // The dump gives the same state back.
+        let again = Desired::new(&Config::parse(&c.next.config().to_toml()).unwrap()).unwrap();
+        assert_eq!(again.config(), c.next.config());
+    }
+
+    #[test]
+    fn test_invalid_mutations_change_nothing() {
+        let d = Desired::new(&base()).unwrap();
+        let ip = |s: &str| s.parse().unwrap();
+        let bad = [
+            (
+                Command::BackendAdd {
+                    service: "nope".into(),
+                    backend: lb::BackendSpec::new(ip("192.168.0.2")),
+                },
+                "no such service",
+            ),
+            (
+                Command::BackendAdd {
+                    service: "web".into(),
+                    backend: lb::BackendSpec::new(ip("192.168.0.1")),
+                },
+                "already exists",
+            ),
+            (
+                Command::RuleAdd {
+                    rule: rule("10.0.0.0/33", "80"),
+                },
+                "src",
+            ),
+            (
+                Command::RuleAdd {
+                    rule: rule("any", "90-80"),
+                },
+                "dst_ports",
+            ),
+            (Command::RuleDel { id: 99 }, "no such rule"),
+            (
+                Command::ServiceAdd {
+                    service: lb::ServiceSpec {
+                        table_size: 65536,
+                        ..lb::ServiceSpec::new("x", ip("10.99.0.2"), 80, lb::Proto::Tcp)
+                    },
+                },
+                "prime",
+            ),
+            (
+                Command::RuleLoad {
+                    format: RuleFormat::Toml,
+                    content: "[[rule]]\naction = \"deny\"\nsrc = \"bogus\"\n".into(),
+                    replace: true,
+                    action: None,
+                    vni: None,
+                },
+                "rule",
+            ),
+        ];
+        for (cmd, want) in bad {
+            let e = d.apply(&cmd).unwrap_err();
+            assert!(e.contains(want), "{cmd:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn test_rule_load_formats() {
+        let d = Desired::new(&base()).unwrap();
+        let c = d
+            .apply(&Command::RuleLoad {
+                format: RuleFormat::Classbench,
+                content: "@1.2.3.4/32\t0.0.0.0/0\t0 : 65535\t80 : 80\t0x06/0xFF\n@5.6.7.0/24\t0.0.0.0/0\t0 : 65535\t0 : 65535\t0x00/0x00\n".into(),
+                replace: true,
+                action: None,
+                vni: Some(3),
+            })
+            .unwrap();
+        assert_eq!(c.data, Some(Data::RuleIds { ids: vec![7, 8] }));
+        let rules = &c.next.config().acl.as_ref().unwrap().rule;
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].vni, Some(3));
+        assert_eq!(rules[0].action, acl::Action::Deny);
+        let c = c
+            .next
+            .apply(&Command::RuleLoad {
+                format: RuleFormat::Toml,
+                content: "[[acl.rule]]\nid = 100\naction = \"allow\"\ndst_ports = \"443\"\n".into(),
+                replace: false,
+                action: None,
+                vni: None,
+            })
+            .unwrap();
+        assert_eq!(c.data, Some(Data::RuleIds { ids: vec![100] }));
+    }
+}
