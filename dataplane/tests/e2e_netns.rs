@@ -332,7 +332,10 @@ fn e2e_vxlan_client_acl_maglev_backends() {
     }
     let t_start = Instant::now();
     let hook = exception_hook_wired();
-    assert!(hook, "the Decap stage must punt ARP/ICMP/ND for our addresses as `exception`");
+    assert!(
+        hook,
+        "the Decap stage must punt ARP/ICMP/ND for our addresses as `exception`"
+    );
     let mut topo = build_topology();
     if !hook {
         // Transitional: without the Decap stage's exception hook nobody answers
