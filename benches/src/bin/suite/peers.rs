@@ -1,0 +1,321 @@
+//! Peers measured on the same machine in the same run (`dpdk-testpmd`,
+//! `dpdk-test-acl` through `acl-bench --peer`), and published figures.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// `dpdk-testpmd` forwarding on one `net_null` port: the I/O ceiling of a
+/// device that costs nothing (no DMA, no wire).
+#[derive(Clone, Debug, Serialize)]
+pub struct TestpmdResult {
+    pub mode: String,
+    pub command: String,
+    /// Packets received by the port over the measuring interval / wall time.
+    pub mpps: Option<f64>,
+    /// Wall-clock TSC cycles per packet (one forwarding core).
+    pub cycles_per_packet: Option<f64>,
+    /// testpmd's CPU time (its forwarding core; the interactive main core
+    /// sleeps) × TSC rate / packets.
+    pub cpu_cycles_per_packet: Option<f64>,
+    /// CPU time / wall time of testpmd over the interval.
+    pub cpu_share: Option<f64>,
+    pub note: String,
+}
+
+/// Runs testpmd interactively: `start`, wait `seconds`, `show port stats all`
+/// twice (the second prints the packet rate since the first), `stop`, `quit`.
+pub fn testpmd(mode: &str, seconds: f64, tsc_ghz: f64) -> TestpmdResult {
+    let prefix = format!("dpgw-suite-{}", std::process::id());
+    let args = [
+        "--no-pci".to_string(),
+        "--no-huge".into(),
+        format!("--file-prefix={prefix}"),
+        "-m".into(),
+        "512".into(),
+        "--vdev=net_null0".into(),
+        "-l".into(),
+        "0-1".into(),
+        "--".into(),
+        "-i".into(),
+        "--total-num-mbufs=16384".into(),
+        format!("--forward-mode={mode}"),
+    ];
+    let command = format!("dpdk-testpmd {}", args.join(" "));
+    let mut res = TestpmdResult {
+        mode: mode.to_string(),
+        command,
+        mpps: None,
+        cycles_per_packet: None,
+        cpu_cycles_per_packet: None,
+        cpu_share: None,
+        note: String::new(),
+    };
+    let child = Command::new("dpdk-testpmd")
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            res.note = format!("cannot run dpdk-testpmd: {e}");
+            return res;
+        }
+    };
+    let pid = child.id();
+    let mut cpu = (None, None);
+    let mut wall = seconds;
+    if let Some(mut stdin) = child.stdin.take() {
+        let mut send = |s: &str| {
+            let _ = stdin.write_all(s.as_bytes());
+            let _ = stdin.flush();
+        };
+        std::thread::sleep(Duration::from_millis(1500)); // EAL init
+        send("start\n");
+        std::thread::sleep(Duration::from_millis(500));
+        let t0 = std::time::Instant::now();
+        cpu.0 = crate::machine::cpu_seconds(Some(pid));
+        send("show port stats all\n");
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        cpu.1 = crate::machine::cpu_seconds(Some(pid));
+        send("show port stats all\n");
+        wall = t0.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(200));
+        send("stop\n");
+        send("quit\n");
+    }
+    // Bounded wait: testpmd exits on `quit`; a stuck one is killed (it is our child).
+    let mut waited = 0;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if waited < 100 => {
+                std::thread::sleep(Duration::from_millis(100));
+                waited += 1;
+            }
+            _ => {
+                let _ = child.kill();
+                res.note = "testpmd did not exit after `quit`; killed".into();
+                break;
+            }
+        }
+    }
+    let out = match child.wait_with_output() {
+        Ok(o) => o,
+        Err(e) => {
+            res.note = format!("reading testpmd output: {e}");
+            return res;
+        }
+    };
+    let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&prefix));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // RX packets of the port at the two `show port stats` (lines with RX-missed).
+    let rx: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("RX-missed"))
+        .filter_map(|l| {
+            l.split("RX-packets:")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    match (rx.as_slice(), cpu) {
+        ([a, b, ..], (Some(c0), Some(c1))) if b > a => {
+            let pkts = b - a;
+            res.mpps = Some(pkts / wall / 1e6);
+            res.cpu_share = Some((c1 - c0) / wall);
+            res.cpu_cycles_per_packet = Some((c1 - c0) * tsc_ghz * 1e9 / pkts);
+            res.cycles_per_packet = Some(wall * tsc_ghz * 1e9 / pkts);
+        }
+        _ => {
+            if res.note.is_empty() {
+                res.note = format!(
+                    "could not read two port statistics from testpmd (exit {:?}): {}",
+                    out.status.code(),
+                    text.lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                );
+            }
+        }
+    }
+    res
+}
+
+/// `acl-bench --peer` on one ClassBench set.
+#[derive(Clone, Debug, Serialize)]
+pub struct AclPeer {
+    pub set: String,
+    pub rules: Option<u64>,
+    pub command: String,
+    pub ours_cycles_per_packet: Option<f64>,
+    pub peer_alg: Option<String>,
+    pub peer_cycles_per_packet: Option<f64>,
+    /// ours / peer (below 1: we are faster).
+    pub ratio: Option<f64>,
+    pub note: String,
+}
+
+/// `acl-bench` next to this executable (built by `cargo build -p benches`).
+pub fn acl_bench_path() -> Option<PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    let p = me.parent()?.join("acl-bench");
+    p.is_file().then_some(p)
+}
+
+/// Runs `acl-bench --json --peer` (ClassBench trace if given, else `--gen N`).
+pub fn acl_peer(
+    bin: &Path,
+    set: &str,
+    rules: &Path,
+    trace: Option<&Path>,
+    gen: usize,
+    iters: usize,
+) -> AclPeer {
+    let mut args: Vec<String> = vec!["--rules".into(), rules.display().to_string()];
+    match trace {
+        Some(t) => args.extend(["--trace".into(), t.display().to_string()]),
+        None => args.extend(["--gen".into(), gen.to_string()]),
+    }
+    args.extend([
+        "--iters".into(),
+        iters.to_string(),
+        "--json".into(),
+        "--peer".into(),
+    ]);
+    let command = format!("acl-bench {}", args.join(" "));
+    let mut r = AclPeer {
+        set: set.to_string(),
+        rules: None,
+        command,
+        ours_cycles_per_packet: None,
+        peer_alg: None,
+        peer_cycles_per_packet: None,
+        ratio: None,
+        note: String::new(),
+    };
+    let out = match Command::new(bin).args(&args).stdin(Stdio::null()).output() {
+        Ok(o) => o,
+        Err(e) => {
+            r.note = format!("cannot run acl-bench: {e}");
+            return r;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(v) = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    else {
+        r.note = format!(
+            "acl-bench printed no JSON (exit {:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return r;
+    };
+    r.rules = v.get("rules").and_then(|x| x.as_u64());
+    r.ours_cycles_per_packet = v.get("cycles_per_packet").and_then(|x| x.as_f64());
+    r.peer_alg = v
+        .get("peer_best_alg")
+        .and_then(|x| x.as_str())
+        .map(String::from);
+    r.peer_cycles_per_packet = v
+        .get("peer_best_cycles_per_packet")
+        .and_then(|x| x.as_f64());
+    r.ratio = match (r.ours_cycles_per_packet, r.peer_cycles_per_packet) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    if r.peer_cycles_per_packet.is_none() {
+        r.note = "dpdk-test-acl gave no figure (see acl-bench --peer)".into();
+    }
+    r
+}
+
+/// A published per-core figure, converted to cycles per packet.
+#[derive(Clone, Debug, Serialize)]
+pub struct Published {
+    pub system: &'static str,
+    pub what: &'static str,
+    pub cycles_per_packet: &'static str,
+    /// The figure as a number (the middle of a range).
+    pub cycles_mid: f64,
+    pub source: &'static str,
+}
+
+pub fn published() -> Vec<Published> {
+    vec![
+        Published {
+            system: "Katran (XDP)",
+            what: "Maglev + IPIP encap, 5.2 Mpps/core at 3.6 GHz",
+            cycles_per_packet: "≈ 690",
+            cycles_mid: 690.0,
+            source: "published by Facebook; conversion as listed in DESIGN.md",
+        },
+        Published {
+            system: "VPP",
+            what: "IPv4 forwarding + ACL",
+            cycles_per_packet: "226–273",
+            cycles_mid: 249.5,
+            source: "FD.io CSIT reports; range as listed in DESIGN.md",
+        },
+        Published {
+            system: "ixy.rs",
+            what: "bidirectional forwarding, batch 32",
+            cycles_per_packet: "≈ 100",
+            cycles_mid: 100.0,
+            source:
+                "Ellmann, Emmerich et al., ANCS 2019 (ixy languages paper); as listed in DESIGN.md",
+        },
+    ]
+}
+
+/// Whether this build's engine can run the AF_PACKET backend (checked by asking
+/// the runner; it refuses the config early when the backend is not wired in).
+pub fn afpacket_status() -> String {
+    let text = "[dataplane]\nio = \"afpacket\"\n[afpacket]\ninterfaces = [\"dpgw-suite-none\"]\n";
+    let cfg = match dataplane::config::Config::parse(text) {
+        Ok(c) => c,
+        Err(e) => {
+            return format!("skipped: the config does not accept an [afpacket] section ({e})")
+        }
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    match dataplane::runner::run(
+        &cfg,
+        &dataplane::runner::RunOptions { progress: false },
+        stop,
+    ) {
+        Err(e) if e.to_string().contains("not available") => {
+            format!("skipped: the AF_PACKET backend is not available in this build's runner ({e})")
+        }
+        _ => "skipped: an AF_PACKET backend exists, but the suite does not set up veth pairs yet"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_published_have_figures() {
+        assert!(published()
+            .iter()
+            .all(|p| !p.cycles_per_packet.is_empty() && p.cycles_mid > 0.0));
+    }
+}
