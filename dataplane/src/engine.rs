@@ -360,6 +360,7 @@ impl Pipeline {
             *b = 0;
         }
         self.lb.flush_telemetry(t, tel);
+        tel.icmp_too_big += std::mem::take(&mut self.route.icmp_too_big);
     }
 
     /// Runs the stages over one burst. `learned_next_hop` is the slow path's

@@ -515,6 +515,8 @@ pub struct Route {
     pub next_hop: [u8; 6],
     /// The next hop's MAC is not known (ARP/ND pending): drop.
     pub unresolved: bool,
+    /// ICMP "too big" replies sent for routed packets over the MTU.
+    pub icmp_too_big: u64,
 }
 
 impl Stage for Route {
@@ -534,8 +536,17 @@ impl Stage for Route {
                 v[i] = Verdict::Drop(DropReason::NextHopUnresolved);
                 continue;
             }
-            let data = pkts[i].data_mut();
             let l3 = meta[i].l3_off as usize;
+            let ip_len = pkts[i].data().len() - l3;
+            if ip_len > t.mtu as usize {
+                // No fragmentation: IPv6 and DF get "too big" back, others are dropped.
+                match too_big(t, &mut pkts[i], &meta[i], t.mtu as usize) {
+                    Ok(_) => self.icmp_too_big += 1,
+                    Err(r) => v[i] = Verdict::Drop(r),
+                }
+                continue;
+            }
+            let data = pkts[i].data_mut();
             if vxlan::decrement_ttl(&mut data[l3..]).is_err() {
                 v[i] = Verdict::Drop(DropReason::TtlExpired);
                 continue;

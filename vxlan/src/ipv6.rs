@@ -131,7 +131,17 @@ pub fn walk_extensions(pkt: &[u8]) -> Result<UpperLayer> {
             off += len;
         }
     }
-    Err(WireError::Malformed)
+    // Exactly MAX_EXTENSIONS headers are allowed: only a ninth is refused.
+    match nh {
+        proto::HOP_BY_HOP | proto::ROUTING | proto::DEST_OPTS | proto::AH | proto::FRAGMENT => {
+            Err(WireError::Malformed)
+        }
+        _ => Ok(UpperLayer {
+            proto: nh,
+            offset: off,
+            fragment,
+        }),
+    }
 }
 
 /// A read/write view of an IPv6 packet.
