@@ -541,7 +541,10 @@ impl Stage for Route {
             if ip_len > t.mtu as usize {
                 // No fragmentation: IPv6 and DF get "too big" back, others are dropped.
                 match too_big(t, &mut pkts[i], &meta[i], t.mtu as usize) {
-                    Ok(_) => self.icmp_too_big += 1,
+                    Ok(_) => {
+                        meta[i].finished = true;
+                        self.icmp_too_big += 1;
+                    }
                     Err(r) => v[i] = Verdict::Drop(r),
                 }
                 continue;

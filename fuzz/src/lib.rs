@@ -340,10 +340,20 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
                 check_encap(out, t, svc, inner_frame, l3, ip_in);
             }
         }
+        (None, Verdict::Drop(DropReason::MtuExceeded)) => {
+            // Routed packets are not fragmented: over the MTU and not
+            // answerable (IPv4 without DF) they are dropped.
+            assert!(ip_in.len() > usize::from(t.mtu), "routed packet within the MTU dropped");
+        }
         (None, Verdict::Drop(r)) => {
             assert_eq!(r, DropReason::TtlExpired, "routed packet dropped as {r:?}");
             let ttl = if k.v6 { ip_in[7] } else { ip_in[8] };
             assert!(ttl <= 1, "TTL {ttl} counted as expired");
+        }
+        (None, Verdict::Tx) if ip_in.len() > usize::from(t.mtu) => {
+            // Over the MTU (IPv6 or DF): the packet became a "too big" reply.
+            assert!(meta[0].finished, "oversized routed packet sent as is");
+            check_too_big(out, frame);
         }
         (None, Verdict::Tx) => {
             assert!(!meta[0].finished);
