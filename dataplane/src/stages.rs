@@ -23,6 +23,27 @@ fn decap_reason(e: vxlan::DecapError) -> DropReason {
     }
 }
 
+/// Collects the keys of the packets still to be sent (converted to a stage
+/// crate's own key type) and their positions in the burst; returns how many.
+#[inline(always)]
+fn gather<K>(
+    meta: &[Meta],
+    v: &[Verdict],
+    keys: &mut [K],
+    pos: &mut [u16],
+    convert: impl Fn(&vxlan::FlowKey) -> K,
+) -> usize {
+    let mut n = 0;
+    for (i, m) in meta.iter().enumerate() {
+        if v[i] == Verdict::Tx {
+            keys[n] = convert(&m.key);
+            pos[n] = i as u16;
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Outer headers → VNI + inner Ethernet frame (the outer bytes are stripped in place).
 #[derive(Default)]
 pub struct Decap;
@@ -154,24 +175,15 @@ impl Stage for Acl {
             self.hits.resize(a.classifier.len(), 0);
             self.hits_generation = t.generation;
         }
-        let mut n = 0;
-        for i in 0..meta.len() {
-            if v[i] != Verdict::Tx {
-                continue;
-            }
-            let k = &meta[i].key;
-            self.keys[n] = acl::Key {
-                vni: k.vni,
-                src: k.src,
-                dst: k.dst,
-                sport: k.sport,
-                dport: k.dport,
-                proto: k.proto,
-                v6: k.v6,
-            };
-            self.pos[n] = i as u16;
-            n += 1;
-        }
+        let n = gather(meta, v, &mut self.keys, &mut self.pos, |k| acl::Key {
+            vni: k.vni,
+            src: k.src,
+            dst: k.dst,
+            sport: k.sport,
+            dport: k.dport,
+            proto: k.proto,
+            v6: k.v6,
+        });
         if n == 0 {
             return;
         }
@@ -318,24 +330,15 @@ impl Stage for Lb {
             return;
         }
         self.prepare(t);
-        let mut n = 0;
-        for i in 0..meta.len() {
-            if v[i] != Verdict::Tx {
-                continue;
-            }
-            let k = &meta[i].key;
-            self.keys[n] = lb::FlowKey {
-                vni: k.vni,
-                src: k.src,
-                dst: k.dst,
-                sport: k.sport,
-                dport: k.dport,
-                proto: k.proto,
-                v6: k.v6,
-            };
-            self.pos[n] = i as u16;
-            n += 1;
-        }
+        let n = gather(meta, v, &mut self.keys, &mut self.pos, |k| lb::FlowKey {
+            vni: k.vni,
+            src: k.src,
+            dst: k.dst,
+            sport: k.sport,
+            dport: k.dport,
+            proto: k.proto,
+            v6: k.v6,
+        });
         if n == 0 {
             return;
         }
