@@ -423,6 +423,37 @@ pub struct StatsReport {
     pub flow_tables: Vec<FlowTableCounters>,
     /// Flow tables, summed.
     pub flow_total: FlowTableCounters,
+    /// Counters of the DPDK ports (empty unless the daemon runs on DPDK).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortCounters>,
+}
+
+/// Counters of one DPDK port, as the driver keeps them (`rte_eth_stats`):
+/// what reached the port, including what dpgw never saw (`imissed`,
+/// `rx_nombuf`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounters {
+    /// DPDK port id.
+    pub port: u16,
+    /// Device name (`0000:01:00.0`, `net_pcap0`, ...).
+    pub name: String,
+    /// Packets received.
+    pub ipackets: u64,
+    /// Packets sent.
+    pub opackets: u64,
+    /// Bytes received.
+    pub ibytes: u64,
+    /// Bytes sent.
+    pub obytes: u64,
+    /// Packets the device dropped because no RX descriptor was free (the
+    /// workers did not keep up).
+    pub imissed: u64,
+    /// Erroneous packets received.
+    pub ierrors: u64,
+    /// Packets the device failed to send.
+    pub oerrors: u64,
+    /// RX mbuf allocation failures (the mbuf pool ran dry).
+    pub rx_nombuf: u64,
 }
 
 /// Flows of one backend.

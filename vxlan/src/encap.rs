@@ -114,23 +114,30 @@ fn emit_l2(o: &Outer, hdr: &mut [u8], et: u16) -> usize {
 fn emit_ip(a: &Addrs, ttl: u8, protocol: u8, payload_len: usize, h: &mut [u8]) -> usize {
     match a {
         Addrs::V4(s, d) => {
-            let h = &mut h[..ipv4::HEADER_LEN];
-            h[ipv4::field::VER_IHL] = 0x45;
-            h[ipv4::field::DSCP_ECN] = 0;
-            put16(
-                h,
-                ipv4::field::LENGTH.start,
-                clamp16(ipv4::HEADER_LEN + payload_len),
-            );
-            put16(h, ipv4::field::IDENT.start, 0);
-            put16(h, ipv4::field::FLG_OFF.start, ipv4::FLAG_DF);
-            h[ipv4::field::TTL] = ttl;
-            h[ipv4::field::PROTOCOL] = protocol;
-            put16(h, ipv4::field::CHECKSUM.start, 0);
-            put(h, ipv4::field::SRC_ADDR.start, &s.octets());
-            put(h, ipv4::field::DST_ADDR.start, &d.octets());
-            let c = checksum::checksum(h);
-            put16(h, ipv4::field::CHECKSUM.start, c);
+            // The checksum is summed from the values, not read back from the
+            // header just written: reading 32-bit words over fresh byte and
+            // 16-bit stores stalls on store forwarding (≈ 30 cycles a packet).
+            let len = clamp16(ipv4::HEADER_LEN + payload_len);
+            let (s, d) = (u32::from(*s), u32::from(*d));
+            let sum = 0x4500u64
+                + u64::from(len)
+                + u64::from(ipv4::FLAG_DF)
+                + (u64::from(ttl) << 8 | u64::from(protocol))
+                + u64::from(s >> 16)
+                + u64::from(s & 0xffff)
+                + u64::from(d >> 16)
+                + u64::from(d & 0xffff);
+            let c = !checksum::fold(sum);
+            let mut b = [0u8; ipv4::HEADER_LEN];
+            b[ipv4::field::VER_IHL] = 0x45;
+            b[ipv4::field::LENGTH].copy_from_slice(&len.to_be_bytes());
+            b[ipv4::field::FLG_OFF].copy_from_slice(&ipv4::FLAG_DF.to_be_bytes());
+            b[ipv4::field::TTL] = ttl;
+            b[ipv4::field::PROTOCOL] = protocol;
+            b[ipv4::field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+            b[ipv4::field::SRC_ADDR].copy_from_slice(&s.to_be_bytes());
+            b[ipv4::field::DST_ADDR].copy_from_slice(&d.to_be_bytes());
+            h[..ipv4::HEADER_LEN].copy_from_slice(&b);
             ipv4::HEADER_LEN
         }
         Addrs::V6(s, d) => {

@@ -124,7 +124,7 @@ fn ports(protocol: u8, l4: &[u8]) -> Result<(u16, u16), InnerError> {
 /// port rules). The IPv4 header checksum is *not* verified (the packet is
 /// forwarded regardless, as the kernel does); all length fields are checked.
 /// Never panics.
-#[inline]
+#[inline(always)]
 pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
     let (et, l3) = ethernet::walk(frame).map_err(|_| InnerError::Truncated)?;
     let ip = &frame[l3..];

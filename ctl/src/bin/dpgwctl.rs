@@ -642,6 +642,31 @@ fn format_stats(s: &StatsReport) -> String {
         ],
         &rows,
     ));
+    if !s.ports.is_empty() {
+        out.push_str("\nDPDK ports:\n");
+        let rows: Vec<Vec<String>> = s
+            .ports
+            .iter()
+            .map(|p| {
+                vec![
+                    p.port.to_string(),
+                    p.name.clone(),
+                    p.ipackets.to_string(),
+                    p.opackets.to_string(),
+                    p.imissed.to_string(),
+                    p.rx_nombuf.to_string(),
+                    p.ierrors.to_string(),
+                    p.oerrors.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "PORT", "DEVICE", "RX", "TX", "MISSED", "NOMBUF", "RX_ERR", "TX_ERR",
+            ],
+            &rows,
+        ));
+    }
     if !s.total.drops.is_empty() {
         out.push_str("\ndrops by reason:\n");
         let rows: Vec<Vec<String>> = s
@@ -762,5 +787,24 @@ mod tests {
     fn test_table_aligns() {
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "1".into()]]);
         assert_eq!(t, "A    BB\nxxx  1\n");
+    }
+
+    #[test]
+    fn test_stats_shows_ports_only_when_present() {
+        let mut s = StatsReport::default();
+        assert!(!format_stats(&s).contains("DPDK ports"));
+        s.ports.push(ctl::PortCounters {
+            port: 0,
+            name: "net_pcap0".into(),
+            ipackets: 1234,
+            imissed: 7,
+            ..Default::default()
+        });
+        let t = format_stats(&s);
+        assert!(
+            t.contains("DPDK ports:\nPORT  DEVICE     RX    TX  MISSED"),
+            "{t}"
+        );
+        assert!(t.contains("0     net_pcap0  1234  0   7 "), "{t}");
     }
 }

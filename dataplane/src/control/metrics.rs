@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ctl::{
-    BackendCounters, FlowRow, FlowTableCounters, FlowsReport, RuleCounters, ServiceCounters,
-    StatsReport, WorkerCounters,
+    BackendCounters, FlowRow, FlowTableCounters, FlowsReport, PortCounters, RuleCounters,
+    ServiceCounters, StatsReport, WorkerCounters,
 };
 
 use crate::engine::{rdtsc, Shared, Telemetry};
@@ -257,7 +257,35 @@ pub fn collect(
             .collect(),
         flow_tables,
         flow_total,
+        ports: port_counters(),
     }
+}
+
+/// Counters of the DPDK ports of this process's runtime (none without DPDK, or
+/// before the ports are up and after they are stopped).
+#[cfg(feature = "dpdk")]
+fn port_counters() -> Vec<PortCounters> {
+    crate::io::dpdk::current_port_stats()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| PortCounters {
+            port: p.port,
+            name: p.name,
+            ipackets: p.ipackets,
+            opackets: p.opackets,
+            ibytes: p.ibytes,
+            obytes: p.obytes,
+            imissed: p.imissed,
+            ierrors: p.ierrors,
+            oerrors: p.oerrors,
+            rx_nombuf: p.rx_nombuf,
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn port_counters() -> Vec<PortCounters> {
+    Vec::new()
 }
 
 /// Answer to `flows`.
@@ -392,6 +420,63 @@ pub fn prometheus(shared: &Shared, r: &StatsReport, tel: &[Telemetry], tsc_hz: f
                 reason.name(),
                 s.drops[*reason as usize]
             );
+        }
+    }
+    type PortField = fn(&PortCounters) -> u64;
+    let per_port: [(&str, &str, PortField); 8] = [
+        (
+            "dpgw_port_rx_packets_total",
+            "Packets the DPDK port received.",
+            |p| p.ipackets,
+        ),
+        (
+            "dpgw_port_tx_packets_total",
+            "Packets the DPDK port sent.",
+            |p| p.opackets,
+        ),
+        (
+            "dpgw_port_rx_bytes_total",
+            "Bytes the DPDK port received.",
+            |p| p.ibytes,
+        ),
+        (
+            "dpgw_port_tx_bytes_total",
+            "Bytes the DPDK port sent.",
+            |p| p.obytes,
+        ),
+        (
+            "dpgw_port_rx_missed_total",
+            "Packets the DPDK port dropped for want of a free RX descriptor (imissed).",
+            |p| p.imissed,
+        ),
+        (
+            "dpgw_port_rx_errors_total",
+            "Erroneous packets the DPDK port received.",
+            |p| p.ierrors,
+        ),
+        (
+            "dpgw_port_tx_errors_total",
+            "Packets the DPDK port failed to send.",
+            |p| p.oerrors,
+        ),
+        (
+            "dpgw_port_rx_nombuf_total",
+            "RX mbuf allocation failures of the DPDK port.",
+            |p| p.rx_nombuf,
+        ),
+    ];
+    if !r.ports.is_empty() {
+        for (name, help, f) in per_port {
+            family(&mut o, name, "counter", help);
+            for p in &r.ports {
+                let _ = writeln!(
+                    o,
+                    "{name}{{port=\"{}\",device=\"{}\"}} {}",
+                    p.port,
+                    esc(&p.name),
+                    f(p)
+                );
+            }
         }
     }
     type SvcField = fn(&ServiceCounters) -> u64;

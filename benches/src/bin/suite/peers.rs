@@ -26,24 +26,42 @@ pub struct TestpmdResult {
     pub note: String,
 }
 
-/// Runs testpmd interactively: `start`, wait `seconds`, `show port stats all`
-/// twice (the second prints the packet rate since the first), `stop`, `quit`.
+/// Runs testpmd interactively on one `net_null` port (no hugepages).
 pub fn testpmd(mode: &str, seconds: f64, tsc_ghz: f64) -> TestpmdResult {
-    let prefix = format!("dpgw-suite-{}", std::process::id());
-    let args = [
+    let eal = [
         "--no-pci".to_string(),
         "--no-huge".into(),
-        format!("--file-prefix={prefix}"),
         "-m".into(),
         "512".into(),
         "--vdev=net_null0".into(),
         "-l".into(),
         "0-1".into(),
-        "--".into(),
-        "-i".into(),
-        "--total-num-mbufs=16384".into(),
-        format!("--forward-mode={mode}"),
     ];
+    testpmd_on(
+        mode,
+        &eal,
+        &["--total-num-mbufs=16384".into()],
+        seconds,
+        tsc_ghz,
+    )
+}
+
+/// Runs testpmd interactively with EAL arguments `eal` (a `--file-prefix` is
+/// added) and testpmd arguments `app` (after `-i --forward-mode=MODE`):
+/// `start`, wait `seconds`, `show port stats all` twice (the second prints the
+/// packet rate since the first), `stop`, `quit`.
+pub fn testpmd_on(
+    mode: &str,
+    eal: &[String],
+    app: &[String],
+    seconds: f64,
+    tsc_ghz: f64,
+) -> TestpmdResult {
+    let prefix = format!("dpgw-bench-{}-{mode}", std::process::id());
+    let mut args: Vec<String> = eal.to_vec();
+    args.push(format!("--file-prefix={prefix}"));
+    args.extend(["--".into(), "-i".into(), format!("--forward-mode={mode}")]);
+    args.extend(app.iter().cloned());
     let command = format!("dpdk-testpmd {}", args.join(" "));
     let mut res = TestpmdResult {
         mode: mode.to_string(),

@@ -1,0 +1,592 @@
+//! `dpdk-bench`: dpgw on DPDK, doing the whole job, next to `dpdk-testpmd`
+//! moving packets without touching them — same virtual device, same machine,
+//! same run.
+//!
+//! ```text
+//! cargo build --release -p dataplane --features dpdk --bin dpgw
+//! cargo build --release -p benches --bin dpdk-bench
+//! target/release/dpdk-bench [--seconds S] [--runs N] [--quick] [--out DIR] [--no-huge]
+//! ```
+//!
+//! `scripts/bench-dpdk.sh` does all three. For each device —
+//!
+//! * `net_pcap`: a generated 64-byte VXLAN capture held in memory and replayed
+//!   forever (`infinite_rx=1`), transmitted to `/dev/null`;
+//! * `net_null`: a device that costs nothing (the I/O ceiling). Its frames are
+//!   not VXLAN, so dpgw drops every one at the first check: this row measures
+//!   the engine's bare receive-and-drop loop, not the pipeline —
+//!
+//! it runs `dpdk-testpmd --forward-mode=io`, `--forward-mode=macswap` and
+//! `dpgw run` (one worker: decap + 1k-rule ClassBench ACL + Maglev with flow
+//! table + IPIP encap to the backend), each for `--seconds` after a warm-up,
+//! `--runs` times interleaved, and prints the median Mpps, wall-clock
+//! ns/packet and cycles/packet of the forwarding core, on-CPU cycles/packet
+//! (the forwarding thread's scheduler time), and the ratio dpgw / testpmd io.
+//! Both forward on core 1 (testpmd `-l 0-1`; dpgw `cores = [1]`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Proc, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde::Serialize;
+
+#[allow(dead_code)]
+#[path = "../suite/machine.rs"]
+mod machine;
+#[allow(dead_code)]
+#[path = "../suite/peers.rs"]
+mod peers;
+#[path = "../suite/stat.rs"]
+mod stat;
+
+use stat::Stat;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dpdk-bench",
+    about = "dpgw (full pipeline, DPDK) next to dpdk-testpmd io/macswap on the same vdev"
+)]
+struct Cli {
+    /// The `dpgw` binary, built with `--features dpdk` (default: next to this one).
+    #[arg(long)]
+    dpgw: Option<PathBuf>,
+    /// Measuring interval of each run, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Runs of each (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// One run of one second each (CI smoke test).
+    #[arg(long)]
+    quick: bool,
+    /// Output directory (capture, configs, results.json).
+    #[arg(long, default_value = "bench-out/dpdk")]
+    out: PathBuf,
+    /// Do not set up hugepages; run every process with `--no-huge`.
+    #[arg(long)]
+    no_huge: bool,
+    /// Packets in the generated capture (1000 flows; each replayed many times).
+    #[arg(long, default_value_t = 16_384)]
+    packets: usize,
+    /// ClassBench rule file of the ACL (default: NeuroCuts acl1_1k from ../shared/testdata).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+}
+
+/// What one run of one forwarder measured.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Sample {
+    mpps: f64,
+    /// Wall-clock cycles per packet of the forwarding core (TSC / rate).
+    cycles_per_packet: f64,
+    ns_per_packet: f64,
+    /// Forwarding thread's CPU time × TSC rate / packets.
+    cpu_cycles_per_packet: Option<f64>,
+    /// CPU time / wall time of the forwarding thread (1.0 = it had its core).
+    cpu_share: Option<f64>,
+    /// dpgw only: drops by reason over the interval, and the port's `imissed`.
+    drops: BTreeMap<String, u64>,
+    tx_mpps: f64,
+    imissed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Row {
+    device: String,
+    forwarder: String,
+    command: String,
+    runs: Vec<Sample>,
+    errors: Vec<String>,
+    mpps: Stat,
+    ns_per_packet: Stat,
+    cycles_per_packet: Stat,
+    cpu_cycles_per_packet: Stat,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    machine: machine::Machine,
+    hugepages: String,
+    capture: String,
+    frame_bytes: usize,
+    rules: String,
+    rows: Vec<Row>,
+    /// Per device: median dpgw Mpps / median testpmd io Mpps.
+    ratios: BTreeMap<String, f64>,
+    load_avg_end: f64,
+}
+
+/// Hugepages for the run: 512 × 2 MiB reserved and hugetlbfs mounted, as root.
+/// `Err` says why not (then every process runs with `--no-huge`).
+fn hugepages() -> Result<String, String> {
+    let nr = "/proc/sys/vm/nr_hugepages";
+    let have: u64 = std::fs::read_to_string(nr)
+        .map_err(|e| format!("{nr}: {e}"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{nr}: {e}"))?;
+    if have < 512 {
+        std::fs::write(nr, "512").map_err(|e| format!("cannot reserve hugepages ({nr}): {e}"))?;
+    }
+    let free = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("HugePages_Free:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    if free < 256 {
+        return Err(format!(
+            "only {free} free hugepages (need 256 × 2 MiB; {nr} = {have})"
+        ));
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if !mounts
+        .lines()
+        .any(|l| l.split(' ').nth(2) == Some("hugetlbfs"))
+    {
+        std::fs::create_dir_all("/dev/hugepages").map_err(|e| format!("/dev/hugepages: {e}"))?;
+        let st = Proc::new("mount")
+            .args(["-t", "hugetlbfs", "nodev", "/dev/hugepages"])
+            .status()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !st.success() {
+            return Err("mount -t hugetlbfs failed".into());
+        }
+    }
+    Ok(format!("{free} × 2 MiB free"))
+}
+
+/// VIP the capture is sent to and the service listens on.
+const VIP: &str = "192.168.0.1";
+
+fn gen_capture(dpgw: &Path, out: &Path, packets: usize) -> Result<(), String> {
+    let o = Proc::new(dpgw)
+        .args(["gen", "--out"])
+        .arg(out)
+        .args(["--packets", &packets.to_string()])
+        .args(["--flows", "1000", "--frame-size", "64", "--tcp-pct", "100"])
+        .args(["--dst", VIP, "--dport", "80", "--seed", "1"])
+        .output()
+        .map_err(|e| format!("{}: {e}", dpgw.display()))?;
+    if !o.status.success() {
+        return Err(format!(
+            "dpgw gen failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+fn config(eal: &[String], mbufs: u32, rules: &Path, sock: &Path) -> String {
+    let eal: Vec<String> = eal.iter().map(|a| format!("{a:?}")).collect();
+    let mut t = format!(
+        "# dpdk-bench: the whole pipeline on one worker (core 1)\n\
+         [dataplane]\nworkers = 1\ncores = [1]\nburst = 32\nio = \"dpdk\"\nflow_capacity = 65536\n\n\
+         [dpdk]\neal_args = [{}]\nmbufs = {mbufs}\nmbuf_cache = 256\n\n\
+         [control]\nsocket = {:?}\n\n\
+         [gateway]\nvtep_ips = [\"10.0.0.1\"]\nunderlay_ips = [\"10.0.0.1\"]\nvxlan_ports = [4789]\n\
+         local_mac = \"02:00:00:00:00:01\"\nnext_hop_mac = \"02:00:00:00:00:fe\"\nnon_vip = \"forward\"\n\
+         mtu = 9000\n\n\
+         [acl]\ndefault = \"allow\"\n[[acl.file]]\npath = {:?}\nformat = \"classbench\"\naction = \"allow\"\n\n\
+         [[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\nencap = \"ipip\"\n",
+        eal.join(", "),
+        sock.display().to_string(),
+        rules.display().to_string(),
+    );
+    for b in 1..=10 {
+        t.push_str(&format!("[[service.backend]]\nip = \"10.128.0.{b}\"\n"));
+    }
+    t
+}
+
+/// CPU time of the thread named `name` of process `pid`, ns (`schedstat`).
+fn thread_cpu_ns(pid: u32, name: &str) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for e in dir.flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let s = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
+            return s.split_whitespace().next()?.parse().ok();
+        }
+    }
+    None
+}
+
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.0.take()?;
+        let _ = Proc::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn stats(sock: &Path) -> Result<ctl::StatsReport, String> {
+    let mut c = ctl::Client::connect(sock, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    match c.data(ctl::Command::Stats).map_err(|e| e.to_string())? {
+        Some(ctl::Data::Stats(s)) => Ok(*s),
+        other => Err(format!("stats answered {other:?}")),
+    }
+}
+
+/// Runs `dpgw run` on `cfg` and measures `seconds` after a warm-up.
+fn run_dpgw(
+    dpgw: &Path,
+    cfg: &Path,
+    sock: &Path,
+    log: &Path,
+    seconds: f64,
+    tsc_ghz: f64,
+) -> Result<Sample, String> {
+    let _ = std::fs::remove_file(sock);
+    let child = Proc::new(dpgw)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", dpgw.display()))?;
+    let pid = child.id();
+    let mut d = Daemon(Some(child));
+    let log_tail = || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = stats(sock) {
+            if s.total.rx > 0 {
+                break;
+            }
+        }
+        if let Some(Ok(Some(st))) = d.0.as_mut().map(|c| c.try_wait()) {
+            return Err(format!("dpgw exited early ({st}): {}", log_tail()));
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(format!("no traffic after 60 s: {}", log_tail()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (a, ca, ta) = (stats(sock)?, thread_cpu_ns(pid, "dpgw-w0"), Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let (b, cb, tb) = (stats(sock)?, thread_cpu_ns(pid, "dpgw-w0"), Instant::now());
+    let st = d.stop();
+    if !st.is_some_and(|s| s.success()) {
+        return Err(format!("dpgw exited with {st:?}: {}", log_tail()));
+    }
+    let secs = (tb - ta).as_secs_f64();
+    let rx = b.total.rx.saturating_sub(a.total.rx) as f64;
+    let tx = b.total.tx.saturating_sub(a.total.tx) as f64;
+    if rx <= 0.0 {
+        return Err("no packets in the measuring interval".into());
+    }
+    let mut drops = BTreeMap::new();
+    for (k, v) in &b.total.drops {
+        let d = v.saturating_sub(a.total.drops.get(k).copied().unwrap_or(0));
+        if d > 0 {
+            drops.insert(k.clone(), d);
+        }
+    }
+    let missed = |r: &ctl::StatsReport| r.ports.iter().map(|p| p.imissed).sum::<u64>();
+    let cpu = match (ca, cb) {
+        (Some(x), Some(y)) if y > x => Some((y - x) as f64),
+        _ => None,
+    };
+    Ok(Sample {
+        mpps: rx / secs / 1e6,
+        cycles_per_packet: secs * tsc_ghz * 1e9 / rx,
+        ns_per_packet: secs * 1e9 / rx,
+        cpu_cycles_per_packet: cpu.map(|c| c * tsc_ghz / rx),
+        cpu_share: cpu.map(|c| c / (secs * 1e9)),
+        drops,
+        tx_mpps: tx / secs / 1e6,
+        imissed: missed(&b).saturating_sub(missed(&a)),
+    })
+}
+
+fn summarize(mut r: Row) -> Row {
+    let pick = |f: &dyn Fn(&Sample) -> Option<f64>| {
+        Stat::of(&r.runs.iter().filter_map(f).collect::<Vec<_>>())
+    };
+    r.mpps = pick(&|s| Some(s.mpps));
+    r.ns_per_packet = pick(&|s| Some(s.ns_per_packet));
+    r.cycles_per_packet = pick(&|s| Some(s.cycles_per_packet));
+    r.cpu_cycles_per_packet = pick(&|s| s.cpu_cycles_per_packet);
+    r
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("dpdk-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<bool, String> {
+    let (seconds, runs) = if cli.quick {
+        (1.0, 1)
+    } else {
+        (cli.seconds, cli.runs.max(1))
+    };
+    let dpgw = match &cli.dpgw {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("dpgw"),
+    };
+    if !dpgw.is_file() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p dataplane --features dpdk --bin dpgw`",
+            dpgw.display()
+        ));
+    }
+    let rules = match &cli.rules {
+        Some(r) => r.clone(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/testdata/classbench/neurocuts/acl1_1k"),
+    };
+    if !rules.is_file() {
+        return Err(format!("rule file {} not found", rules.display()));
+    }
+    let rules = rules.canonicalize().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&cli.out).map_err(|e| format!("{}: {e}", cli.out.display()))?;
+    let out = cli.out.canonicalize().map_err(|e| e.to_string())?;
+    let m = machine::Machine::probe();
+    let tsc = m.tsc_ghz;
+
+    let huge = if cli.no_huge {
+        Err("--no-huge".to_string())
+    } else {
+        hugepages()
+    };
+    let (mem_args, huge_note): (Vec<String>, String) = match &huge {
+        Ok(n) => (vec![], format!("hugepages ({n})")),
+        Err(e) => (
+            vec!["--no-huge".into(), "-m".into(), "1024".into()],
+            format!("no hugepages: {e}"),
+        ),
+    };
+    eprintln!("dpdk-bench: {huge_note}");
+
+    let cap = out.join("vxlan64.pcap");
+    gen_capture(&dpgw, &cap, cli.packets)?;
+    // net_pcap's infinite_rx holds the whole capture in mbufs of the port's pool.
+    let mbufs = ((cli.packets as u32 + 8192).next_power_of_two() * 2 - 1).max(16_383);
+    let devices: Vec<(&str, String)> = vec![
+        (
+            "net_pcap",
+            format!(
+                "--vdev=net_pcap0,rx_pcap={},infinite_rx=1,tx_pcap=/dev/null",
+                cap.display()
+            ),
+        ),
+        ("net_null", "--vdev=net_null0".into()),
+    ];
+    let sock = out.join("dpgw.sock");
+    let mut rows: Vec<Row> = Vec::new();
+    for (dev, vdev) in &devices {
+        for fwd in ["testpmd io", "testpmd macswap", "dpgw"] {
+            rows.push(Row {
+                device: dev.to_string(),
+                forwarder: fwd.to_string(),
+                command: String::new(),
+                runs: Vec::new(),
+                errors: Vec::new(),
+                mpps: Stat::default(),
+                ns_per_packet: Stat::default(),
+                cycles_per_packet: Stat::default(),
+                cpu_cycles_per_packet: Stat::default(),
+            });
+        }
+        let _ = vdev;
+    }
+    for run in 0..runs {
+        for (di, (dev, vdev)) in devices.iter().enumerate() {
+            let mut eal: Vec<String> = vec!["--no-pci".into(), "--no-telemetry".into()];
+            eal.extend(mem_args.iter().cloned());
+            eal.push(vdev.clone());
+            for (fi, mode) in ["io", "macswap"].iter().enumerate() {
+                eprintln!(
+                    "dpdk-bench: run {}/{runs}: testpmd {mode} on {dev}",
+                    run + 1
+                );
+                let mut targs = eal.clone();
+                targs.extend(["-l".into(), "0-1".into()]);
+                let r = peers::testpmd_on(
+                    mode,
+                    &targs,
+                    &[format!("--total-num-mbufs={}", mbufs + 1)],
+                    seconds,
+                    tsc,
+                );
+                let row = &mut rows[di * 3 + fi];
+                row.command = r.command.clone();
+                match (r.mpps, r.cycles_per_packet) {
+                    (Some(mpps), Some(cyc)) => row.runs.push(Sample {
+                        mpps,
+                        cycles_per_packet: cyc,
+                        ns_per_packet: 1e3 / mpps,
+                        cpu_cycles_per_packet: r.cpu_cycles_per_packet,
+                        cpu_share: r.cpu_share,
+                        tx_mpps: mpps,
+                        ..Sample::default()
+                    }),
+                    _ => row.errors.push(r.note),
+                }
+            }
+            eprintln!("dpdk-bench: run {}/{runs}: dpgw on {dev}", run + 1);
+            let prefix = format!("dpgw-bench-{}-dpgw", std::process::id());
+            let mut deal = eal.clone();
+            deal.extend(["-l".into(), "0".into(), format!("--file-prefix={prefix}")]);
+            let cfg = out.join(format!("dpgw-{dev}.toml"));
+            std::fs::write(&cfg, config(&deal, mbufs, &rules, &sock))
+                .map_err(|e| format!("{}: {e}", cfg.display()))?;
+            let log = out.join(format!("dpgw-{dev}.log"));
+            let r = run_dpgw(&dpgw, &cfg, &sock, &log, seconds, tsc);
+            let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&prefix));
+            let row = &mut rows[di * 3 + 2];
+            row.command = format!("{} run --config {}", dpgw.display(), cfg.display());
+            match r {
+                Ok(s) => row.runs.push(s),
+                Err(e) => row.errors.push(e),
+            }
+        }
+    }
+    let rows: Vec<Row> = rows.into_iter().map(summarize).collect();
+    let mut ratios = BTreeMap::new();
+    for (dev, _) in &devices {
+        let get = |f: &str| {
+            rows.iter()
+                .find(|r| r.device == *dev && r.forwarder == f && r.mpps.n > 0)
+                .map(|r| r.mpps.median)
+        };
+        if let (Some(a), Some(b)) = (get("dpgw"), get("testpmd io")) {
+            ratios.insert(dev.to_string(), a / b);
+        }
+    }
+
+    // Report.
+    println!(
+        "dpdk-bench: {} runs of {seconds} s each, medians (min–max); TSC {tsc:.2} GHz; {huge_note}; load {:.1} → {:.1}",
+        runs,
+        m.load_avg_start,
+        machine::load_avg()
+    );
+    println!(
+        "dpgw: 1 worker on core 1, decap + ACL ({} ClassBench rules, {}) + Maglev (10 backends, flow table) + IPIP encap",
+        std::fs::read_to_string(&rules)
+            .map(|t| t.lines().filter(|l| l.starts_with('@')).count())
+            .unwrap_or(0),
+        rules.file_name().unwrap_or_default().to_string_lossy()
+    );
+    println!(
+        "capture: {} packets, 1000 TCP flows to the VIP, 64 B inner frames (114 B on the wire)\n",
+        cli.packets
+    );
+    println!(
+        "{:<9} {:<16} {:>22} {:>20} {:>24} {:>16}",
+        "device", "forwarder", "Mpps", "ns/packet", "cycles/packet (wall)", "on-CPU cycles"
+    );
+    let mut ok = true;
+    for r in &rows {
+        if r.mpps.n == 0 {
+            ok = false;
+            println!(
+                "{:<9} {:<16} failed: {}",
+                r.device,
+                r.forwarder,
+                r.errors.join("; ")
+            );
+            continue;
+        }
+        println!(
+            "{:<9} {:<16} {:>22} {:>20} {:>24} {:>16}",
+            r.device,
+            r.forwarder,
+            r.mpps.show(2),
+            r.ns_per_packet.show(1),
+            r.cycles_per_packet.show(0),
+            if r.cpu_cycles_per_packet.n > 0 {
+                format!("{:.0}", r.cpu_cycles_per_packet.median)
+            } else {
+                "-".into()
+            }
+        );
+        if r.forwarder == "dpgw" {
+            if let Some(s) = r.runs.last() {
+                let drops: Vec<String> = s.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                println!(
+                    "{:<9} {:<16} tx {:.2} Mpps, port imissed {}, drops: {}",
+                    "",
+                    "",
+                    s.tx_mpps,
+                    s.imissed,
+                    if drops.is_empty() {
+                        "none".into()
+                    } else {
+                        drops.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    println!();
+    for (dev, q) in &ratios {
+        let what = if *dev == "net_pcap" {
+            "full pipeline vs testpmd io; target ≥ 0.8"
+        } else {
+            "dpgw drops every (non-VXLAN) frame: bare engine loop vs testpmd io"
+        };
+        println!("ratio dpgw / testpmd io on {dev}: {q:.2} ({what})");
+    }
+    let results = Results {
+        machine: m,
+        hugepages: huge_note,
+        capture: cap.display().to_string(),
+        frame_bytes: 114,
+        rules: rules.display().to_string(),
+        rows,
+        ratios,
+        load_avg_end: machine::load_avg(),
+    };
+    let json = out.join("results.json");
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", json.display()))?;
+    println!("results: {}", json.display());
+    Ok(ok)
+}
