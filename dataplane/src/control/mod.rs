@@ -20,6 +20,7 @@
 
 pub mod metrics;
 mod server;
+pub use server::decode_request;
 pub mod state;
 
 use std::net::SocketAddr;

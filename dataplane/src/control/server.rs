@@ -538,32 +538,10 @@ impl Server {
 
     /// One request line → its answer (or a wait for the workers).
     fn handle(&mut self, line: &[u8]) -> Outcome {
-        let value: serde_json::Value = match serde_json::from_slice(line) {
-            Ok(v) => v,
-            Err(e) => return Outcome::Now(Response::error(format!("invalid JSON: {e}"))),
+        let cmd = match decode_request(line) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Now(Response::error(e)),
         };
-        let Some(obj) = value.as_object() else {
-            return Outcome::Now(Response::error("invalid request: expected a JSON object"));
-        };
-        match obj.get("v").map(|v| v.as_u64()) {
-            None => {
-                return Outcome::Now(Response::error(
-                    "invalid request: missing protocol version field \"v\"",
-                ))
-            }
-            Some(Some(v)) if v == u64::from(PROTOCOL_VERSION) => {}
-            Some(v) => {
-                return Outcome::Now(Response::error(format!(
-                    "unsupported protocol version {}; this daemon speaks {PROTOCOL_VERSION}",
-                    v.map_or_else(|| obj["v"].to_string(), |v| v.to_string())
-                )))
-            }
-        }
-        let req: Request = match serde_json::from_value(value) {
-            Ok(r) => r,
-            Err(e) => return Outcome::Now(Response::error(format!("invalid request: {e}"))),
-        };
-        let cmd = req.cmd;
         if cmd.is_mutation() {
             return self.mutate(&cmd);
         }
@@ -682,3 +660,29 @@ impl Server {
         })
     }
 }
+
+/// Decodes one request line (without its newline) of protocol v1 into its
+/// command, or the error message the client gets: not JSON, not an object,
+/// a missing or other protocol version, an unknown command or field, a value
+/// of the wrong type. Pure: no I/O, no state.
+pub fn decode_request(line: &[u8]) -> Result<Command, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Some(obj) = value.as_object() else {
+        return Err("invalid request: expected a JSON object".into());
+    };
+    match obj.get("v").map(|v| v.as_u64()) {
+        None => return Err("invalid request: missing protocol version field \"v\"".into()),
+        Some(Some(v)) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(format!(
+                "unsupported protocol version {}; this daemon speaks {PROTOCOL_VERSION}",
+                v.map_or_else(|| obj["v"].to_string(), |v| v.to_string())
+            ))
+        }
+    }
+    let req: Request =
+        serde_json::from_value(value).map_err(|e| format!("invalid request: {e}"))?;
+    Ok(req.cmd)
+}
+
