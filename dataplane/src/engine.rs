@@ -180,6 +180,7 @@ pub fn run_worker<Q: Queue>(
     let mut stats = WorkerStats::default();
     let mut rx: Burst<Q::Pkt> = Burst::new();
     let mut tx: Burst<Q::Pkt> = Burst::new();
+    let mut dropped: Burst<Q::Pkt> = Burst::new();
     let mut meta = [Meta::default(); MAX_BURST];
     let mut verdicts = [Verdict::Tx; MAX_BURST];
     let published = &shared.published[id];
@@ -253,9 +254,12 @@ pub fn run_worker<Q: Queue>(
                         }
                     }
                     stats.drop(*r);
-                    queue.free(pkt);
+                    dropped.push(pkt);
                 }
             }
+        }
+        if !dropped.is_empty() {
+            queue.free_burst(&mut dropped);
         }
         transmit(&mut queue, &mut tx, &mut stats);
         burst_hist.record(rdtsc().wrapping_sub(b0));

@@ -685,4 +685,3 @@ pub fn decode_request(line: &[u8]) -> Result<Command, String> {
         serde_json::from_value(value).map_err(|e| format!("invalid request: {e}"))?;
     Ok(req.cmd)
 }
-

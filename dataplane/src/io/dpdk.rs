@@ -1362,6 +1362,19 @@ impl Queue for DpdkQueue {
     fn free(&mut self, pkt: Mbuf) {
         drop(pkt);
     }
+
+    fn free_burst(&mut self, pkts: &mut Burst<Mbuf>) {
+        let mut raw = [const { MaybeUninit::<*mut rte_mbuf>::uninit() }; MAX_BURST];
+        let mut n = 0;
+        for m in pkts.drain(..) {
+            raw[n].write(m.into_raw().as_ptr());
+            n += 1;
+        }
+        // SAFETY: the first n slots hold single-segment mbufs we owned (their
+        // handles were consumed by into_raw, so nothing frees them twice);
+        // rte_pktmbuf_free_bulk returns each to its pool.
+        unsafe { sys::rte_pktmbuf_free_bulk(raw.as_mut_ptr().cast(), n as u32) };
+    }
 }
 
 /// Held in a thread-local by a thread that `rte_thread_register` gave an lcore id:

@@ -51,6 +51,13 @@ pub trait Queue: Send {
     fn tx_burst(&mut self, burst: &mut Burst<Self::Pkt>) -> usize;
     /// Returns a packet the engine will not send.
     fn free(&mut self, pkt: Self::Pkt);
+    /// Returns every packet of `pkts` at once (the burst's drops); the default
+    /// frees them one by one.
+    fn free_burst(&mut self, pkts: &mut Burst<Self::Pkt>) {
+        for p in pkts.drain(..) {
+            self.free(p);
+        }
+    }
     /// True when the input is exhausted and will never produce more (finite replay).
     fn rx_done(&self) -> bool {
         false
