@@ -79,6 +79,11 @@ pub struct DataplaneSection {
     /// Flow-table entries per worker (connection tracking for services).
     #[serde(default = "default_flow_capacity")]
     pub flow_capacity: usize,
+    /// Per-worker cache of ACL results by exact flow key, in entries (a power
+    /// of two, 64 B each; 0 = classify every packet). Cleared whenever the
+    /// rules change, so it never changes a verdict, only its cost.
+    #[serde(default = "default_acl_cache")]
+    pub acl_cache: usize,
     /// Idle timeout of a TCP flow, seconds.
     #[serde(default = "default_tcp_timeout")]
     pub tcp_timeout_s: u32,
@@ -96,6 +101,7 @@ impl Default for DataplaneSection {
             io: IoKind::Pcap,
             no_pin: false,
             flow_capacity: default_flow_capacity(),
+            acl_cache: default_acl_cache(),
             tcp_timeout_s: default_tcp_timeout(),
             udp_timeout_s: default_udp_timeout(),
         }
@@ -110,6 +116,9 @@ fn default_burst() -> usize {
 }
 fn default_flow_capacity() -> usize {
     65_536
+}
+fn default_acl_cache() -> usize {
+    4096
 }
 fn default_tcp_timeout() -> u32 {
     300
@@ -526,6 +535,13 @@ impl Config {
                 "dataplane.flow_capacity: {} is out of range 1..={}",
                 d.flow_capacity,
                 1 << 26
+            ));
+        }
+        if d.acl_cache != 0 && (!d.acl_cache.is_power_of_two() || d.acl_cache > (1 << 20)) {
+            p.push(format!(
+                "dataplane.acl_cache: {} must be 0 (off) or a power of two up to {}",
+                d.acl_cache,
+                1 << 20
             ));
         }
         if d.tcp_timeout_s == 0 || d.udp_timeout_s == 0 {

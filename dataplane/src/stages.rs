@@ -127,6 +127,89 @@ pub struct Acl {
     /// Hits per rule index of the snapshot `hits_generation`.
     pub hits: Vec<u64>,
     pub hits_generation: u64,
+    cache: AclCache,
+    /// Keys the cache did not answer, their positions in `keys`, and their slots.
+    miss_keys: [acl::Key; MAX_BURST],
+    miss_at: [u16; MAX_BURST],
+    slot_of: [u32; MAX_BURST],
+    miss_out: [u32; MAX_BURST],
+    /// Cache lookups answered / not answered (for telemetry).
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+}
+
+/// A two-way set-associative cache of classification results by exact key: the packets
+/// of an established flow skip the classifier. The result of a key depends
+/// only on the rule set, and the cache is emptied whenever the snapshot
+/// changes, so it changes no verdict, only what it costs. Allocated on the
+/// worker at its first burst with an ACL (like the flow table).
+#[derive(Default)]
+struct AclCache {
+    slots: Vec<CacheSlot>,
+    generation: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct CacheSlot {
+    key: acl::Key,
+    matched: u32,
+    valid: bool,
+}
+
+impl AclCache {
+    /// Ready for snapshot `generation` with `entries` slots (0 = off).
+    #[cold]
+    fn reset(&mut self, generation: u64, entries: usize) {
+        if self.slots.len() != entries {
+            self.slots = vec![CacheSlot::default(); entries];
+        } else {
+            self.slots.iter_mut().for_each(|s| s.valid = false);
+        }
+        self.generation = generation;
+    }
+
+    #[inline(always)]
+    fn index(&self, k: &acl::Key) -> usize {
+        let a = (k.src as u64) ^ ((k.src >> 64) as u64).rotate_left(21);
+        let b = (k.dst as u64).rotate_left(11) ^ ((k.dst >> 64) as u64).rotate_left(43);
+        let c = (u64::from(k.sport) << 48)
+            | (u64::from(k.dport) << 32)
+            | (u64::from(k.proto) << 24)
+            | (u64::from(k.v6) << 23)
+            | u64::from(k.vni);
+        // Two multiply-xorshift rounds: every input bit reaches the index bits.
+        let h = (a ^ b ^ c).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        // Index of the set's first way (sets of two ways; one way when the
+        // cache has a single entry).
+        (h >> 32) as usize & (self.slots.len() - 1) & !1
+    }
+
+    /// The cached result of `k` (whose set starts at `i`), if any.
+    #[inline(always)]
+    fn get(&self, i: usize, k: &acl::Key) -> Option<u32> {
+        let s = &self.slots[i];
+        if s.valid && s.key == *k {
+            return Some(s.matched);
+        }
+        let s = self.slots.get(i + 1)?;
+        (s.valid && s.key == *k).then_some(s.matched)
+    }
+
+    /// Caches `k → matched` in the set at `i`: the newest entry goes to the
+    /// first way and the first way's entry to the second (FIFO replacement).
+    #[inline(always)]
+    fn put(&mut self, i: usize, k: &acl::Key, matched: u32) {
+        if i + 1 < self.slots.len() {
+            self.slots[i + 1] = self.slots[i];
+        }
+        self.slots[i] = CacheSlot {
+            key: *k,
+            matched,
+            valid: true,
+        };
+    }
 }
 
 impl Default for Acl {
@@ -137,11 +220,63 @@ impl Default for Acl {
             out: [acl::NO_MATCH; MAX_BURST],
             hits: Vec::new(),
             hits_generation: 0,
+            cache: AclCache::default(),
+            miss_keys: [acl::Key::default(); MAX_BURST],
+            miss_at: [0; MAX_BURST],
+            slot_of: [0; MAX_BURST],
+            miss_out: [acl::NO_MATCH; MAX_BURST],
+            cache_hits: 0,
+            cache_misses: 0,
         }
     }
 }
 
 impl Acl {
+    /// `out[..n]` for `keys[..n]`: from the cache where it has the key, from
+    /// the classifier (in one burst) for the rest, which are then cached.
+    #[inline]
+    fn classify_cached(&mut self, t: &Tables, a: &crate::tables::AclTables, n: usize) {
+        if self.cache.generation != t.generation || self.cache.slots.len() != t.acl_cache {
+            self.cache.reset(t.generation, t.acl_cache);
+        }
+        let cache = &mut self.cache;
+        // Slot of each key; touching them all first lets their cache misses overlap.
+        let mut touch = 0u32;
+        for j in 0..n {
+            let i = cache.index(&self.keys[j]);
+            self.slot_of[j] = i as u32;
+            touch ^= cache.slots[i].matched;
+        }
+        std::hint::black_box(touch);
+        let mut misses = 0;
+        for j in 0..n {
+            if let Some(m) = cache.get(self.slot_of[j] as usize, &self.keys[j]) {
+                self.out[j] = m;
+            } else {
+                self.miss_keys[misses] = self.keys[j];
+                self.miss_at[misses] = j as u16;
+                misses += 1;
+            }
+        }
+        self.cache_hits += (n - misses) as u64;
+        self.cache_misses += misses as u64;
+        if misses == 0 {
+            return;
+        }
+        a.classifier
+            .classify_burst(&self.miss_keys[..misses], &mut self.miss_out[..misses]);
+        for m in 0..misses {
+            let j = self.miss_at[m] as usize;
+            let matched = self.miss_out[m];
+            self.out[j] = matched;
+            // A key seen twice in one burst is stored once.
+            let i = self.slot_of[j] as usize;
+            if cache.get(i, &self.keys[j]).is_none() {
+                cache.put(i, &self.keys[j], matched);
+            }
+        }
+    }
+
     /// Moves the hit counts into `into` (rule counter id → packets), zeroing them.
     pub fn drain_hits(&mut self, t: &Tables, into: &mut std::collections::HashMap<u32, u64>) {
         if let Some(a) = &t.acl {
@@ -187,8 +322,12 @@ impl Stage for Acl {
         if n == 0 {
             return;
         }
-        a.classifier
-            .classify_burst(&self.keys[..n], &mut self.out[..n]);
+        if t.acl_cache == 0 {
+            a.classifier
+                .classify_burst(&self.keys[..n], &mut self.out[..n]);
+        } else {
+            self.classify_cached(t, a, n);
+        }
         for j in 0..n {
             let m = self.out[j];
             let i = self.pos[j] as usize;
@@ -558,6 +697,96 @@ impl Stage for Route {
                 continue;
             }
             vxlan::set_macs(data, t.local_mac, self.next_hop);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::io::pcap::HeapBuf;
+
+    fn tables(rules: &str, generation: u64, cache: usize) -> Tables {
+        let text = format!(
+            "[dataplane]\nacl_cache = {cache}\n[pcap]\ninput = [\"x.pcap\"]\n[gateway]\nunderlay_ips = [\"10.0.0.1\"]\n\
+             [acl]\ndefault = \"allow\"\n{rules}"
+        );
+        let cfg = Config::parse(&text).unwrap();
+        assert_eq!(cfg.validate(), Vec::<String>::new());
+        Tables::build(&cfg, generation).unwrap()
+    }
+
+    const RULES_A: &str = "[[acl.rule]]\nproto = \"tcp\"\ndst_ports = \"1-2\"\naction = \"deny\"\n\
+                           [[acl.rule]]\nsrc = \"10.0.0.0/26\"\naction = \"deny\"\n";
+    const RULES_B: &str = "[[acl.rule]]\nproto = \"udp\"\naction = \"deny\"\n\
+                           [[acl.rule]]\nsrc = \"10.0.0.0/26\"\nproto = \"tcp\"\naction = \"allow\"\npriority = 1\n\
+                           [[acl.rule]]\ndst = \"10.1.0.0/25\"\naction = \"deny\"\npriority = 2\n";
+
+    /// Verdicts of `bursts` bursts of keys drawn from a small space (so flows
+    /// recur and collide in a small cache), and the stage's cache hits.
+    fn run(acl: &mut Acl, t: &Tables, seed: u64, bursts: usize) -> (Vec<Verdict>, Vec<u64>) {
+        let mut rng = seed;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            rng >> 33
+        };
+        let mut all = Vec::new();
+        for _ in 0..bursts {
+            let mut meta = [Meta::default(); 32];
+            for m in meta.iter_mut() {
+                m.key = vxlan::FlowKey {
+                    vni: (next() % 2) as u32,
+                    src: u128::from(0x0a00_0000u32 + (next() % 4 + 64 * (next() % 2)) as u32),
+                    dst: u128::from(0x0a01_0000u32 + (next() % 2 + 200 * (next() % 2)) as u32),
+                    sport: 1000,
+                    dport: (next() % 4) as u16,
+                    proto: if next() % 2 == 0 { 6 } else { 17 },
+                    v6: false,
+                };
+            }
+            let mut v = [Verdict::Tx; 32];
+            // One packet already dropped by an earlier stage stays untouched.
+            v[5] = Verdict::Drop(DropReason::InnerTruncated);
+            let mut pkts: [HeapBuf; 0] = [];
+            acl.process(t, &mut pkts, &mut meta, &mut v);
+            all.extend_from_slice(&v);
+        }
+        (all, acl.hits.clone())
+    }
+
+    #[test]
+    fn test_acl_cache_changes_no_verdict_and_follows_rule_changes() {
+        // 512 distinct keys: a 64-entry cache collides all the time, a
+        // 1024-entry one holds them all.
+        for entries in [64, 1024] {
+            let (a_off, a_on) = (tables(RULES_A, 1, 0), tables(RULES_A, 1, entries));
+            let (b_off, b_on) = (tables(RULES_B, 2, 0), tables(RULES_B, 2, entries));
+            let (mut plain, mut cached) = (Acl::default(), Acl::default());
+            let (want, want_hits) = run(&mut plain, &a_off, 7, 200);
+            let (got, got_hits) = run(&mut cached, &a_on, 7, 200);
+            assert_eq!(got, want, "{entries} entries");
+            assert_eq!(got_hits, want_hits, "per-rule hit counts");
+            assert!(want.contains(&Verdict::Drop(DropReason::AclDeny)));
+            assert!(want.contains(&Verdict::Tx));
+            assert_eq!(plain.cache_hits + plain.cache_misses, 0, "cache off");
+            assert_eq!(cached.cache_hits + cached.cache_misses, 200 * 31);
+            if entries == 1024 {
+                assert!(
+                    cached.cache_hits > 2 * cached.cache_misses,
+                    "flows recur: {} hits, {} misses",
+                    cached.cache_hits,
+                    cached.cache_misses
+                );
+            }
+            // A new rule set (new snapshot): the same keys get the new answers at once.
+            let (want, _) = run(&mut plain, &b_off, 7, 50);
+            let (got, _) = run(&mut cached, &b_on, 7, 50);
+            assert_eq!(got, want, "{entries} entries, after the rule change");
+            let (old, _) = run(&mut Acl::default(), &a_off, 7, 50);
+            assert_ne!(got, old, "rule sets A and B disagree on these keys");
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct Tables {
     /// The desired service state the `lb` snapshot was built from.
     pub services: lb::Services,
     pub flow_cfg: lb::flow_table::FlowTableConfig,
+    /// Entries of each worker's ACL result cache (0 = none).
+    pub acl_cache: usize,
     pub underlay_v4: Option<std::net::Ipv4Addr>,
     pub underlay_v6: Option<std::net::Ipv6Addr>,
     pub vxlan_dst_port: u16,
@@ -135,6 +137,7 @@ impl Tables {
                 tcp_timeout: cfg.dataplane.tcp_timeout_s.saturating_mul(1000),
                 udp_timeout: cfg.dataplane.udp_timeout_s.saturating_mul(1000),
             },
+            acl_cache: cfg.dataplane.acl_cache,
             underlay_v4,
             underlay_v6,
             vxlan_dst_port: g.vxlan_ports.first().copied().unwrap_or(4789),

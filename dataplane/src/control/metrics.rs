@@ -606,6 +606,20 @@ pub fn prometheus(shared: &Shared, r: &StatsReport, tel: &[Telemetry], tsc_hz: f
             );
         }
     }
+    family(
+        &mut o,
+        "dpgw_acl_cache_lookups_total",
+        "counter",
+        "ACL result cache lookups per worker: answered from the cache (hit) or by the classifier (miss).",
+    );
+    for (w, t) in tel.iter().enumerate() {
+        for (res, v) in [("hit", t.acl_cache[0]), ("miss", t.acl_cache[1])] {
+            let _ = writeln!(
+                o,
+                "dpgw_acl_cache_lookups_total{{worker=\"{w}\",result=\"{res}\"}} {v}"
+            );
+        }
+    }
     // Burst processing time: workers count bursts in power-of-two TSC-cycle
     // buckets (bucket i: fewer than 2^i cycles); bounds are converted to
     // seconds with the TSC rate measured by this thread.
