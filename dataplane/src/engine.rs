@@ -146,6 +146,22 @@ pub fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Asks the CPU to bring the cache line holding `p` into its caches, without
+/// waiting for it (a no-op on non-x86 targets). `p` need not be valid.
+#[inline(always)]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: PREFETCHT0 is a hint: it performs no architectural memory
+        // access and cannot fault, whatever the address; SSE is part of x86-64.
+        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+    }
+}
+
 /// Reads the CPU's time-stamp counter (0 on non-x86 targets).
 #[inline(always)]
 pub fn rdtsc() -> u64 {

@@ -240,14 +240,12 @@ impl Acl {
             self.cache.reset(t.generation, t.acl_cache);
         }
         let cache = &mut self.cache;
-        // Slot of each key; touching them all first lets their cache misses overlap.
-        let mut touch = 0u32;
+        // Slot of each key, prefetched: their cache misses overlap.
         for j in 0..n {
             let i = cache.index(&self.keys[j]);
             self.slot_of[j] = i as u32;
-            touch ^= cache.slots[i].matched;
+            crate::engine::prefetch(std::ptr::from_ref(&cache.slots[i]).cast());
         }
-        std::hint::black_box(touch);
         let mut misses = 0;
         for j in 0..n {
             if let Some(m) = cache.get(self.slot_of[j] as usize, &self.keys[j]) {
@@ -485,7 +483,13 @@ impl Stage for Lb {
         let Some(flows) = self.flows.as_mut() else {
             return;
         };
-        t.lb.process_burst(&self.keys[..n], flows, now, &mut self.out[..n]);
+        t.lb.process_burst_with(
+            &self.keys[..n],
+            flows,
+            now,
+            &mut self.out[..n],
+            Some(crate::engine::prefetch),
+        );
         for j in 0..n {
             let i = self.pos[j] as usize;
             match self.out[j] {

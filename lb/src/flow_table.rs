@@ -307,6 +307,31 @@ impl FlowTable {
         self.entries[set * WAYS + m.trailing_zeros() as usize].src as u64
     }
 
+    /// Address of the set metadata of `hash` (for a prefetch; see
+    /// [`LbTables::process_burst_with`](crate::LbTables::process_burst_with)).
+    #[inline]
+    pub fn meta_addr(&self, hash: u64) -> *const u8 {
+        std::ptr::from_ref(&self.meta[hash as usize & self.mask]).cast()
+    }
+
+    /// Address of the entry whose tag matches `hash`/`proto`, if any (reads
+    /// the set metadata, which [`meta_addr`](Self::meta_addr) should have
+    /// brought in).
+    #[inline]
+    pub fn entry_addr(&self, hash: u64, proto: u8) -> Option<*const u8> {
+        let set = hash as usize & self.mask;
+        let tag = make_tag(hash, proto);
+        let meta = &self.meta[set];
+        let mut m = 0u32;
+        for (w, &t) in meta.tags.iter().enumerate() {
+            m |= u32::from(t == tag) << w;
+        }
+        if m == 0 {
+            return None;
+        }
+        Some(std::ptr::from_ref(&self.entries[set * WAYS + m.trailing_zeros() as usize]).cast())
+    }
+
     /// Finds `key` (whose [`flow_hash`](crate::flow_hash) is `hash`). A live hit
     /// refreshes its last-seen time; an expired one counts as `expired` and is
     /// reported as a miss at its own slot. Counts neither hits nor misses (the

@@ -354,6 +354,25 @@ impl LbTables {
         now: u64,
         out: &mut [LbVerdict],
     ) {
+        self.process_burst_with(keys, flows, now, out, None::<fn(*const u8)>);
+    }
+
+    /// [`process_burst`](Self::process_burst) with a prefetch function: on a
+    /// table larger than the caches, `prefetch(address)` is called for each
+    /// packet's set metadata and entry before the lookups, instead of touching
+    /// them with plain loads. A real prefetch instruction (which this crate,
+    /// free of `unsafe`, cannot issue) does not hold up the CPU while the line
+    /// arrives. `prefetch` must not dereference the address: it may be any
+    /// address inside the table.
+    #[inline]
+    pub fn process_burst_with<F: Fn(*const u8)>(
+        &self,
+        keys: &[FlowKey],
+        flows: &mut FlowTable,
+        now: u64,
+        out: &mut [LbVerdict],
+        prefetch: Option<F>,
+    ) {
         const CHUNK: usize = 64;
         let n = keys.len().min(out.len());
         // Touching each packet's set metadata, then its entry, before the real
@@ -372,7 +391,20 @@ impl LbTables {
                     hashes[i] = flow_hash(k);
                 }
             }
-            if deep {
+            if let (true, Some(pf)) = (deep, &prefetch) {
+                for (i, &h) in hashes[..keys.len()].iter().enumerate() {
+                    if svcs[i].is_some() {
+                        pf(flows.meta_addr(h));
+                    }
+                }
+                for (i, k) in keys.iter().enumerate() {
+                    if svcs[i].is_some() {
+                        if let Some(a) = flows.entry_addr(hashes[i], k.proto) {
+                            pf(a);
+                        }
+                    }
+                }
+            } else if deep {
                 let mut touch = 0u64;
                 for (i, &h) in hashes[..keys.len()].iter().enumerate() {
                     if svcs[i].is_some() {

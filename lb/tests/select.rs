@@ -404,3 +404,41 @@ fn rebuild_reuses_unchanged_tables() {
     let o = t3.service(t3.service_by_name("other").unwrap()).unwrap();
     assert_eq!(o.backends()[usize::from(o.table()[0])].ip, backend_ip(9));
 }
+
+/// `process_burst_with` and a prefetch function: the same verdicts as
+/// `process_burst`, and every prefetched address lies inside the table. The
+/// table is large enough (64 Ki entries, 4.5 MiB) for the prefetch passes.
+#[test]
+fn prefetching_changes_nothing_but_is_called_inside_the_table() {
+    let t = build(&services(5)).unwrap();
+    let big = || {
+        FlowTable::new(FlowTableConfig {
+            capacity: 1 << 16,
+            tcp_timeout: 300,
+            udp_timeout: 30,
+        })
+    };
+    let (mut plain, mut pre) = (big(), big());
+    let calls = std::cell::Cell::new(0usize);
+    let lo = std::cell::Cell::new(usize::MAX);
+    let hi = std::cell::Cell::new(0usize);
+    let pf = |p: *const u8| {
+        calls.set(calls.get() + 1);
+        lo.set(lo.get().min(p as usize));
+        hi.set(hi.get().max(p as usize));
+    };
+    let mut keys: Vec<FlowKey> = (0..300).map(key).collect();
+    keys[7].dport = 81; // not a service: never prefetched
+    for round in 0..3u64 {
+        for chunk in keys.chunks(32) {
+            let mut a = [LbVerdict::NotService; 32];
+            let mut b = [LbVerdict::NotService; 32];
+            t.process_burst(chunk, &mut plain, round, &mut a[..chunk.len()]);
+            t.process_burst_with(chunk, &mut pre, round, &mut b[..chunk.len()], Some(pf));
+            assert_eq!(a, b, "round {round}");
+        }
+    }
+    // Round 0: metadata only (new flows); rounds 1 and 2: metadata and entry.
+    assert_eq!(calls.get(), 299 * 5);
+    assert!(hi.get() - lo.get() < FlowTable::BYTES_PER_ENTRY * (1 << 16) + 4096);
+}
