@@ -53,6 +53,7 @@ enum Addrs {
     V6(Ipv6Addr, Ipv6Addr),
 }
 
+#[inline(always)]
 fn addrs(src: IpAddr, dst: IpAddr) -> Addrs {
     match dst {
         IpAddr::V4(d) => {
@@ -96,6 +97,7 @@ fn clamp16(n: usize) -> u16 {
 }
 
 /// Writes Ethernet (+ tag) with the given ethertype; returns its length.
+#[inline(always)]
 fn emit_l2(o: &Outer, hdr: &mut [u8], et: u16) -> usize {
     put(hdr, ethernet::field::DESTINATION.start, &o.dst_mac);
     put(hdr, ethernet::field::SOURCE.start, &o.src_mac);
@@ -111,6 +113,7 @@ fn emit_l2(o: &Outer, hdr: &mut [u8], et: u16) -> usize {
 
 /// Writes the IP header for `payload_len` bytes of `protocol` at the start of
 /// `h`; returns its length.
+#[inline(always)]
 fn emit_ip(a: &Addrs, ttl: u8, protocol: u8, payload_len: usize, h: &mut [u8]) -> usize {
     match a {
         Addrs::V4(s, d) => {
@@ -182,6 +185,7 @@ pub fn vxlan_header_len(o: &Outer) -> usize {
 ///
 /// # Panics
 /// If `hdr` is shorter than [`vxlan_header_len`] (a caller bug, not input).
+#[inline(always)]
 pub fn emit_vxlan(o: &Outer, src_port: u16, dst_port: u16, vni: u32, inner: &[u8], hdr: &mut [u8]) {
     let total = vxlan_header_len(o);
     let hdr = &mut hdr[..total];
@@ -229,6 +233,7 @@ fn inner_proto(inner_ip: &[u8]) -> u8 {
 ///
 /// # Panics
 /// If `hdr` is shorter than [`ipip_header_len`].
+#[inline(always)]
 pub fn emit_ipip(o: &Outer, inner_ip: &[u8], hdr: &mut [u8]) {
     let hdr = &mut hdr[..ipip_header_len(o)];
     let a = addrs(o.src_ip, o.dst_ip);
@@ -257,6 +262,7 @@ pub fn gue_header_len(o: &Outer) -> usize {
 ///
 /// # Panics
 /// If `hdr` is shorter than [`gue_header_len`].
+#[inline(always)]
 pub fn emit_gue(o: &Outer, src_port: u16, dst_port: u16, inner_ip: &[u8], hdr: &mut [u8]) {
     let hdr = &mut hdr[..gue_header_len(o)];
     let a = addrs(o.src_ip, o.dst_ip);
