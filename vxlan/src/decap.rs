@@ -129,9 +129,16 @@ impl std::error::Error for DecapError {}
 /// The default port list when `cfg.ports` is empty.
 const DEFAULT_PORTS: [u16; 1] = [VXLAN_PORT];
 
+/// `list.contains(&x)` as a loop the compiler inlines (the lists are a few
+/// entries long; `slice::contains` is an out-of-line call for integers).
+#[inline(always)]
+fn has<T: Copy + PartialEq>(list: &[T], x: T) -> bool {
+    list.iter().any(|&v| v == x)
+}
+
 /// Decapsulates one outer frame (see the module docs). Never panics, never
 /// allocates.
-#[inline]
+#[inline(always)]
 pub fn decap(frame: &[u8], cfg: &DecapConfig) -> Result<Decap, DecapError> {
     let (et, l3) = ethernet::walk(frame).map_err(|_| DecapError::Truncated)?;
     let ip = &frame[l3..];
@@ -165,8 +172,7 @@ pub fn decap(frame: &[u8], cfg: &DecapConfig) -> Result<Decap, DecapError> {
             }
             let d = ipv4::field::DST_ADDR.start;
             let dst = u32::from_be_bytes([h[d], h[d + 1], h[d + 2], h[d + 3]]);
-            let ours =
-                (cfg.vtep_v4.is_empty() && cfg.vtep_v6.is_empty()) || cfg.vtep_v4.contains(&dst);
+            let ours = (cfg.vtep_v4.is_empty() && cfg.vtep_v6.is_empty()) || has(&cfg.vtep_v4, dst);
             (hl, total, ours, false)
         }
         ethernet::ethertype::IPV6 => {
@@ -191,8 +197,7 @@ pub fn decap(frame: &[u8], cfg: &DecapConfig) -> Result<Decap, DecapError> {
                 u.offset
             };
             let dst = be128(pkt, ipv6::field::DST_ADDR.start);
-            let ours =
-                (cfg.vtep_v4.is_empty() && cfg.vtep_v6.is_empty()) || cfg.vtep_v6.contains(&dst);
+            let ours = (cfg.vtep_v4.is_empty() && cfg.vtep_v6.is_empty()) || has(&cfg.vtep_v6, dst);
             (l4, total, ours, true)
         }
         _ => return Err(DecapError::NotIp),
@@ -213,7 +218,7 @@ pub fn decap(frame: &[u8], cfg: &DecapConfig) -> Result<Decap, DecapError> {
     } else {
         &cfg.ports
     };
-    if !ports.contains(&dport) {
+    if !has(ports, dport) {
         return Err(DecapError::NotVxlan);
     }
     if !ours {
