@@ -1464,8 +1464,8 @@ fn hostile_ipv6_extension_chains() {
 
 /// README / `vxlan::decap` docs: "more than 8 [extension headers] →
 /// BadIpHeader", so a chain of exactly 8 must pass, outer and inner.
-/// FAILS today: `vxlan::ipv6::walk_extensions` returns `Malformed` after its
-/// 8th header without looking at the next-header value (off by one).
+/// Regression: `vxlan::ipv6::walk_extensions` used to return `Malformed` after
+/// its 8th header without looking at the next-header value (off by one).
 #[test]
 fn hostile_ipv6_chain_of_eight() {
     let got = run_group("ipv6-ext-8", &chain_frames(8));
@@ -1715,9 +1715,9 @@ fn hostile_jumbo() {
 /// A routed inner packet larger than `gateway.mtu` (the transmit link's MTU,
 /// README) must not be sent onto the link as it is: dropped (`mtu_exceeded`)
 /// or answered (ICMP, as the service path does), but no transmitted IP packet
-/// may exceed the MTU. FAILS today: the route stage forwards 9000- and
+/// may exceed the MTU. Regression: the route stage used to forward 9000- and
 /// 65535-byte frames onto the 1500-byte link (only the encapsulation path
-/// checks the MTU).
+/// checked the MTU).
 #[test]
 fn hostile_jumbo_routed_respects_mtu() {
     let frames = routed_jumbos();
