@@ -132,6 +132,7 @@ const DEFAULT_PORTS: [u16; 1] = [VXLAN_PORT];
 /// `list.contains(&x)` as a loop the compiler inlines (the lists are a few
 /// entries long; `slice::contains` is an out-of-line call for integers).
 #[inline(always)]
+#[allow(clippy::manual_contains)] // `contains` is the out-of-line call this avoids
 fn has<T: Copy + PartialEq>(list: &[T], x: T) -> bool {
     list.iter().any(|&v| v == x)
 }
