@@ -82,8 +82,9 @@ pub struct Telemetry {
     pub flows_in_use: u64,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" replies sent.
     pub icmp_too_big: u64,
-    /// ACL result cache: lookups answered, lookups that went to the classifier.
-    pub acl_cache: [u64; 2],
+    /// ACL result cache: lookups answered, lookups that went to the
+    /// classifier, keys classified while the cache was bypassed.
+    pub acl_cache: [u64; 3],
     pub flow_capacity: u64,
     /// Flow table hits, misses, evictions, expirations.
     pub flow_counters: [u64; 4],
@@ -385,6 +386,7 @@ impl Pipeline {
         tel.icmp_too_big += std::mem::take(&mut self.route.icmp_too_big);
         tel.acl_cache[0] += std::mem::take(&mut self.acl.cache_hits);
         tel.acl_cache[1] += std::mem::take(&mut self.acl.cache_misses);
+        tel.acl_cache[2] += std::mem::take(&mut self.acl.cache_bypassed);
     }
 
     /// Runs the stages over one burst. `learned_next_hop` is the slow path's

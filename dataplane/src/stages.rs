@@ -133,9 +133,11 @@ pub struct Acl {
     miss_at: [u16; MAX_BURST],
     slot_of: [u32; MAX_BURST],
     miss_out: [u32; MAX_BURST],
-    /// Cache lookups answered / not answered (for telemetry).
+    /// Cache lookups answered / not answered, and keys classified without
+    /// looking (the cache was bypassed), for telemetry.
     pub cache_hits: u64,
     pub cache_misses: u64,
+    pub cache_bypassed: u64,
 }
 
 /// A two-way set-associative cache of classification results by exact key: the packets
@@ -143,11 +145,27 @@ pub struct Acl {
 /// only on the rule set, and the cache is emptied whenever the snapshot
 /// changes, so it changes no verdict, only what it costs. Allocated on the
 /// worker at its first burst with an ACL (like the flow table).
+///
+/// When flows rarely recur (more active flows than the cache holds, a scan,
+/// a flood of new flows) every lookup would miss and cost more than the
+/// classifier alone, so the cache watches its hit ratio: under 1/8 over a
+/// window of [`CACHE_WINDOW`] lookups, it is bypassed for the next
+/// [`CACHE_BYPASS`] keys, then tried again.
 #[derive(Default)]
 struct AclCache {
     slots: Vec<CacheSlot>,
     generation: u64,
+    /// Lookups and hits in the current window.
+    window: u32,
+    window_hits: u32,
+    /// Keys still to classify without the cache (0 = in use).
+    bypass: u64,
 }
+
+/// Lookups over which the cache measures its hit ratio.
+const CACHE_WINDOW: u32 = 1 << 16;
+/// Keys classified without the cache once a window's hit ratio fell under 1/8.
+const CACHE_BYPASS: u64 = 1 << 20;
 
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
@@ -167,6 +185,34 @@ impl AclCache {
             self.slots.iter_mut().for_each(|s| s.valid = false);
         }
         self.generation = generation;
+        self.window = 0;
+        self.window_hits = 0;
+        self.bypass = 0;
+    }
+
+    /// True while the cache is bypassed, counting `n` keys off the bypass.
+    #[inline(always)]
+    fn bypassing(&mut self, n: usize) -> bool {
+        if self.bypass == 0 {
+            return false;
+        }
+        self.bypass = self.bypass.saturating_sub(n as u64);
+        true
+    }
+
+    /// Counts a burst's lookups; at the end of a window, starts a bypass if
+    /// fewer than 1/8 of them hit.
+    #[inline(always)]
+    fn account(&mut self, lookups: usize, hits: usize) {
+        self.window += lookups as u32;
+        self.window_hits += hits as u32;
+        if self.window >= CACHE_WINDOW {
+            if self.window_hits < self.window / 8 {
+                self.bypass = CACHE_BYPASS;
+            }
+            self.window = 0;
+            self.window_hits = 0;
+        }
     }
 
     #[inline(always)]
@@ -227,6 +273,7 @@ impl Default for Acl {
             miss_out: [acl::NO_MATCH; MAX_BURST],
             cache_hits: 0,
             cache_misses: 0,
+            cache_bypassed: 0,
         }
     }
 }
@@ -258,6 +305,7 @@ impl Acl {
         }
         self.cache_hits += (n - misses) as u64;
         self.cache_misses += misses as u64;
+        cache.account(n, n - misses);
         if misses == 0 {
             return;
         }
@@ -320,7 +368,10 @@ impl Stage for Acl {
         if n == 0 {
             return;
         }
-        if t.acl_cache == 0 {
+        let bypass =
+            t.acl_cache != 0 && self.cache.generation == t.generation && self.cache.bypassing(n);
+        if t.acl_cache == 0 || bypass {
+            self.cache_bypassed += bypass as u64 * n as u64;
             a.classifier
                 .classify_burst(&self.keys[..n], &mut self.out[..n]);
         } else {
@@ -792,5 +843,66 @@ mod tests {
             let (old, _) = run(&mut Acl::default(), &a_off, 7, 50);
             assert_ne!(got, old, "rule sets A and B disagree on these keys");
         }
+    }
+
+    /// Keys that never recur: after one window the cache is bypassed (and
+    /// verdicts stay those of the classifier); after the bypass it is tried
+    /// again, and recurring keys use it.
+    #[test]
+    fn test_acl_cache_bypassed_while_it_does_not_hit() {
+        let (off, on) = (tables(RULES_A, 1, 0), tables(RULES_A, 1, 1024));
+        let (mut plain, mut cached) = (Acl::default(), Acl::default());
+        let unique = |i: u64| vxlan::FlowKey {
+            vni: 0,
+            src: u128::from(0x0a00_0000u32 + (i % 128) as u32),
+            dst: u128::from(0x0a01_0000u32 + (i >> 7) as u32),
+            sport: 1000,
+            dport: (i % 3) as u16,
+            proto: 6,
+            v6: false,
+        };
+        let mut i = 0u64;
+        let burst =
+            |acl: &mut Acl, t: &Tables, keys: &dyn Fn(u64) -> vxlan::FlowKey, i: &mut u64| {
+                let mut meta = [Meta::default(); 32];
+                for m in meta.iter_mut() {
+                    m.key = keys(*i);
+                    *i += 1;
+                }
+                let mut v = [Verdict::Tx; 32];
+                let mut pkts: [HeapBuf; 0] = [];
+                acl.process(t, &mut pkts, &mut meta, &mut v);
+                v
+            };
+        let window = (CACHE_WINDOW / 32) as usize;
+        let bypass = (CACHE_BYPASS / 32) as usize;
+        // One window of distinct keys: all misses, then the bypass starts.
+        for _ in 0..window {
+            let mut j = i;
+            let a = burst(&mut plain, &off, &unique, &mut j);
+            let b = burst(&mut cached, &on, &unique, &mut i);
+            assert_eq!(a, b);
+        }
+        assert_eq!(cached.cache_misses, u64::from(CACHE_WINDOW));
+        assert_eq!(cached.cache_bypassed, 0);
+        for _ in 0..bypass {
+            let mut j = i;
+            let a = burst(&mut plain, &off, &unique, &mut j);
+            let b = burst(&mut cached, &on, &unique, &mut i);
+            assert_eq!(a, b);
+        }
+        assert_eq!(cached.cache_bypassed, CACHE_BYPASS);
+        assert_eq!(
+            cached.cache_misses,
+            u64::from(CACHE_WINDOW),
+            "no lookups while bypassed"
+        );
+        // Then the cache is used again, and 32 recurring keys hit.
+        let same = |i: u64| unique(i % 32);
+        for _ in 0..100 {
+            burst(&mut cached, &on, &same, &mut i);
+        }
+        assert_eq!(cached.cache_bypassed, CACHE_BYPASS);
+        assert!(cached.cache_hits >= 99 * 32, "{}", cached.cache_hits);
     }
 }

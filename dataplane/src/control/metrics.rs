@@ -610,10 +610,14 @@ pub fn prometheus(shared: &Shared, r: &StatsReport, tel: &[Telemetry], tsc_hz: f
         &mut o,
         "dpgw_acl_cache_lookups_total",
         "counter",
-        "ACL result cache lookups per worker: answered from the cache (hit) or by the classifier (miss).",
+        "ACL result cache per worker: keys answered from the cache (hit), by the classifier after a lookup (miss), or by the classifier while the cache is bypassed for a low hit ratio (bypass).",
     );
     for (w, t) in tel.iter().enumerate() {
-        for (res, v) in [("hit", t.acl_cache[0]), ("miss", t.acl_cache[1])] {
+        for (res, v) in [
+            ("hit", t.acl_cache[0]),
+            ("miss", t.acl_cache[1]),
+            ("bypass", t.acl_cache[2]),
+        ] {
             let _ = writeln!(
                 o,
                 "dpgw_acl_cache_lookups_total{{worker=\"{w}\",result=\"{res}\"}} {v}"
