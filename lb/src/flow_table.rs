@@ -289,22 +289,26 @@ impl FlowTable {
         self.meta[hash as usize & self.mask].tags[0]
     }
 
+    /// Index of the first entry whose tag matches `hash`/`proto` (a candidate,
+    /// not a confirmed match), if any.
+    #[inline(always)]
+    fn tagged_entry(&self, hash: u64, proto: u8) -> Option<usize> {
+        let set = hash as usize & self.mask;
+        let tag = make_tag(hash, proto);
+        let mut m = 0u32;
+        for (w, &t) in self.meta[set].tags.iter().enumerate() {
+            m |= u32::from(t == tag) << w;
+        }
+        (m != 0).then(|| set * WAYS + m.trailing_zeros() as usize)
+    }
+
     /// Second stage of a burst prefetch (after [`prefetch`](Self::prefetch) has
     /// brought the set's metadata in): touches the entry whose tag matches
     /// `hash`/`proto`, if any. Returns a value for `std::hint::black_box`.
     #[inline]
     pub fn prefetch_entry(&self, hash: u64, proto: u8) -> u64 {
-        let set = hash as usize & self.mask;
-        let tag = make_tag(hash, proto);
-        let meta = &self.meta[set];
-        let mut m = 0u32;
-        for (w, &t) in meta.tags.iter().enumerate() {
-            m |= u32::from(t == tag) << w;
-        }
-        if m == 0 {
-            return 0;
-        }
-        self.entries[set * WAYS + m.trailing_zeros() as usize].src as u64
+        self.tagged_entry(hash, proto)
+            .map_or(0, |i| self.entries[i].src as u64)
     }
 
     /// Address of the set metadata of `hash` (for a prefetch; see
@@ -319,17 +323,8 @@ impl FlowTable {
     /// brought in).
     #[inline]
     pub fn entry_addr(&self, hash: u64, proto: u8) -> Option<*const u8> {
-        let set = hash as usize & self.mask;
-        let tag = make_tag(hash, proto);
-        let meta = &self.meta[set];
-        let mut m = 0u32;
-        for (w, &t) in meta.tags.iter().enumerate() {
-            m |= u32::from(t == tag) << w;
-        }
-        if m == 0 {
-            return None;
-        }
-        Some(std::ptr::from_ref(&self.entries[set * WAYS + m.trailing_zeros() as usize]).cast())
+        self.tagged_entry(hash, proto)
+            .map(|i| std::ptr::from_ref(&self.entries[i]).cast())
     }
 
     /// Finds `key` (whose [`flow_hash`](crate::flow_hash) is `hash`). A live hit
