@@ -205,7 +205,11 @@ pub fn run_worker<Q: Queue>(
     let published = &shared.published[id];
 
     // Allocate per-worker state (flow table, counters) before timing starts.
-    pipeline.lb.prepare(&shared.tables.load());
+    {
+        let t = shared.tables.load();
+        pipeline.acl.prepare(&t);
+        pipeline.lb.prepare(&t);
+    }
     let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     let c0 = rdtsc();

@@ -279,13 +279,24 @@ impl Default for Acl {
 }
 
 impl Acl {
+    /// Sizes (allocating only when the size changes) and empties the result
+    /// cache for snapshot `t`; a no-op when it is already ready for `t`. The
+    /// engine calls it before the first burst so the allocation is not on the
+    /// fast path.
+    #[inline]
+    pub fn prepare(&mut self, t: &Tables) {
+        if t.acl_cache != 0
+            && (self.cache.generation != t.generation || self.cache.slots.len() != t.acl_cache)
+        {
+            self.cache.reset(t.generation, t.acl_cache);
+        }
+    }
+
     /// `out[..n]` for `keys[..n]`: from the cache where it has the key, from
     /// the classifier (in one burst) for the rest, which are then cached.
     #[inline]
     fn classify_cached(&mut self, t: &Tables, a: &crate::tables::AclTables, n: usize) {
-        if self.cache.generation != t.generation || self.cache.slots.len() != t.acl_cache {
-            self.cache.reset(t.generation, t.acl_cache);
-        }
+        self.prepare(t);
         let cache = &mut self.cache;
         // Slot of each key, prefetched: their cache misses overlap.
         for j in 0..n {
