@@ -41,14 +41,26 @@ pub struct RuleSpec {
     /// Destination prefix.
     #[serde(default = "any", skip_serializing_if = "is_any")]
     pub dst: String,
-    /// `tcp`, `udp`, `icmp`, `icmpv6`, a number or `any`.
-    #[serde(default = "any", skip_serializing_if = "is_any")]
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, a number (`17` or `"17"`) or `any`.
+    #[serde(
+        default = "any",
+        skip_serializing_if = "is_any",
+        deserialize_with = "name_or_number"
+    )]
     pub proto: String,
-    /// `"80"`, `"1024-65535"`, `"any"`.
-    #[serde(default = "any", skip_serializing_if = "is_any")]
+    /// `"80"` (or `80`), `"1024-65535"`, `"any"`.
+    #[serde(
+        default = "any",
+        skip_serializing_if = "is_any",
+        deserialize_with = "name_or_number"
+    )]
     pub src_ports: String,
-    /// `"80"`, `"1024-65535"`, `"any"`.
-    #[serde(default = "any", skip_serializing_if = "is_any")]
+    /// `"80"` (or `80`), `"1024-65535"`, `"any"`.
+    #[serde(
+        default = "any",
+        skip_serializing_if = "is_any",
+        deserialize_with = "name_or_number"
+    )]
     pub dst_ports: String,
     /// `allow` or `deny`.
     pub action: Action,
@@ -58,6 +70,33 @@ pub struct RuleSpec {
     /// Identifier for counters and the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u32>,
+}
+
+/// Accepts a string or a non-negative integer (TOML `proto = 17` as well as
+/// `proto = "udp"`); the value is checked later, with the field's own rules.
+fn name_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(
+                "a name, a number or \"any\" (e.g. \"tcp\", 17, \"80\", 443, \"1024-65535\")",
+            )
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            if v < 0 {
+                return Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self));
+            }
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(V)
 }
 
 impl RuleSpec {
@@ -320,6 +359,42 @@ vni = 5
         let back: Config = toml::from_str(&dumped).unwrap();
         let set2 = back.acl.to_rule_set(&[]).unwrap();
         assert_eq!(set2.rules(), set.rules(), "{dumped}");
+    }
+
+    #[test]
+    fn test_proto_and_ports_as_integers() {
+        let cfg: Config = toml::from_str(
+            "[acl]\n[[acl.rule]]\nproto = 17\ndst_ports = 53\nsrc_ports = \"1024-65535\"\naction = \"allow\"\n",
+        )
+        .unwrap();
+        let r = cfg.acl.rule[0].to_rule().unwrap();
+        assert_eq!(r.proto.value, 17);
+        assert_eq!(cfg.acl.rule[0].dst_ports, "53");
+        let named: Config = toml::from_str(
+            "[acl]\n[[acl.rule]]\nproto = \"udp\"\ndst_ports = \"53\"\naction = \"allow\"\n",
+        )
+        .unwrap();
+        assert_eq!(named.acl.rule[0].to_rule().unwrap(), r);
+        for bad in [
+            "proto = 1.5",
+            "proto = true",
+            "proto = -1",
+            "dst_ports = [1]",
+        ] {
+            let e = toml::from_str::<Config>(&format!(
+                "[acl]\n[[acl.rule]]\n{bad}\naction = \"allow\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("a name, a number or \"any\""), "{bad}: {e}");
+        }
+        let e = toml::from_str::<Config>("[acl]\n[[acl.rule]]\nproto = 300\naction = \"allow\"\n")
+            .unwrap()
+            .acl
+            .rule[0]
+            .to_rule()
+            .unwrap_err();
+        assert_eq!(e.field, "proto");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The poll-mode engine: one pinned worker per queue, run to completion over
 //! caller-owned bursts.
 //!
-//! Each burst goes through the stages in [`Pipeline`]; a stage writes a
+//! Each burst goes through the stages in [`Pipeline`](crate::pipeline::Pipeline); a stage writes a
 //! [`Verdict`] per packet and skips packets already dropped. The worker then acts
 //! once per burst: dropped packets are freed and counted by reason, the rest are
 //! transmitted (a partial transmit is retried, then the remainder is freed and
@@ -15,42 +15,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::cpu::{rdtsc, thread_cpu_ns};
 use crate::io::{Burst, Packet, Queue, MAX_BURST};
-use crate::stats::{wire_bytes, DropReason, Published, WorkerStats};
+use crate::pipeline::{Meta, Pipeline, Verdict};
+use crate::punt::Punt;
+use crate::stats::{wire_bytes, BurstHistogram, DropReason, Published, Telemetry, WorkerStats};
 use crate::tables::Tables;
-
-/// What happens to a packet at the end of the burst.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Tx,
-    Drop(DropReason),
-}
-
-/// Per-packet state passed between stages.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Meta {
-    pub vni: u32,
-    pub key: vxlan::FlowKey,
-    /// Offset of the inner IP header in the (decapsulated) frame.
-    pub l3_off: u16,
-    /// Bytes of outer headers decap removed (still in the headroom).
-    pub outer_len: u16,
-    /// Set by a stage that already produced the final frame (e.g. encapsulation
-    /// to a backend), so routing leaves it alone.
-    pub finished: bool,
-}
-
-/// One step of the pipeline. Implementations look only at packets whose verdict
-/// is still `Tx`.
-pub trait Stage {
-    fn process<P: Packet>(
-        &mut self,
-        t: &Tables,
-        pkts: &mut [P],
-        meta: &mut [Meta],
-        verdicts: &mut [Verdict],
-    );
-}
 
 /// State shared between the workers and the control side.
 pub struct Shared {
@@ -68,36 +38,6 @@ pub struct Shared {
     pub telemetry: Vec<Mutex<Telemetry>>,
     /// Per-worker generation of the last snapshot a burst used.
     pub seen_generation: Vec<AtomicU64>,
-}
-
-/// Slow-path counters of one worker, keyed by stable names/ids.
-#[derive(Clone, Debug, Default)]
-pub struct Telemetry {
-    /// Rule id → packets matched.
-    pub rule_hits: std::collections::HashMap<u32, u64>,
-    /// Service name → (packets, bytes, new flows).
-    pub services: std::collections::HashMap<String, [u64; 3]>,
-    /// (service name, backend address) → (packets, bytes, new flows).
-    pub backends: std::collections::HashMap<(String, std::net::IpAddr), [u64; 3]>,
-    pub flows_in_use: u64,
-    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" replies sent.
-    pub icmp_too_big: u64,
-    /// ACL result cache: lookups answered, lookups that went to the
-    /// classifier, keys classified while the cache was bypassed.
-    pub acl_cache: [u64; 3],
-    pub flow_capacity: u64,
-    /// Flow table hits, misses, evictions, expirations.
-    pub flow_counters: [u64; 4],
-    /// Histogram of burst processing time: bucket i counts bursts that took
-    /// fewer than 2^i TSC cycles (not cumulative; divide by the TSC rate for ns).
-    pub burst_ns_buckets: Vec<u64>,
-}
-
-/// Where the slow path gets packets the fast path does not handle (ARP, ICMP
-/// echo and neighbour discovery for our own addresses). Implementations must
-/// not block: copy into a bounded queue and drop when it is full.
-pub trait Punt: Send {
-    fn punt(&mut self, frame: &[u8]);
 }
 
 impl Shared {
@@ -137,47 +77,6 @@ pub struct WorkerResult<Q> {
     /// excludes time it was preempted on a busy machine; 0 if unknown.
     pub on_cpu_ns: u64,
     pub pinned_to: Option<usize>,
-}
-
-/// Nanoseconds the calling thread has run on a CPU (Linux schedstat); 0 if unknown.
-pub fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
-/// Asks the CPU to bring the cache line holding `p` into its caches, without
-/// waiting for it (a no-op on non-x86 targets). `p` need not be valid.
-#[inline(always)]
-pub fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: PREFETCHT0 is a hint: it performs no architectural memory
-        // access and cannot fault, whatever the address; SSE is part of x86-64.
-        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast()) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = p;
-    }
-}
-
-/// Reads the CPU's time-stamp counter (0 on non-x86 targets).
-#[inline(always)]
-pub fn rdtsc() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: RDTSC has no memory effects and is available on every x86-64 CPU.
-        #[allow(unused_unsafe)]
-        unsafe {
-            core::arch::x86_64::_rdtsc()
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        0
-    }
 }
 
 /// Runs one worker until its input is exhausted or `shared.stop` is set.
@@ -328,93 +227,5 @@ fn transmit<Q: Queue>(queue: &mut Q, tx: &mut Burst<Q::Pkt>, stats: &mut WorkerS
                 queue.free(p);
             }
         }
-    }
-}
-
-/// Burst processing time in TSC cycles, as power-of-two buckets (bucket i
-/// counts bursts of < 2^i cycles), folded into [`Telemetry`] periodically.
-#[derive(Debug, Default)]
-pub struct BurstHistogram {
-    pub buckets: [u64; 32],
-}
-
-impl BurstHistogram {
-    #[inline(always)]
-    pub fn record(&mut self, cycles: u64) {
-        let b = (64 - cycles.leading_zeros() as usize).min(31);
-        self.buckets[b] += 1;
-    }
-}
-
-/// The stages of the gateway, in order.
-#[derive(Default)]
-pub struct Pipeline {
-    pub decap: crate::stages::Decap,
-    pub inner: crate::stages::InnerParse,
-    pub acl: crate::stages::Acl,
-    pub lb: crate::stages::Lb,
-    pub route: crate::stages::Route,
-}
-
-impl Pipeline {
-    /// Moves the stages' slow counters into the shared telemetry. With
-    /// `wait == false` it never blocks (a busy lock means: next time).
-    pub fn flush_telemetry(
-        &mut self,
-        t: &Tables,
-        slot: &Mutex<Telemetry>,
-        wait: bool,
-        hist: &mut BurstHistogram,
-    ) {
-        let mut guard = if wait {
-            match slot.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            }
-        } else {
-            match slot.try_lock() {
-                Ok(g) => g,
-                Err(_) => return,
-            }
-        };
-        let tel = &mut *guard;
-        self.acl.drain_hits(t, &mut tel.rule_hits);
-        if tel.burst_ns_buckets.len() < hist.buckets.len() {
-            tel.burst_ns_buckets.resize(hist.buckets.len(), 0);
-        }
-        for (a, b) in tel.burst_ns_buckets.iter_mut().zip(hist.buckets.iter_mut()) {
-            *a += *b;
-            *b = 0;
-        }
-        self.lb.flush_telemetry(t, tel);
-        tel.icmp_too_big += std::mem::take(&mut self.route.icmp_too_big);
-        tel.acl_cache[0] += std::mem::take(&mut self.acl.cache_hits);
-        tel.acl_cache[1] += std::mem::take(&mut self.acl.cache_misses);
-        tel.acl_cache[2] += std::mem::take(&mut self.acl.cache_bypassed);
-    }
-
-    /// Runs the stages over one burst. `learned_next_hop` is the slow path's
-    /// next-hop state ([`crate::exception::NextHop`]: 0 = use the configured
-    /// MAC, learned MAC, or pending = drop as `next_hop_unresolved`).
-    #[inline]
-    pub fn run<P: Packet>(
-        &mut self,
-        t: &Tables,
-        learned_next_hop: u64,
-        pkts: &mut [P],
-        meta: &mut [Meta],
-        verdicts: &mut [Verdict],
-    ) {
-        // An unresolved next hop (ARP/ND pending) drops what would be sent.
-        let nh = crate::exception::NextHop::decode(learned_next_hop).mac(t.next_hop_mac);
-        self.lb.next_hop = nh.unwrap_or([0; 6]);
-        self.route.next_hop = nh.unwrap_or([0; 6]);
-        self.lb.unresolved = nh.is_none();
-        self.route.unresolved = nh.is_none();
-        self.decap.process(t, pkts, meta, verdicts);
-        self.inner.process(t, pkts, meta, verdicts);
-        self.acl.process(t, pkts, meta, verdicts);
-        self.lb.process(t, pkts, meta, verdicts);
-        self.route.process(t, pkts, meta, verdicts);
     }
 }

@@ -9,13 +9,17 @@
 
 pub mod config;
 pub mod control;
+pub mod cpu;
 pub mod engine;
 pub mod exception;
 pub mod gen;
 pub mod icmp;
 pub mod io;
 pub mod pcapfile;
+pub mod pipeline;
+pub mod punt;
 pub mod runner;
+pub mod slowpath;
 pub mod stages;
 pub mod stats;
 pub mod tables;

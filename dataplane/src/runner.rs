@@ -208,8 +208,8 @@ pub fn run_prepared(
                 .ok_or_else(|| RunError::Config("afpacket: section required".into()))?;
             let queues = crate::io::afpacket::open_queues(af, workers)
                 .map_err(|e| RunError::Backend(e.to_string()))?;
-            let slow = crate::exception::SlowPath::start(cfg, shared.clone())
-                .map_err(RunError::Backend)?;
+            let slow =
+                crate::slowpath::SlowPath::start(cfg, shared.clone()).map_err(RunError::Backend)?;
             let punts = (0..workers).map(|_| Some(slow.punt())).collect();
             let summary = drive_with_punts(cfg, opts, &shared, queues, punts, &stop);
             slow.stop();
@@ -277,12 +277,12 @@ pub fn drive_with_punts<Q: Queue + 'static>(
     opts: &RunOptions,
     shared: &Arc<Shared>,
     queues: Vec<Q>,
-    punts: Vec<Option<Box<dyn crate::engine::Punt>>>,
+    punts: Vec<Option<Box<dyn crate::punt::Punt>>>,
     stop: &StopFlag,
 ) -> Result<Summary, RunError> {
     let mut punts = punts.into_iter();
     let burst = cfg.dataplane.burst;
-    let tsc0 = crate::engine::rdtsc();
+    let tsc0 = crate::cpu::rdtsc();
     let t0 = Instant::now();
     let mut handles: Vec<JoinHandle<WorkerResult<Q>>> = Vec::new();
     for (i, q) in queues.into_iter().enumerate() {
@@ -325,7 +325,7 @@ pub fn drive_with_punts<Q: Queue + 'static>(
     }
     let seconds = t0.elapsed().as_secs_f64();
     let tsc_ghz = {
-        let c = crate::engine::rdtsc().wrapping_sub(tsc0) as f64;
+        let c = crate::cpu::rdtsc().wrapping_sub(tsc0) as f64;
         if seconds > 0.0 {
             c / seconds / 1e9
         } else {

@@ -1,8 +1,8 @@
 //! The gateway's burst stages. Each looks only at packets whose verdict is `Tx`.
 
 use crate::config::NonVip;
-use crate::engine::{Meta, Stage, Verdict};
 use crate::io::{Packet, MAX_BURST};
+use crate::pipeline::{Meta, Stage, Verdict};
 use crate::stats::DropReason;
 use crate::tables::Tables;
 
@@ -302,7 +302,7 @@ impl Acl {
         for j in 0..n {
             let i = cache.index(&self.keys[j]);
             self.slot_of[j] = i as u32;
-            crate::engine::prefetch(std::ptr::from_ref(&cache.slots[i]).cast());
+            crate::cpu::prefetch(std::ptr::from_ref(&cache.slots[i]).cast());
         }
         let mut misses = 0;
         for j in 0..n {
@@ -446,7 +446,7 @@ impl Default for Lb {
 
 impl Lb {
     /// Moves per-service/backend counters and flow-table figures into `tel`.
-    pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut crate::engine::Telemetry) {
+    pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut crate::stats::Telemetry) {
         if self.generation == t.generation {
             for ((si, svc), c) in t.lb.services().zip(self.svc.iter_mut()) {
                 if c.iter().any(|x| *x != 0) {
@@ -550,7 +550,7 @@ impl Stage for Lb {
             flows,
             now,
             &mut self.out[..n],
-            Some(crate::engine::prefetch),
+            Some(crate::cpu::prefetch),
         );
         for j in 0..n {
             let i = self.pos[j] as usize;
@@ -771,7 +771,7 @@ impl Stage for Route {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::io::pcap::HeapBuf;
+    use crate::io::buf::HeapBuf;
 
     fn tables(rules: &str, generation: u64, cache: usize) -> Tables {
         let text = format!(

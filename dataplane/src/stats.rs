@@ -161,3 +161,41 @@ impl Published {
         s
     }
 }
+
+/// Slow-path counters of one worker, keyed by stable names/ids.
+#[derive(Clone, Debug, Default)]
+pub struct Telemetry {
+    /// Rule id → packets matched.
+    pub rule_hits: std::collections::HashMap<u32, u64>,
+    /// Service name → (packets, bytes, new flows).
+    pub services: std::collections::HashMap<String, [u64; 3]>,
+    /// (service name, backend address) → (packets, bytes, new flows).
+    pub backends: std::collections::HashMap<(String, std::net::IpAddr), [u64; 3]>,
+    pub flows_in_use: u64,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" replies sent.
+    pub icmp_too_big: u64,
+    /// ACL result cache: lookups answered, lookups that went to the
+    /// classifier, keys classified while the cache was bypassed.
+    pub acl_cache: [u64; 3],
+    pub flow_capacity: u64,
+    /// Flow table hits, misses, evictions, expirations.
+    pub flow_counters: [u64; 4],
+    /// Histogram of burst processing time: bucket i counts bursts that took
+    /// fewer than 2^i TSC cycles (not cumulative; divide by the TSC rate for ns).
+    pub burst_ns_buckets: Vec<u64>,
+}
+
+/// Burst processing time in TSC cycles, as power-of-two buckets (bucket i
+/// counts bursts of < 2^i cycles), folded into [`Telemetry`] periodically.
+#[derive(Debug, Default)]
+pub struct BurstHistogram {
+    pub buckets: [u64; 32],
+}
+
+impl BurstHistogram {
+    #[inline(always)]
+    pub fn record(&mut self, cycles: u64) {
+        let b = (64 - cycles.leading_zeros() as usize).min(31);
+        self.buckets[b] += 1;
+    }
+}

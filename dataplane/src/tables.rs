@@ -1,5 +1,7 @@
 //! The immutable snapshot workers read once per burst.
 
+use std::sync::Arc;
+
 use crate::config::{Config, NonVip};
 
 /// Everything the fast path needs, built off the fast path and published whole.
@@ -12,7 +14,10 @@ pub struct Tables {
     pub next_hop_mac: [u8; 6],
     pub non_vip: NonVip,
     /// Compiled tenant ACL; `None` = no `[acl]` section (everything passes).
-    pub acl: Option<AclTables>,
+    /// Shared with the next snapshot when a change leaves the ACL alone.
+    pub acl: Option<Arc<AclTables>>,
+    /// The ACL section `acl` was compiled from.
+    pub acl_spec: Option<acl::AclSpec>,
     /// Services, Maglev tables.
     pub lb: lb::LbTables,
     /// The desired service state the `lb` snapshot was built from.
@@ -73,31 +78,56 @@ impl AclTables {
 }
 
 impl Tables {
-    /// Builds the tables a config describes.
+    /// Builds the tables a config describes (validating it first).
     pub fn build(cfg: &Config, generation: u64) -> Result<Tables, Vec<String>> {
-        let g = &cfg.gateway;
-        let mut problems = cfg.validate();
+        let problems = cfg.validate();
         if !problems.is_empty() {
             return Err(problems);
         }
-        let acl = match &cfg.acl {
-            None => None,
-            Some(spec) => match AclTables::build(spec) {
-                Ok(a) => Some(a),
+        let services = lb::Services::from_specs(cfg.service.iter().cloned())
+            .map_err(|e| vec![format!("service: {e}")])?;
+        Self::build_from(cfg, &services, None, generation)
+    }
+
+    /// Builds the snapshot that follows `prev` after a control change. `cfg` and
+    /// `services` are the desired state, already validated as a whole by the
+    /// control plane (so neither is checked or converted again). Every Maglev
+    /// table whose inputs did not change is taken over from `prev`, and so is the
+    /// compiled ACL when the ACL section did not change (rule files are read
+    /// when the ACL changes, not on every backend change).
+    pub fn rebuild(
+        cfg: &Config,
+        services: &lb::Services,
+        prev: &Tables,
+        generation: u64,
+    ) -> Result<Tables, Vec<String>> {
+        Self::build_from(cfg, services, Some(prev), generation)
+    }
+
+    fn build_from(
+        cfg: &Config,
+        services: &lb::Services,
+        prev: Option<&Tables>,
+        generation: u64,
+    ) -> Result<Tables, Vec<String>> {
+        let g = &cfg.gateway;
+        let mut problems = Vec::new();
+        let reusable =
+            prev.and_then(|p| (p.acl_spec.as_ref() == cfg.acl.as_ref()).then(|| p.acl.clone()));
+        let acl = match (reusable, &cfg.acl) {
+            (Some(acl), _) => acl,
+            (None, None) => None,
+            (None, Some(spec)) => match AclTables::build(spec) {
+                Ok(a) => Some(Arc::new(a)),
                 Err(p) => {
                     problems.extend(p);
                     None
                 }
             },
         };
-        let services = match lb::Services::from_specs(cfg.service.iter().cloned()) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(format!("service: {e}"));
-                lb::Services::new()
-            }
-        };
-        let lb = match lb::LbTables::rebuild(&lb::LbTables::empty(), &services) {
+        let empty = lb::LbTables::empty();
+        let prev_lb = prev.map_or(&empty, |p| &p.lb);
+        let lb = match lb::LbTables::rebuild(prev_lb, services) {
             Ok(t) => t,
             Err(e) => {
                 problems.push(format!("service: {e}"));
@@ -130,8 +160,9 @@ impl Tables {
             next_hop_mac: g.next_hop_mac,
             non_vip: g.non_vip,
             acl,
+            acl_spec: cfg.acl.clone(),
             lb,
-            services,
+            services: services.clone(),
             flow_cfg: lb::flow_table::FlowTableConfig {
                 capacity: cfg.dataplane.flow_capacity,
                 tcp_timeout: cfg.dataplane.tcp_timeout_s.saturating_mul(1000),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use afpacket_support::{skip, test_frame, test_seq, Netns};
 use dataplane::config::{AfPacketSection, Config};
 use dataplane::io::afpacket::{if_mac, open_queues, AfPacketQueue};
-use dataplane::io::pcap::HeapBuf;
+use dataplane::io::buf::HeapBuf;
 use dataplane::io::{Burst, Packet, Queue};
 
 fn section(iface: &str) -> AfPacketSection {

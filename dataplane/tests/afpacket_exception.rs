@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use afpacket_support::{exception_hook_wired, ping, skip, Netns};
 use dataplane::config::Config;
-use dataplane::exception::NextHop;
 use dataplane::io::afpacket::if_mac;
+use dataplane::punt::NextHop;
 
 const GW_MAC: &str = "02:00:00:00:00:01";
 

@@ -113,13 +113,6 @@ fn mac_of(ns: &Netns, ifname: &str) -> String {
         .to_string()
 }
 
-/// Turns off the offloads that would hand dpgw super-frames or partial checksums.
-fn no_offloads(ns: &Netns, ifname: &str) {
-    let _ = ns.try_sh(&format!(
-        "ethtool -K {ifname} tx off tso off gso off gro off 2>/dev/null"
-    ));
-}
-
 fn build_topology() -> Topo {
     let rt = Netns::new("e2e-rt");
     let gw = Netns::new("e2e-gw");
@@ -146,8 +139,6 @@ fn build_topology() -> Topo {
     rt.sh("ip addr add 198.18.0.254/24 dev r-g && ip link set r-g up");
     // Replies of the backends (DSR) reach the client's overlay address through its underlay one.
     rt.sh("ip route add 10.200.0.0/24 via 198.18.1.10");
-    no_offloads(&rt, "r-c");
-    no_offloads(&rt, "r-g");
 
     client.sh(
         "ip link set c0 up && ip addr add 198.18.1.10/24 dev c0 && ip route add default via 198.18.1.1 && \
@@ -160,11 +151,8 @@ fn build_topology() -> Topo {
         "ip neigh add 10.200.0.1 lladdr {GW_MAC} dev vxlan0 nud permanent && \
          ip route add {VIP}/32 via 10.200.0.1 dev vxlan0"
     ));
-    no_offloads(&client, "c0");
-    no_offloads(&client, "vxlan0");
 
     gw.sh("ip link set g0 up");
-    no_offloads(&gw, "g0");
 
     for (i, b) in backends.iter().enumerate() {
         let ip = BACKENDS[i];

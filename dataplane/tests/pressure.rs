@@ -29,9 +29,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use dataplane::config::Config;
-use dataplane::engine::{Meta, Pipeline, Verdict};
-use dataplane::io::pcap::HeapBuf;
+use dataplane::io::buf::HeapBuf;
 use dataplane::io::Packet;
+use dataplane::pipeline::{Meta, Pipeline, Verdict};
 use dataplane::tables::Tables;
 
 const CAPACITY: usize = 65_536;

@@ -15,8 +15,8 @@
 use std::sync::OnceLock;
 
 use dataplane::config::Config;
-use dataplane::engine::{Meta, Pipeline, Verdict};
-use dataplane::io::pcap::HeapBuf;
+use dataplane::pipeline::{Meta, Pipeline, Verdict};
+use dataplane::io::buf::HeapBuf;
 use dataplane::io::Packet;
 use dataplane::stats::DropReason;
 use dataplane::tables::Tables;

@@ -112,10 +112,74 @@ pub fn l4_checksum_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, l4: &[u8]) -> u
     !fold(accumulate(pseudo_header_v6(src, dst, proto, len), l4))
 }
 
+/// Completes a checksum left partial by checksum offload (the kernel's
+/// `CHECKSUM_PARTIAL`, virtio's `NEEDS_CSUM`): the field at `start + offset`
+/// holds the pseudo-header sum, and the sender expected hardware to add
+/// everything from `start` to the end of `frame` and store the complement
+/// there. Does what the kernel's `skb_checksum_help` does, including writing
+/// 0xffff for a computed 0 (valid for TCP, required for UDP).
+///
+/// Returns false, leaving `frame` untouched, when the field does not lie
+/// inside `frame` (offsets from a lying or buggy sender).
+pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
+    let Some(field) = start.checked_add(offset) else {
+        return false;
+    };
+    if start >= frame.len() || !matches!(field.checked_add(2), Some(e) if e <= frame.len()) {
+        return false;
+    }
+    let c = match !fold(accumulate(0, &frame[start..])) {
+        0 => 0xffff,
+        c => c,
+    };
+    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn test_complete_partial_udp_and_tcp() {
+        let src = [198, 18, 1, 10];
+        let dst = [10, 96, 0, 100];
+        for proto in [6u8, 17] {
+            let field = if proto == 6 { 16 } else { 6 };
+            let mut l4 = vec![0u8; if proto == 6 { 20 } else { 8 }];
+            l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            l4[2..4].copy_from_slice(&80u16.to_be_bytes());
+            if proto == 17 {
+                l4[4..6].copy_from_slice(&13u16.to_be_bytes());
+            } else {
+                l4[12] = 0x50;
+            }
+            l4.extend_from_slice(b"hello");
+            let want = l4_checksum_v4(src, dst, proto, &l4);
+            // What an offloading sender leaves: the folded pseudo-header sum.
+            let pseudo = fold(pseudo_header_v4(src, dst, proto, l4.len() as u16));
+            l4[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
+            let mut frame = vec![0xaa; 34];
+            frame.extend_from_slice(&l4);
+            assert!(complete_partial(&mut frame, 34, field));
+            let got = u16::from_be_bytes([frame[34 + field], frame[35 + field]]);
+            assert_eq!(got, if want == 0 { 0xffff } else { want }, "proto {proto}");
+            assert_eq!(l4_checksum_v4(src, dst, proto, &frame[34..]), 0);
+        }
+    }
+
+    #[test]
+    fn test_complete_partial_rejects_offsets_outside() {
+        let mut f = vec![0u8; 40];
+        let copy = f.clone();
+        assert!(!complete_partial(&mut f, 40, 0));
+        assert!(!complete_partial(&mut f, 34, 5));
+        assert!(!complete_partial(&mut f, usize::MAX, 6));
+        assert!(!complete_partial(&mut f, 10, usize::MAX));
+        assert_eq!(f, copy);
+        assert!(complete_partial(&mut f, 34, 4));
+    }
 
     /// Straightforward RFC 1071 reference: 16-bit words, fold at the end.
     fn reference(data: &[u8]) -> u16 {

@@ -12,7 +12,9 @@ use ctl::{
     ServiceCounters, StatsReport, WorkerCounters,
 };
 
-use crate::engine::{rdtsc, Shared, Telemetry};
+use crate::cpu::rdtsc;
+use crate::engine::Shared;
+use crate::stats::Telemetry;
 use crate::stats::{DropReason, WorkerStats};
 
 use super::state::Desired;

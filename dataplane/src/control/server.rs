@@ -583,8 +583,10 @@ impl Server {
             Ok(c) => c,
             Err(e) => return Outcome::Now(Response::error(e)),
         };
-        let generation = self.shared.tables.load().generation + 1;
-        let tables = match Tables::build(change.next.config(), generation) {
+        let prev = self.shared.tables.load_full();
+        let generation = prev.generation + 1;
+        let next = &change.next;
+        let tables = match Tables::rebuild(next.config(), next.services(), &prev, generation) {
             Ok(t) => t,
             Err(p) => return Outcome::Now(Response::error(p.join("; "))),
         };

@@ -26,10 +26,19 @@
 //!   (the engine retries, then counts `tx_full`).
 //!
 //! Checksums: a frame that was generated on this host and crossed a veth with
-//! checksum offload still carries a partial checksum (`TP_STATUS_CSUMNOTREADY`);
-//! such frames are counted (`csum_not_ready`) and passed on as they are. Turn off
-//! TX checksum offload on the sending side of a veth (`ethtool -K IF tx off`) when
-//! the traffic is forwarded.
+//! checksum offload at its default still carries a partial checksum (the kernel
+//! marks it `TP_STATUS_CSUMNOTREADY`): the L4 checksum field holds only the
+//! pseudo-header sum, and the sender counted on "hardware" to finish it. Every
+//! container host's veth pairs work this way. The RX sockets ask for a
+//! `virtio_net_hdr` in front of each frame (`PACKET_VNET_HDR`), whose
+//! `csum_start`/`csum_offset` say where the checksum is, and RX completes it
+//! in the copy, as the kernel's own forwarding does (`skb_checksum_help`):
+//! counted in `csum_completed`; offsets outside the frame are dropped and
+//! counted (`csum_bad_offsets`). Without the header (kernels that refuse it),
+//! such frames are counted in `csum_not_ready` and passed on as they are.
+//! Super-frames of the kernel's segmentation offload (GSO, `gso_type` set)
+//! longer than the interface MTU are not segmented here: they are dropped
+//! before the engine and counted in `gso_oversize`.
 //!
 //! Every error names the interface and the system call, e.g.
 //! `afpacket: eth0: setsockopt(PACKET_RX_RING): Invalid argument`.
@@ -40,7 +49,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::pcap::{HeapBuf, HEADROOM, TAILROOM};
+use super::buf::{HeapBuf, HEADROOM, TAILROOM};
 use super::{Burst, Packet, Queue, MAX_BURST};
 use crate::config::AfPacketSection;
 
@@ -56,6 +65,14 @@ const V3_SLL_OFF: usize = 48;
 /// Consecutive empty polls before a worker with `poll_when_idle` sleeps in poll(2).
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 64;
 const IDLE_POLL_TIMEOUT_MS: i32 = 10;
+/// `setsockopt(SOL_PACKET, PACKET_VNET_HDR)` (linux/if_packet.h).
+const PACKET_VNET_HDR: libc::c_int = 15;
+/// Size of the `virtio_net_hdr` the kernel writes in front of each frame with
+/// `PACKET_VNET_HDR`: flags u8, gso_type u8, hdr_len, gso_size, csum_start,
+/// csum_offset (u16 each, native byte order).
+const VNET_HDR_LEN: usize = 10;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at csum_start/csum_offset is partial.
+const VNET_F_NEEDS_CSUM: u8 = 1;
 
 /// A failed system call on an interface.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +112,15 @@ pub struct AfPacketCounters {
     pub oversize: u64,
     /// Frames skipped because we sent them ourselves (kernels without IGNORE_OUTGOING).
     pub outgoing_skipped: u64,
-    /// Frames received with a partial checksum (checksum offload on the sender).
+    /// Frames received with a partial checksum that could not be completed
+    /// (no `virtio_net_hdr` from this kernel): passed on as they are.
     pub csum_not_ready: u64,
+    /// Frames whose partial checksum (checksum offload on the sender) RX completed.
+    pub csum_completed: u64,
+    /// Frames with a partial checksum whose offsets lie outside the frame (dropped).
+    pub csum_bad_offsets: u64,
+    /// Segmentation-offload super-frames longer than our buffers (dropped).
+    pub gso_oversize: u64,
     /// TX frames the kernel rejected (TP_STATUS_WRONG_FORMAT).
     pub tx_wrong_format: u64,
     /// `sendto` kicks, and how many of them failed (frames stay queued and are
@@ -380,6 +404,8 @@ struct RxRing {
     left: u32,
     /// Offset of the next packet header inside the current block.
     off: usize,
+    /// The kernel writes a `virtio_net_hdr` in front of each frame.
+    vnet_hdr: bool,
 }
 
 impl RxRing {
@@ -416,6 +442,18 @@ impl RxRing {
             iface,
             "setsockopt(PACKET_VERSION)",
         )?;
+        // Before the ring: the kernel refuses it afterwards. Not fatal on
+        // kernels without it (partial checksums are then only counted).
+        let one: libc::c_int = 1;
+        let vnet_hdr = setsockopt(
+            raw,
+            libc::SOL_PACKET,
+            PACKET_VNET_HDR,
+            &one,
+            iface,
+            "setsockopt(PACKET_VNET_HDR)",
+        )
+        .is_ok();
         let frame = RX_FRAME_SIZE.min(sec.block_size);
         let req = libc::tpacket_req3 {
             tp_block_size: sec.block_size,
@@ -519,6 +557,7 @@ impl RxRing {
             cur: 0,
             left: 0,
             off: 0,
+            vnet_hdr,
         })
     }
 
@@ -560,26 +599,60 @@ impl RxRing {
                 let status = self.map.read_u32(h + 20);
                 let mac = self.map.read_u16(h + 24) as usize;
                 let pkttype = self.map.read_u8(h + V3_SLL_OFF + 10);
+                let vnet = (self.vnet_hdr && mac >= V3_SLL_OFF + 20 + VNET_HDR_LEN)
+                    .then(|| VnetHdr::read(&self.map, h + mac - VNET_HDR_LEN));
                 if self.off + mac + snaplen > self.block_size {
                     self.left = 1;
                 } else if pkttype == libc::PACKET_OUTGOING {
                     c.outgoing_skipped += 1;
                 } else if snaplen + HEADROOM + TAILROOM > buf_capacity(&buf) {
-                    c.oversize += 1;
-                } else {
-                    if status & libc::TP_STATUS_CSUMNOTREADY != 0 {
-                        c.csum_not_ready += 1;
+                    if vnet.is_some_and(|v| v.gso_type != 0) {
+                        c.gso_oversize += 1;
+                    } else {
+                        c.oversize += 1;
                     }
-                    take = Some((h + mac, snaplen));
+                } else {
+                    let csum = match vnet {
+                        Some(v) if v.flags & VNET_F_NEEDS_CSUM != 0 => {
+                            Some((v.csum_start, v.csum_offset))
+                        }
+                        _ => {
+                            if status & libc::TP_STATUS_CSUMNOTREADY != 0 {
+                                c.csum_not_ready += 1;
+                            }
+                            None
+                        }
+                    };
+                    take = Some((h + mac, snaplen, csum));
                 }
             } else {
                 self.left = 1;
             }
             match take {
-                Some((at, len)) => {
+                Some((at, len, csum)) => {
                     buf.load(self.map.slice(at, len), 0);
-                    burst.push(buf);
-                    n += 1;
+                    let ok = match csum {
+                        None => true,
+                        Some((start, off)) => {
+                            let done = vxlan::checksum::complete_partial(
+                                buf.data_mut(),
+                                usize::from(start),
+                                usize::from(off),
+                            );
+                            if done {
+                                c.csum_completed += 1;
+                            } else {
+                                c.csum_bad_offsets += 1;
+                            }
+                            done
+                        }
+                    };
+                    if ok {
+                        burst.push(buf);
+                        n += 1;
+                    } else {
+                        pool.push(buf);
+                    }
                 }
                 None => pool.push(buf),
             }
@@ -624,6 +697,29 @@ impl RxRing {
         if r == 0 {
             c.kernel_packets += u64::from(st.tp_packets);
             c.kernel_drops += u64::from(st.tp_drops);
+        }
+    }
+}
+
+/// The fields of a `virtio_net_hdr` that RX uses.
+#[derive(Clone, Copy, Debug)]
+struct VnetHdr {
+    flags: u8,
+    gso_type: u8,
+    csum_start: u16,
+    csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// Reads the header at `off` (the kernel wrote it right before the frame,
+    /// in native byte order: legacy virtio).
+    #[inline]
+    fn read(map: &Mmap, off: usize) -> VnetHdr {
+        VnetHdr {
+            flags: map.read_u8(off),
+            gso_type: map.read_u8(off + 1),
+            csum_start: map.read_u16(off + 6),
+            csum_offset: map.read_u16(off + 8),
         }
     }
 }

@@ -613,15 +613,19 @@ impl Packet for Mbuf {
             self.set_window(off, len as u16);
         }
     }
+}
 
+impl Mbuf {
+    /// Bytes free after the data.
     #[inline]
-    fn tailroom(&self) -> usize {
+    pub fn tailroom(&self) -> usize {
         let r = self.raw();
         usize::from(r.buf_len).saturating_sub(usize::from(r.data_off) + usize::from(r.data_len))
     }
 
+    /// Grows the data by `n` bytes at the end; false (and unchanged) without tailroom.
     #[inline]
-    fn append(&mut self, n: usize) -> bool {
+    pub fn append(&mut self, n: usize) -> bool {
         if n > self.tailroom() {
             return false;
         }

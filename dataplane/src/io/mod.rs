@@ -6,6 +6,7 @@
 //! through `tx_burst` (sent) or `free` (dropped, or unsent after retries).
 
 pub mod afpacket;
+pub mod buf;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod pcap;
@@ -30,10 +31,6 @@ pub trait Packet {
     fn prepend(&mut self, n: usize) -> bool;
     /// Shortens the frame to `len` bytes (no-op if already shorter).
     fn trim(&mut self, len: usize);
-    /// Bytes free after the data (for appends, e.g. building an ICMP error in place).
-    fn tailroom(&self) -> usize;
-    /// Grows the data by `n` bytes at the end; false (and unchanged) without tailroom.
-    fn append(&mut self, n: usize) -> bool;
 }
 
 /// A caller-owned burst of packets (fixed capacity, no allocation per burst).

@@ -6,96 +6,12 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::buf::HeapBuf;
 use super::{Burst, Packet, Queue};
 use crate::pcapfile::{write_record, Capture};
 
-/// Bytes kept free in front of every received frame for encapsulation.
-pub const HEADROOM: usize = 256;
-/// Bytes kept free after every frame (for in-place replies).
-pub const TAILROOM: usize = 128;
 /// Buffers per worker pool: enough for the largest burst in flight twice.
 const POOL_SIZE: usize = 2 * super::MAX_BURST + 64;
-
-/// A heap packet buffer with headroom.
-#[derive(Debug)]
-pub struct HeapBuf {
-    buf: Box<[u8]>,
-    off: usize,
-    len: usize,
-    ts_ns: u64,
-}
-
-impl HeapBuf {
-    pub fn with_capacity(max_frame: usize) -> HeapBuf {
-        HeapBuf {
-            buf: vec![0u8; HEADROOM + max_frame + TAILROOM].into_boxed_slice(),
-            off: HEADROOM,
-            len: 0,
-            ts_ns: 0,
-        }
-    }
-
-    /// Loads a frame (resets the headroom).
-    #[inline]
-    pub fn load(&mut self, frame: &[u8], ts_ns: u64) {
-        self.off = HEADROOM;
-        self.len = frame.len();
-        self.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        self.ts_ns = ts_ns;
-    }
-
-    pub fn ts_ns(&self) -> u64 {
-        self.ts_ns
-    }
-}
-
-impl Packet for HeapBuf {
-    #[inline(always)]
-    fn data(&self) -> &[u8] {
-        &self.buf[self.off..self.off + self.len]
-    }
-    #[inline(always)]
-    fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.off..self.off + self.len]
-    }
-    #[inline(always)]
-    fn headroom(&self) -> usize {
-        self.off
-    }
-    #[inline(always)]
-    fn adj(&mut self, n: usize) {
-        assert!(n <= self.len, "adj past the end of the packet");
-        self.off += n;
-        self.len -= n;
-    }
-    #[inline(always)]
-    fn prepend(&mut self, n: usize) -> bool {
-        if n > self.off {
-            return false;
-        }
-        self.off -= n;
-        self.len += n;
-        true
-    }
-    #[inline(always)]
-    fn trim(&mut self, len: usize) {
-        if len < self.len {
-            self.len = len;
-        }
-    }
-    #[inline(always)]
-    fn tailroom(&self) -> usize {
-        self.buf.len() - self.off - self.len
-    }
-    #[inline(always)]
-    fn append(&mut self, n: usize) -> bool {
-        if n > self.tailroom() {
-            return false;
-        }
-        self.len += n;
-        true
-    }
-}
 
 /// Frames assigned to one worker, packed in one allocation.
 #[derive(Debug, Default)]
@@ -277,7 +193,7 @@ impl Queue for PcapQueue {
         let n = burst.len();
         for buf in burst.drain(..) {
             if let Some((_, out, _)) = &mut self.out {
-                write_record(out, buf.ts_ns, buf.data());
+                write_record(out, buf.ts_ns(), buf.data());
             }
             self.pool.push(buf);
         }
@@ -310,23 +226,6 @@ impl Queue for PcapQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_heapbuf_room() {
-        let mut b = HeapBuf::with_capacity(100);
-        b.load(&[1, 2, 3, 4], 0);
-        assert_eq!(b.headroom(), HEADROOM);
-        b.adj(2);
-        assert_eq!(b.data(), &[3, 4]);
-        assert!(b.prepend(HEADROOM + 2));
-        assert!(!b.prepend(1));
-        assert_eq!(b.data().len(), HEADROOM + 4);
-        b.trim(3);
-        assert_eq!(b.data().len(), 3);
-        let t = b.tailroom();
-        assert!(b.append(t));
-        assert!(!b.append(1));
-    }
 
     #[test]
     fn test_rss_symmetric() {

@@ -1,16 +1,17 @@
 //! In-process measurements on preloaded packets: the cost of each pipeline
 //! stage, and per-packet latency under a paced (rate-limited) offered load.
 //!
-//! Both drive `dataplane::engine::Pipeline`'s stages directly over
+//! Both drive `dataplane::pipeline::Pipeline`'s stages directly over
 //! `HeapBuf` packets — the same stage code the workers run, without threads,
 //! queues or the replay backend in between.
 
 use std::path::Path;
 
 use dataplane::config::Config;
-use dataplane::engine::{rdtsc, Meta, Pipeline, Stage, Verdict};
-use dataplane::io::pcap::HeapBuf;
+use dataplane::cpu::rdtsc;
+use dataplane::io::buf::HeapBuf;
 use dataplane::io::MAX_BURST;
+use dataplane::pipeline::{Meta, Pipeline, Stage, Verdict};
 use dataplane::tables::Tables;
 use hdrhistogram::Histogram;
 use serde::Serialize;

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dataplane::engine::rdtsc;
+use dataplane::cpu::rdtsc;
 use serde::Serialize;
 
 /// The machine and source tree a report was produced on.

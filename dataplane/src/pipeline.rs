@@ -1,0 +1,116 @@
+//! The burst vocabulary every stage speaks: per-packet [`Meta`] and
+//! [`Verdict`], the [`Stage`] trait, and the [`Pipeline`] of the gateway's
+//! stages in order. Arrows point down: the worker loop (`engine`) drives a
+//! `Pipeline`; the stages (`stages`) use the pure crates.
+
+use std::sync::Mutex;
+
+use crate::io::Packet;
+use crate::stats::{BurstHistogram, DropReason, Telemetry};
+use crate::tables::Tables;
+
+/// What happens to a packet at the end of the burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Tx,
+    Drop(DropReason),
+}
+
+/// Per-packet state passed between stages.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Meta {
+    pub vni: u32,
+    pub key: vxlan::FlowKey,
+    /// Offset of the inner IP header in the (decapsulated) frame.
+    pub l3_off: u16,
+    /// Bytes of outer headers decap removed (still in the headroom).
+    pub outer_len: u16,
+    /// Set by a stage that already produced the final frame (e.g. encapsulation
+    /// to a backend), so routing leaves it alone.
+    pub finished: bool,
+}
+
+/// One step of the pipeline. Implementations look only at packets whose verdict
+/// is still `Tx`.
+pub trait Stage {
+    fn process<P: Packet>(
+        &mut self,
+        t: &Tables,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        verdicts: &mut [Verdict],
+    );
+}
+
+/// The stages of the gateway, in order.
+#[derive(Default)]
+pub struct Pipeline {
+    pub decap: crate::stages::Decap,
+    pub inner: crate::stages::InnerParse,
+    pub acl: crate::stages::Acl,
+    pub lb: crate::stages::Lb,
+    pub route: crate::stages::Route,
+}
+
+impl Pipeline {
+    /// Moves the stages' slow counters into the shared telemetry. With
+    /// `wait == false` it never blocks (a busy lock means: next time).
+    pub fn flush_telemetry(
+        &mut self,
+        t: &Tables,
+        slot: &Mutex<Telemetry>,
+        wait: bool,
+        hist: &mut BurstHistogram,
+    ) {
+        let mut guard = if wait {
+            match slot.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            }
+        } else {
+            match slot.try_lock() {
+                Ok(g) => g,
+                Err(_) => return,
+            }
+        };
+        let tel = &mut *guard;
+        self.acl.drain_hits(t, &mut tel.rule_hits);
+        if tel.burst_ns_buckets.len() < hist.buckets.len() {
+            tel.burst_ns_buckets.resize(hist.buckets.len(), 0);
+        }
+        for (a, b) in tel.burst_ns_buckets.iter_mut().zip(hist.buckets.iter_mut()) {
+            *a += *b;
+            *b = 0;
+        }
+        self.lb.flush_telemetry(t, tel);
+        tel.icmp_too_big += std::mem::take(&mut self.route.icmp_too_big);
+        tel.acl_cache[0] += std::mem::take(&mut self.acl.cache_hits);
+        tel.acl_cache[1] += std::mem::take(&mut self.acl.cache_misses);
+        tel.acl_cache[2] += std::mem::take(&mut self.acl.cache_bypassed);
+    }
+
+    /// Runs the stages over one burst. `learned_next_hop` is the slow path's
+    /// next-hop state ([`crate::punt::NextHop`]: 0 = use the configured
+    /// MAC, learned MAC, or pending = drop as `next_hop_unresolved`).
+    #[inline]
+    pub fn run<P: Packet>(
+        &mut self,
+        t: &Tables,
+        learned_next_hop: u64,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        verdicts: &mut [Verdict],
+    ) {
+        // An unresolved next hop (ARP/ND pending) drops what would be sent.
+        let nh = crate::punt::NextHop::decode(learned_next_hop).mac(t.next_hop_mac);
+        self.lb.next_hop = nh.unwrap_or([0; 6]);
+        self.route.next_hop = nh.unwrap_or([0; 6]);
+        self.lb.unresolved = nh.is_none();
+        self.route.unresolved = nh.is_none();
+        self.decap.process(t, pkts, meta, verdicts);
+        self.inner.process(t, pkts, meta, verdicts);
+        self.acl.process(t, pkts, meta, verdicts);
+        self.lb.process(t, pkts, meta, verdicts);
+        self.route.process(t, pkts, meta, verdicts);
+    }
+}
