@@ -371,7 +371,7 @@ vni = 5
         assert_eq!(r.proto.value, 17);
         assert_eq!(cfg.acl.rule[0].dst_ports, "53");
         let named: Config = toml::from_str(
-            "[acl]\n[[acl.rule]]\nproto = \"udp\"\ndst_ports = \"53\"\naction = \"allow\"\n",
+            "[acl]\n[[acl.rule]]\nproto = \"udp\"\ndst_ports = \"53\"\nsrc_ports = \"1024-65535\"\naction = \"allow\"\n",
         )
         .unwrap();
         assert_eq!(named.acl.rule[0].to_rule().unwrap(), r);

@@ -191,28 +191,43 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// `[dpdk]`: the DPDK backend (`dataplane.io = "dpdk"`, a dpgw built with
+/// `--features dpdk`). The one DPDK configuration type: the backend takes it
+/// as it is (`io::dpdk::DpdkConfig` is this type).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DpdkSection {
     /// EAL arguments, exactly as on a DPDK command line (`-a 0000:01:00.0`,
-    /// `--vdev=net_null0`, `--no-huge`, `-l 0-1`, `--file-prefix=x`, ...).
+    /// `--vdev=net_null0`, `--no-huge`, `-m 256`, `-l 0`, `--file-prefix=x`, ...).
+    /// The program name (`argv[0]`) is added.
     #[serde(default)]
     pub eal_args: Vec<String>,
-    /// Ports to receive on (DPDK port ids).
+    /// Ports to receive on (DPDK port ids). Each worker polls its queue on every
+    /// one of them in turn.
     #[serde(default = "default_ports")]
     pub ports: Vec<u16>,
     /// Port to transmit on (default: the first RX port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_port: Option<u16>,
+    /// RX descriptors per queue (the driver may round it to its limits).
     #[serde(default = "default_desc")]
     pub rx_desc: u16,
+    /// TX descriptors per queue (the driver may round it to its limits).
     #[serde(default = "default_desc")]
     pub tx_desc: u16,
-    /// Mbufs in the pool (per socket).
+    /// Mbufs in the pool of each NUMA socket in use (best as 2^n - 1).
     #[serde(default = "default_mbufs")]
     pub mbufs: u32,
+    /// Per-lcore mempool cache size (0 disables the cache; at most 512).
     #[serde(default = "default_mbuf_cache")]
     pub mbuf_cache: u32,
+    /// Spread flows over the workers' RX queues with RSS, when the device has it
+    /// and there is more than one worker.
+    #[serde(default = "default_true")]
+    pub rss: bool,
+    /// Put the ports in promiscuous mode (ignored where the driver cannot).
+    #[serde(default = "default_true")]
+    pub promiscuous: bool,
 }
 
 impl Default for DpdkSection {
@@ -225,6 +240,8 @@ impl Default for DpdkSection {
             tx_desc: default_desc(),
             mbufs: default_mbufs(),
             mbuf_cache: default_mbuf_cache(),
+            rss: true,
+            promiscuous: true,
         }
     }
 }

@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::burst::{Meta, Verdict};
 use crate::cpu::{rdtsc, thread_cpu_ns};
 use crate::io::{Burst, Packet, Queue, MAX_BURST};
-use crate::pipeline::{Meta, Pipeline, Verdict};
+use crate::pipeline::Pipeline;
 use crate::punt::Punt;
 use crate::stats::{wire_bytes, BurstHistogram, DropReason, Published, Telemetry, WorkerStats};
 use crate::tables::Tables;
@@ -38,7 +39,12 @@ pub struct Shared {
     pub telemetry: Vec<Mutex<Telemetry>>,
     /// Per-worker generation of the last snapshot a burst used.
     pub seen_generation: Vec<AtomicU64>,
+    /// Reads the I/O backend's port counters (DPDK ports), set by the runner
+    /// while the ports are up; read by the control thread only.
+    port_source: Mutex<Option<PortSource>>,
 }
+
+pub use crate::io::PortSource;
 
 impl Shared {
     pub fn new(tables: Tables, workers: usize) -> Arc<Shared> {
@@ -52,7 +58,21 @@ impl Shared {
                 .map(|_| Mutex::new(Telemetry::default()))
                 .collect(),
             seen_generation: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            port_source: Mutex::new(None),
         })
+    }
+
+    /// Installs (or, with `None`, removes) the reader of the backend's port
+    /// counters that stats and metrics show.
+    pub fn set_port_source(&self, source: Option<PortSource>) {
+        let mut g = self.port_source.lock().unwrap_or_else(|p| p.into_inner());
+        *g = source;
+    }
+
+    /// The backend's port counters (empty without ports, e.g. pcap or AF_PACKET).
+    pub fn port_counters(&self) -> Vec<ctl::PortCounters> {
+        let g = self.port_source.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().map(|f| f()).unwrap_or_default()
     }
 
     /// Sum of all workers' published counters.
@@ -169,12 +189,14 @@ pub fn run_worker<Q: Queue>(
                     stats.tx_bytes += pkt.data().len() as u64;
                     tx.push(pkt);
                 }
-                Verdict::Drop(r) => {
-                    if *r == DropReason::Exception {
-                        if let Some(p) = punt.as_mut() {
-                            p.punt(pkt.data());
-                        }
+                Verdict::Punt => {
+                    if let Some(p) = punt.as_mut() {
+                        p.punt(pkt.data());
                     }
+                    stats.punted += 1;
+                    dropped.push(pkt);
+                }
+                Verdict::Drop(r) => {
                     stats.drop(*r);
                     dropped.push(pkt);
                 }
@@ -212,7 +234,7 @@ pub fn run_worker<Q: Queue>(
 }
 
 /// Sends `tx`, retrying a partial send a few times; what is left is freed and
-/// counted as `tx_full` (so `rx == tx + drops` always holds).
+/// counted as `tx_full` (so `rx == tx + punted + drops` always holds).
 #[inline]
 fn transmit<Q: Queue>(queue: &mut Q, tx: &mut Burst<Q::Pkt>, stats: &mut WorkerStats) {
     let mut tries = 0;

@@ -11,8 +11,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::burst::Meta;
 use crate::io::Packet;
-use crate::pipeline::Meta;
 
 /// Bytes of the offending packet quoted in the reply (its IP header and the
 /// start of its payload).

@@ -7,6 +7,7 @@
 //! assert_eq!(cfg.dataplane.burst, 32);
 //! ```
 
+pub mod burst;
 pub mod config;
 pub mod control;
 pub mod cpu;

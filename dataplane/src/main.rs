@@ -186,7 +186,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", summary.human());
             }
             if !summary.conserved() {
-                eprintln!("dpgw: BUG: rx != tx + drops");
+                eprintln!("dpgw: BUG: rx != tx + punted + drops");
                 return Ok(ExitCode::from(3));
             }
             Ok(ExitCode::SUCCESS)

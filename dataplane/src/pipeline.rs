@@ -1,46 +1,13 @@
-//! The burst vocabulary every stage speaks: per-packet [`Meta`] and
-//! [`Verdict`], the [`Stage`] trait, and the [`Pipeline`] of the gateway's
-//! stages in order. Arrows point down: the worker loop (`engine`) drives a
-//! `Pipeline`; the stages (`stages`) use the pure crates.
+//! The [`Pipeline`]: the gateway's stages in order. The worker loop
+//! (`engine`) drives it; the stages (`stages`) speak the burst vocabulary of
+//! [`crate::burst`] (re-exported here) and use the pure crates.
 
 use std::sync::Mutex;
 
+pub use crate::burst::{Meta, Stage, Verdict};
 use crate::io::Packet;
-use crate::stats::{BurstHistogram, DropReason, Telemetry};
+use crate::stats::{BurstHistogram, Telemetry};
 use crate::tables::Tables;
-
-/// What happens to a packet at the end of the burst.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Tx,
-    Drop(DropReason),
-}
-
-/// Per-packet state passed between stages.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Meta {
-    pub vni: u32,
-    pub key: vxlan::FlowKey,
-    /// Offset of the inner IP header in the (decapsulated) frame.
-    pub l3_off: u16,
-    /// Bytes of outer headers decap removed (still in the headroom).
-    pub outer_len: u16,
-    /// Set by a stage that already produced the final frame (e.g. encapsulation
-    /// to a backend), so routing leaves it alone.
-    pub finished: bool,
-}
-
-/// One step of the pipeline. Implementations look only at packets whose verdict
-/// is still `Tx`.
-pub trait Stage {
-    fn process<P: Packet>(
-        &mut self,
-        t: &Tables,
-        pkts: &mut [P],
-        meta: &mut [Meta],
-        verdicts: &mut [Verdict],
-    );
-}
 
 /// The stages of the gateway, in order.
 #[derive(Default)]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -10,9 +10,8 @@ use serde::Serialize;
 
 use crate::config::{Config, IoKind};
 use crate::engine::{run_worker, Shared, WorkerResult};
-use crate::io::pcap::{split, OutputSlots, PcapQueue};
 use crate::io::Queue;
-use crate::pcapfile::{self, PcapError};
+use crate::pcapfile::PcapError;
 use crate::stats::{DropReason, WorkerStats};
 use crate::tables::Tables;
 
@@ -51,6 +50,8 @@ pub struct WorkerSummary {
 pub struct Summary {
     pub rx: u64,
     pub tx: u64,
+    /// Frames for the gateway itself handed to the slow path (not drops).
+    pub punted: u64,
     pub drops: BTreeMap<&'static str, u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -79,17 +80,18 @@ pub struct Summary {
 
 impl Summary {
     pub fn conserved(&self) -> bool {
-        self.rx == self.tx + self.drops.values().sum::<u64>()
+        self.rx == self.tx + self.punted + self.drops.values().sum::<u64>()
     }
 
     pub fn human(&self) -> String {
         let mut s = String::new();
         s.push_str(&format!(
-            "rx {} packets ({} bytes), tx {} packets ({} bytes), dropped {}\n",
+            "rx {} packets ({} bytes), tx {} packets ({} bytes), punted {}, dropped {}\n",
             self.rx,
             self.rx_bytes,
             self.tx,
             self.tx_bytes,
+            self.punted,
             self.drops.values().sum::<u64>()
         ));
         for (k, v) in &self.drops {
@@ -156,6 +158,9 @@ pub fn run(
 }
 
 /// Like [`run`], on a [`prepare`]d state (so a control server can hold it too).
+///
+/// Each backend only opens queues (and says where its port counters are);
+/// this one driver runs the workers over them.
 pub fn run_prepared(
     cfg: &Config,
     opts: &RunOptions,
@@ -163,45 +168,28 @@ pub fn run_prepared(
     shared: Arc<Shared>,
 ) -> Result<(Summary, Arc<Shared>), RunError> {
     let workers = cfg.dataplane.workers;
-    match cfg.dataplane.io {
+    let summary = match cfg.dataplane.io {
         IoKind::Pcap => {
             let pc = cfg
                 .pcap
                 .as_ref()
                 .ok_or_else(|| RunError::Config("pcap: section required".into()))?;
-            let mut caps = Vec::new();
-            for p in &pc.input {
-                caps.push(pcapfile::read_file(p)?);
-            }
-            let traces = split(&caps, workers);
-            drop(caps);
-            let slots: Option<OutputSlots> =
-                pc.output.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));
-            let queues: Vec<PcapQueue> = traces
-                .into_iter()
-                .enumerate()
-                .map(|(i, t)| PcapQueue::new(t, pc.loops, slots.clone().map(|s| (i, s))))
-                .collect();
-            let summary = drive(cfg, opts, &shared, queues, &stop)?;
-            if let (Some(path), Some(slots)) = (&pc.output, slots) {
-                let mut file = pcapfile::global_header().to_vec();
-                let s = slots
-                    .lock()
-                    .map_err(|_| RunError::Backend("output lock poisoned".into()))?;
-                for part in s.iter() {
-                    file.extend_from_slice(part);
-                }
+            let (queues, output) = crate::io::pcap::open_queues(pc, workers)?;
+            let summary = drive(cfg, opts, &shared, queues, Vec::new(), &stop)?;
+            if let (Some(path), Some(slots)) = (&pc.output, output) {
+                let file = crate::io::pcap::output_file(&slots)
+                    .ok_or_else(|| RunError::Backend("output lock poisoned".into()))?;
                 write_atomic(path, &file).map_err(|source| RunError::Io {
                     what: format!("writing {}", path.display()),
                     source,
                 })?;
             }
-            Ok((summary, shared))
+            summary
         }
         IoKind::Afpacket => {
-            // AF_PACKET rings per worker + the exception path's slow-path thread
-            // (ARP/ICMP/NDP for our addresses, next-hop resolution), fed by one
-            // punt handle per worker.
+            // AF_PACKET rings per worker + the slow-path thread (ARP/ICMP/NDP
+            // for our addresses, next-hop resolution), fed by one punt handle
+            // per worker.
             let af = cfg
                 .afpacket
                 .as_ref()
@@ -211,17 +199,32 @@ pub fn run_prepared(
             let slow =
                 crate::slowpath::SlowPath::start(cfg, shared.clone()).map_err(RunError::Backend)?;
             let punts = (0..workers).map(|_| Some(slow.punt())).collect();
-            let summary = drive_with_punts(cfg, opts, &shared, queues, punts, &stop);
+            let summary = drive(cfg, opts, &shared, queues, punts, &stop);
             slow.stop();
-            Ok((summary?, shared))
+            summary?
         }
         #[cfg(feature = "dpdk")]
-        IoKind::Dpdk => crate::io::dpdk::run_prepared(cfg, opts, stop, shared),
+        IoKind::Dpdk => {
+            // The EAL is initialised here, so this runs once per process.
+            let section = cfg.dpdk.as_ref().ok_or_else(|| {
+                RunError::Config("dpdk: section required when dataplane.io = \"dpdk\"".into())
+            })?;
+            let (runtime, queues) = crate::io::dpdk::open(section, workers)
+                .map_err(|e| RunError::Backend(format!("dpdk: {e}")))?;
+            shared.set_port_source(Some(runtime.port_source()));
+            let summary = drive(cfg, opts, &shared, queues, Vec::new(), &stop);
+            shared.set_port_source(None);
+            drop(runtime);
+            summary?
+        }
         #[cfg(not(feature = "dpdk"))]
-        IoKind::Dpdk => Err(RunError::Config(
-            "dataplane.io = \"dpdk\" needs a dpgw built with `--features dpdk`".into(),
-        )),
-    }
+        IoKind::Dpdk => {
+            return Err(RunError::Config(
+                "dataplane.io = \"dpdk\" needs a dpgw built with `--features dpdk`".into(),
+            ))
+        }
+    };
+    Ok((summary, shared))
 }
 
 /// Writes a file through a temporary file and a rename, so readers never see half of it.
@@ -259,20 +262,10 @@ fn core_for(cfg: &Config, worker: usize) -> Option<usize> {
     Some(ids[worker % ids.len()].id)
 }
 
-/// Spawns one pinned worker per queue, watches them, and summarises.
+/// Spawns one pinned worker per queue, watches them, and summarises. Worker
+/// `i` hands frames for the gateway itself to `punts[i]` (missing entries: no
+/// slow path; such frames are still counted as punted, and freed).
 pub fn drive<Q: Queue + 'static>(
-    cfg: &Config,
-    opts: &RunOptions,
-    shared: &Arc<Shared>,
-    queues: Vec<Q>,
-    stop: &StopFlag,
-) -> Result<Summary, RunError> {
-    drive_with_punts(cfg, opts, shared, queues, Vec::new(), stop)
-}
-
-/// Like [`drive`]; worker `i` hands exception packets to `punts[i]` (missing
-/// entries = no exception path).
-pub fn drive_with_punts<Q: Queue + 'static>(
     cfg: &Config,
     opts: &RunOptions,
     shared: &Arc<Shared>,
@@ -404,6 +397,7 @@ fn summarise<Q>(
     Summary {
         rx: total.rx,
         tx: total.tx,
+        punted: total.punted,
         drops,
         rx_bytes: total.rx_bytes,
         tx_bytes: total.tx_bytes,

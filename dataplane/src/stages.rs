@@ -1,8 +1,8 @@
 //! The gateway's burst stages. Each looks only at packets whose verdict is `Tx`.
 
+use crate::burst::{Meta, Stage, Verdict};
 use crate::config::NonVip;
 use crate::io::{Packet, MAX_BURST};
-use crate::pipeline::{Meta, Stage, Verdict};
 use crate::stats::DropReason;
 use crate::tables::Tables;
 
@@ -70,11 +70,10 @@ impl Stage for Decap {
                     meta[i].outer_len = d.inner_offset as u16;
                     meta[i].finished = false;
                 }
-                Err(e @ (vxlan::DecapError::NotIp | vxlan::DecapError::NotUdp))
+                Err(vxlan::DecapError::NotIp | vxlan::DecapError::NotUdp)
                     if crate::exception::is_exception(pkts[i].data(), t) =>
                 {
-                    let _ = e;
-                    v[i] = Verdict::Drop(DropReason::Exception);
+                    v[i] = Verdict::Punt;
                 }
                 Err(e) => v[i] = Verdict::Drop(decap_reason(e)),
             }

@@ -42,7 +42,6 @@ drop_reasons! {
     MtuExceeded => "mtu_exceeded",
     NextHopUnresolved => "next_hop_unresolved",
     TxFull => "tx_full",
-    Exception => "exception",
 }
 
 /// One worker's counters. Written only by that worker.
@@ -50,6 +49,9 @@ drop_reasons! {
 pub struct WorkerStats {
     pub rx: u64,
     pub tx: u64,
+    /// Frames for the gateway itself (ARP, ICMP echo, neighbour discovery)
+    /// handed to the slow path; not drops: `rx == tx + punted + Σ drops`.
+    pub punted: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     /// Sum of (frame length + 20 B preamble/IFG) of received frames, for line-rate figures.
@@ -73,6 +75,7 @@ impl WorkerStats {
     pub fn add(&mut self, o: &WorkerStats) {
         self.rx += o.rx;
         self.tx += o.tx;
+        self.punted += o.punted;
         self.rx_bytes += o.rx_bytes;
         self.tx_bytes += o.tx_bytes;
         self.rx_wire_bytes += o.rx_wire_bytes;
@@ -107,6 +110,7 @@ pub fn wire_bytes(len: usize) -> u64 {
 pub struct Published {
     pub rx: std::sync::atomic::AtomicU64,
     pub tx: std::sync::atomic::AtomicU64,
+    pub punted: std::sync::atomic::AtomicU64,
     pub rx_bytes: std::sync::atomic::AtomicU64,
     pub tx_bytes: std::sync::atomic::AtomicU64,
     pub rx_wire_bytes: std::sync::atomic::AtomicU64,
@@ -120,6 +124,7 @@ impl Default for Published {
         Published {
             rx: AtomicU64::new(0),
             tx: AtomicU64::new(0),
+            punted: AtomicU64::new(0),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             rx_wire_bytes: AtomicU64::new(0),
@@ -135,6 +140,7 @@ impl Published {
         use std::sync::atomic::Ordering::Relaxed;
         self.rx.store(s.rx, Relaxed);
         self.tx.store(s.tx, Relaxed);
+        self.punted.store(s.punted, Relaxed);
         self.rx_bytes.store(s.rx_bytes, Relaxed);
         self.tx_bytes.store(s.tx_bytes, Relaxed);
         self.rx_wire_bytes.store(s.rx_wire_bytes, Relaxed);
@@ -149,6 +155,7 @@ impl Published {
         let mut s = WorkerStats {
             rx: self.rx.load(Relaxed),
             tx: self.tx.load(Relaxed),
+            punted: self.punted.load(Relaxed),
             rx_bytes: self.rx_bytes.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
             rx_wire_bytes: self.rx_wire_bytes.load(Relaxed),

@@ -119,13 +119,17 @@ fn check_conservation(stderr: &str) -> (u64, u64, u64) {
         let i = w.iter().position(|x| *x == key).unwrap();
         w[i + 1].trim_end_matches(',').parse().unwrap()
     };
-    let (rx, tx, dropped) = (num("rx"), num("tx"), num("dropped"));
+    let (rx, tx, punted, dropped) = (num("rx"), num("tx"), num("punted"), num("dropped"));
     let by_reason: u64 = stderr
         .lines()
         .filter_map(|l| l.trim().strip_prefix("drop "))
         .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
         .sum();
-    assert_eq!(rx, tx + dropped, "rx != tx + drops:\n{stderr}");
+    assert_eq!(
+        rx,
+        tx + punted + dropped,
+        "rx != tx + punted + drops:\n{stderr}"
+    );
     assert_eq!(dropped, by_reason, "{stderr}");
     assert!(rx > 0, "{stderr}");
     (rx, tx, dropped)

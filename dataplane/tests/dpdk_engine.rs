@@ -114,11 +114,12 @@ fn demo_capture_through_dpdk_equals_pcap_backend() {
             stop.store(true, Ordering::Relaxed);
         })
     };
-    let result = dataplane::io::dpdk::run_prepared(&dcfg, &RunOptions::default(), stop, shared);
+    let result = dataplane::runner::run_prepared(&dcfg, &RunOptions::default(), stop, shared);
     watcher.join().unwrap();
-    let (summary, _) = result.unwrap();
-    // The port is stopped (its output capture closed) when run_prepared returns.
-    assert!(dataplane::io::dpdk::current_port_stats().is_none());
+    let (summary, shared) = result.unwrap();
+    // The port is stopped (its output capture closed) when run_prepared
+    // returns, and the control side no longer sees it.
+    assert!(shared.port_counters().is_empty());
     let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
 
     assert_eq!(summary.rx, n, "{}", summary.human());

@@ -218,6 +218,7 @@ impl Driver {
                     self.drops += 1;
                     panic!("flood packet dropped: {r:?}");
                 }
+                Verdict::Punt => panic!("flood packet punted"),
             }
         }
         self.bufs.clear();

@@ -259,35 +259,8 @@ pub fn collect(
             .collect(),
         flow_tables,
         flow_total,
-        ports: port_counters(),
+        ports: shared.port_counters(),
     }
-}
-
-/// Counters of the DPDK ports of this process's runtime (none without DPDK, or
-/// before the ports are up and after they are stopped).
-#[cfg(feature = "dpdk")]
-fn port_counters() -> Vec<PortCounters> {
-    crate::io::dpdk::current_port_stats()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| PortCounters {
-            port: p.port,
-            name: p.name,
-            ipackets: p.ipackets,
-            opackets: p.opackets,
-            ibytes: p.ibytes,
-            obytes: p.obytes,
-            imissed: p.imissed,
-            ierrors: p.ierrors,
-            oerrors: p.oerrors,
-            rx_nombuf: p.rx_nombuf,
-        })
-        .collect()
-}
-
-#[cfg(not(feature = "dpdk"))]
-fn port_counters() -> Vec<PortCounters> {
-    Vec::new()
 }
 
 /// Answer to `flows`.

@@ -68,9 +68,9 @@ use std::os::raw::{c_char, c_int};
 use std::ptr::{self, NonNull};
 use std::slice;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use dpdk_sys as sys;
 use dpdk_sys::{
@@ -88,89 +88,8 @@ pub const MBUF_HEADROOM: u16 = dpdk_sys::RTE_PKTMBUF_HEADROOM as u16;
 /// Highest port id DPDK supports, plus one (`RTE_MAX_ETHPORTS`).
 pub const MAX_PORTS: usize = dpdk_sys::RTE_MAX_ETHPORTS as usize;
 
-/// `[dpdk]` section of the configuration.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DpdkConfig {
-    /// EAL arguments, exactly as on a DPDK command line (`-a 0000:01:00.0`,
-    /// `--vdev=net_null0`, `--no-huge`, `-m 256`, `-l 0`, `--file-prefix=x`, ...).
-    /// The program name (`argv[0]`) is added.
-    #[serde(default)]
-    pub eal_args: Vec<String>,
-    /// Ports to receive on (DPDK port ids). Each worker polls its queue on every
-    /// one of them in turn.
-    #[serde(default = "default_ports")]
-    pub ports: Vec<u16>,
-    /// Port to transmit on (default: the first RX port).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_port: Option<u16>,
-    /// RX descriptors per queue (the driver may round it to its limits).
-    #[serde(default = "default_desc")]
-    pub rx_desc: u16,
-    /// TX descriptors per queue (the driver may round it to its limits).
-    #[serde(default = "default_desc")]
-    pub tx_desc: u16,
-    /// Mbufs in the pool of each NUMA socket in use (best as 2^n - 1).
-    #[serde(default = "default_mbufs")]
-    pub mbufs: u32,
-    /// Per-lcore mempool cache size (0 disables the cache; at most 512).
-    #[serde(default = "default_mbuf_cache")]
-    pub mbuf_cache: u32,
-    /// Spread flows over the workers' RX queues with RSS, when the device has it
-    /// and there is more than one worker.
-    #[serde(default = "default_true")]
-    pub rss: bool,
-    /// Put the ports in promiscuous mode (ignored where the driver cannot).
-    #[serde(default = "default_true")]
-    pub promiscuous: bool,
-}
-
-impl Default for DpdkConfig {
-    fn default() -> Self {
-        DpdkConfig {
-            eal_args: Vec::new(),
-            ports: default_ports(),
-            tx_port: None,
-            rx_desc: default_desc(),
-            tx_desc: default_desc(),
-            mbufs: default_mbufs(),
-            mbuf_cache: default_mbuf_cache(),
-            rss: true,
-            promiscuous: true,
-        }
-    }
-}
-
-impl From<&crate::config::DpdkSection> for DpdkConfig {
-    fn from(s: &crate::config::DpdkSection) -> Self {
-        DpdkConfig {
-            eal_args: s.eal_args.clone(),
-            ports: s.ports.clone(),
-            tx_port: s.tx_port,
-            rx_desc: s.rx_desc,
-            tx_desc: s.tx_desc,
-            mbufs: s.mbufs,
-            mbuf_cache: s.mbuf_cache,
-            ..DpdkConfig::default()
-        }
-    }
-}
-
-fn default_ports() -> Vec<u16> {
-    vec![0]
-}
-fn default_desc() -> u16 {
-    1024
-}
-fn default_mbufs() -> u32 {
-    8191
-}
-fn default_mbuf_cache() -> u32 {
-    256
-}
-fn default_true() -> bool {
-    true
-}
+/// The `[dpdk]` section of the configuration, taken as it is.
+pub use crate::config::DpdkSection as DpdkConfig;
 
 /// An error from DPDK or from the DPDK configuration.
 #[derive(Debug, thiserror::Error)]
@@ -1072,9 +991,6 @@ impl DpdkRuntime {
             ports,
             pools: pools.into_iter().map(|(_, p)| p).collect(),
         });
-        if let Ok(mut cur) = CURRENT.lock() {
-            *cur = Arc::downgrade(&shared);
-        }
         let rx_pool = shared.pools[0];
         let queues = (0..nq)
             .map(|q| DpdkQueue {
@@ -1139,36 +1055,33 @@ impl DpdkRuntime {
     }
 }
 
-/// The most recently opened runtime, for telemetry readers that have no handle.
-static CURRENT: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
-
-/// Counters of the ports of the most recently opened [`DpdkRuntime`], while it
-/// (or one of its queues) is alive; `None` otherwise. For the control and
-/// metrics side, which does not hold the runtime.
-pub fn current_port_stats() -> Option<Vec<PortStats>> {
-    let shared = CURRENT.lock().ok()?.upgrade()?;
-    Some(DpdkRuntime { shared }.port_stats())
-}
-
-/// `dataplane.io = "dpdk"`: opens the `[dpdk]` section's ports with one queue per
-/// worker and drives the workers until `stop` (the ports never run dry). The
-/// EAL is initialised here, so this runs once per process.
-pub fn run_prepared(
-    cfg: &crate::config::Config,
-    opts: &crate::runner::RunOptions,
-    stop: crate::runner::StopFlag,
-    shared: Arc<crate::engine::Shared>,
-) -> Result<(crate::runner::Summary, Arc<crate::engine::Shared>), crate::runner::RunError> {
-    use crate::runner::RunError;
-    let section = cfg.dpdk.as_ref().ok_or_else(|| {
-        RunError::Config("dpdk: section required when dataplane.io = \"dpdk\"".into())
-    })?;
-    let dcfg = DpdkConfig::from(section);
-    let (runtime, queues) =
-        open(&dcfg, cfg.dataplane.workers).map_err(|e| RunError::Backend(format!("dpdk: {e}")))?;
-    let summary = crate::runner::drive(cfg, opts, &shared, queues, &stop)?;
-    drop(runtime);
-    Ok((summary, shared))
+impl DpdkRuntime {
+    /// A reader of the ports' counters for the control side, which does not
+    /// hold the runtime (the runner installs it with `engine::Shared::set_port_source`): it
+    /// answers while the runtime (or one of its queues) is alive, and nothing
+    /// after (a weak handle: it keeps no port open).
+    pub fn port_source(&self) -> super::PortSource {
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        Box::new(move || match weak.upgrade() {
+            Some(shared) => DpdkRuntime { shared }
+                .port_stats()
+                .into_iter()
+                .map(|p| ctl::PortCounters {
+                    port: p.port,
+                    name: p.name,
+                    ipackets: p.ipackets,
+                    opackets: p.opackets,
+                    ibytes: p.ibytes,
+                    obytes: p.obytes,
+                    imissed: p.imissed,
+                    ierrors: p.ierrors,
+                    oerrors: p.oerrors,
+                    rx_nombuf: p.rx_nombuf,
+                })
+                .collect(),
+            None => Vec::new(),
+        })
+    }
 }
 
 /// Initialises the EAL from `cfg.eal_args` and opens the ports (see
@@ -1431,27 +1344,6 @@ mod tests {
         assert!(e.contains("unknown field `port`"), "{e}");
         assert!(toml::from_str::<DpdkConfig>("ports = [70000]\n").is_err());
         assert!(toml::from_str::<DpdkConfig>("rx_desc = -1\n").is_err());
-    }
-
-    #[test]
-    fn config_from_the_engine_section() {
-        let s = crate::config::DpdkSection {
-            eal_args: vec!["-l".into(), "0".into()],
-            ports: vec![4],
-            tx_port: Some(5),
-            rx_desc: 512,
-            tx_desc: 256,
-            mbufs: 4095,
-            mbuf_cache: 128,
-        };
-        let c = DpdkConfig::from(&s);
-        assert_eq!(c.eal_args, s.eal_args);
-        assert_eq!((c.ports.as_slice(), c.tx_port), (&[4][..], Some(5)));
-        assert_eq!(
-            (c.rx_desc, c.tx_desc, c.mbufs, c.mbuf_cache),
-            (512, 256, 4095, 128)
-        );
-        assert!(c.rss && c.promiscuous);
     }
 
     #[test]

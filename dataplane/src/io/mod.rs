@@ -33,6 +33,11 @@ pub trait Packet {
     fn trim(&mut self, len: usize);
 }
 
+/// A reader of a backend's port counters (DPDK ports), for the control side,
+/// which does not own the backend; installed with
+/// [`crate::engine::Shared::set_port_source`].
+pub type PortSource = Box<dyn Fn() -> Vec<ctl::PortCounters> + Send + Sync>;
+
 /// A caller-owned burst of packets (fixed capacity, no allocation per burst).
 pub type Burst<P> = ArrayVec<P, MAX_BURST>;
 

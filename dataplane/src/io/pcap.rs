@@ -8,10 +8,47 @@ use std::sync::{Arc, Mutex};
 
 use super::buf::HeapBuf;
 use super::{Burst, Packet, Queue};
-use crate::pcapfile::{write_record, Capture};
+use crate::config::PcapSection;
+use crate::pcapfile::{write_record, Capture, PcapError};
 
 /// Buffers per worker pool: enough for the largest burst in flight twice.
 const POOL_SIZE: usize = 2 * super::MAX_BURST + 64;
+
+/// Opens a replay: preloads every input capture and spreads its frames over
+/// `workers` queues (software RSS). With `sec.output`, the queues also record
+/// what they transmit into the returned slots (see [`output_file`]).
+pub fn open_queues(
+    sec: &PcapSection,
+    workers: usize,
+) -> Result<(Vec<PcapQueue>, Option<OutputSlots>), PcapError> {
+    let mut caps = Vec::new();
+    for p in &sec.input {
+        caps.push(crate::pcapfile::read_file(p)?);
+    }
+    let traces = split(&caps, workers);
+    drop(caps);
+    let slots: Option<OutputSlots> = sec
+        .output
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(Vec::new())));
+    let queues = traces
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| PcapQueue::new(t, sec.loops, slots.clone().map(|s| (i, s))))
+        .collect();
+    Ok((queues, slots))
+}
+
+/// The output capture (a pcap file) of the queues that shared `slots`, worker
+/// by worker. `None` if a queue panicked while holding the slots.
+pub fn output_file(slots: &OutputSlots) -> Option<Vec<u8>> {
+    let mut file = crate::pcapfile::global_header().to_vec();
+    let s = slots.lock().ok()?;
+    for part in s.iter() {
+        file.extend_from_slice(part);
+    }
+    Some(file)
+}
 
 /// Frames assigned to one worker, packed in one allocation.
 #[derive(Debug, Default)]

@@ -1,0 +1,42 @@
+//! The burst vocabulary every stage speaks: per-packet [`Meta`] and
+//! [`Verdict`], and the [`Stage`] trait. A stage fills a verdict per packet;
+//! the worker acts once per burst.
+
+use crate::io::Packet;
+use crate::stats::DropReason;
+use crate::tables::Tables;
+
+/// What happens to a packet at the end of the burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Tx,
+    /// For the gateway itself: handed to the slow path (and freed here).
+    Punt,
+    Drop(DropReason),
+}
+
+/// Per-packet state passed between stages.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Meta {
+    pub vni: u32,
+    pub key: vxlan::FlowKey,
+    /// Offset of the inner IP header in the (decapsulated) frame.
+    pub l3_off: u16,
+    /// Bytes of outer headers decap removed (still in the headroom).
+    pub outer_len: u16,
+    /// Set by a stage that already produced the final frame (e.g. encapsulation
+    /// to a backend), so routing leaves it alone.
+    pub finished: bool,
+}
+
+/// One step of the pipeline. Implementations look only at packets whose verdict
+/// is still `Tx`.
+pub trait Stage {
+    fn process<P: Packet>(
+        &mut self,
+        t: &Tables,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        verdicts: &mut [Verdict],
+    );
+}
