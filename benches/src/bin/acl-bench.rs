@@ -19,6 +19,7 @@ use acl::{
     format_classbench_trace_line, generate_trace, parse_classbench, parse_classbench_trace, Action,
     BuildParams, Classifier, Key, LinearClassifier, RuleSet,
 };
+use dataplane::cpu::rdtsc;
 
 const USAGE: &str = "usage: acl-bench --rules FILE [--trace FILE | --gen N] [--seed S] \
 [--iters K] [--burst B] [--json] [--peer] [--binth N] [--spfac N] [--max-bits N] [--split-len N] [--interleave on|off|auto]";
@@ -107,13 +108,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--iters and --burst must be positive".to_string());
     }
     Ok(a)
-}
-
-#[inline]
-fn rdtsc() -> u64 {
-    // SAFETY: `rdtsc` only reads the time-stamp counter; it touches no memory
-    // and is available on every x86_64 CPU.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// TSC ticks per nanosecond, measured against `Instant`.
