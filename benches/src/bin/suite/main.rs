@@ -143,7 +143,6 @@ pub struct Peers {
     /// On-CPU cycles per packet of our replay loop alone (`io_only`) / testpmd io's.
     pub io_ratio: Option<f64>,
     pub acl: Vec<peers::AclPeer>,
-    pub afpacket: String,
     pub published: Vec<peers::Published>,
     pub skipped: Option<String>,
 }
@@ -602,7 +601,6 @@ fn run(cli: &Cli) -> Result<(), String> {
         },
         testpmd,
         acl: acl_peers,
-        afpacket: peers::afpacket_status(),
         published: peers::published(),
         skipped: (cli.no_peers || cli.tiny)
             .then(|| "peers not run (--no-peers or --tiny)".to_string()),

@@ -301,39 +301,3 @@ pub fn published() -> Vec<Published> {
         },
     ]
 }
-
-/// Whether this build's engine can run the AF_PACKET backend (checked by asking
-/// the runner; it refuses the config early when the backend is not wired in).
-pub fn afpacket_status() -> String {
-    let text = "[dataplane]\nio = \"afpacket\"\n[afpacket]\ninterfaces = [\"dpgw-suite-none\"]\n";
-    let cfg = match dataplane::config::Config::parse(text) {
-        Ok(c) => c,
-        Err(e) => {
-            return format!("skipped: the config does not accept an [afpacket] section ({e})")
-        }
-    };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    match dataplane::runner::run(
-        &cfg,
-        &dataplane::runner::RunOptions { progress: false },
-        stop,
-    ) {
-        Err(e) if e.to_string().contains("not available") => {
-            format!("skipped: the AF_PACKET backend is not available in this build's runner ({e})")
-        }
-        _ => "skipped: an AF_PACKET backend exists, but the suite does not set up veth pairs yet"
-            .into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_published_have_figures() {
-        assert!(published()
-            .iter()
-            .all(|p| !p.cycles_per_packet.is_empty() && p.cycles_mid > 0.0));
-    }
-}

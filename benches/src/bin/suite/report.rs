@@ -412,11 +412,6 @@ pub fn markdown(r: &Results) -> String {
         }
         o.push('\n');
     }
-    let _ = writeln!(
-        o,
-        "Linux kernel path (AF_PACKET on veth): {}\n",
-        r.peers.afpacket
-    );
     let _ = writeln!(o, "### Published figures (not measured here)\n");
     let target = r.target.as_ref().map(|t| t.cycles_per_packet.median);
     let _ = writeln!(
