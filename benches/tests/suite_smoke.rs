@@ -24,7 +24,7 @@ fn tiny_run_writes_report_json_and_plots() {
 
     let text = std::fs::read_to_string(out.join("results.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["schema"], 1);
+    assert_eq!(v["schema"], 2);
     assert_eq!(v["settings"]["mode"], "tiny");
     assert!(v["machine"]["tsc_ghz"].as_f64().unwrap() > 0.0);
     assert!(!v["machine"]["cpu_model"].as_str().unwrap().is_empty());

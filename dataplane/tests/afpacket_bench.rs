@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use afpacket_support::{skip, Netns};
+use afpacket_support::{require_root_netns, Netns};
 use dataplane::config::{format_mac, Config};
 use dataplane::io::afpacket::{if_mac, open_queues};
 use dataplane::io::buf::HeapBuf;
@@ -213,11 +213,9 @@ fn measure(src: &Netns, frames: Vec<Vec<u8>>) -> (f64, f64, f64) {
 }
 
 #[test]
-#[ignore = "benchmark: run with --ignored --nocapture as root"]
+#[ignore = "benchmark; needs root and ip netns: run with --ignored --nocapture as root"]
 fn bench_afpacket_vs_kernel() {
-    if skip("bench_afpacket_vs_kernel") {
-        return;
-    }
+    require_root_netns();
     let src = Netns::new("bench-src");
     let gw = Netns::new("bench-gw");
     src.sh(&format!(

@@ -19,6 +19,8 @@ use acl::{
     format_classbench_trace_line, generate_trace, parse_classbench, parse_classbench_trace, Action,
     BuildParams, Classifier, Key, LinearClassifier, RuleSet,
 };
+use benches::sanity::{check_test_acl, parse_test_acl};
+use dataplane::cpu::rdtsc;
 
 const USAGE: &str = "usage: acl-bench --rules FILE [--trace FILE | --gen N] [--seed S] \
 [--iters K] [--burst B] [--json] [--peer] [--binth N] [--spfac N] [--max-bits N] [--split-len N] [--interleave on|off|auto]";
@@ -109,13 +111,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-#[inline]
-fn rdtsc() -> u64 {
-    // SAFETY: `rdtsc` only reads the time-stamp counter; it touches no memory
-    // and is available on every x86_64 CPU.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
 /// TSC ticks per nanosecond, measured against `Instant`.
 fn tsc_per_ns() -> f64 {
     let (t0, c0) = (Instant::now(), rdtsc());
@@ -158,29 +153,27 @@ fn run_peer(rules: &str, trace: &str, packets: usize, iters: usize) -> Vec<Peer>
                     &format!("--alg={alg}"),
                 ])
                 .output();
+            // A figure only from a run that classified the whole trace, every
+            // pass, at a plausible cost (`benches::sanity`).
             let (cpp, note) = match out {
                 Err(e) => (None, format!("cannot run dpdk-test-acl: {e}")),
                 Ok(o) => {
                     let text = String::from_utf8_lossy(&o.stdout).into_owned()
                         + &String::from_utf8_lossy(&o.stderr);
-                    let cpp = text
-                        .lines()
-                        .filter(|l| l.contains("cycles/pkt"))
-                        .filter_map(|l| {
-                            let before = l.split("cycles/pkt").next()?;
-                            before.split_whitespace().last()?.parse::<f64>().ok()
-                        })
-                        .next_back();
-                    let note = if cpp.is_some() {
-                        String::new()
-                    } else {
-                        format!(
-                            "exit {:?}: {}",
-                            o.status.code(),
-                            text.lines().last().unwrap_or("")
-                        )
-                    };
-                    (cpp, note)
+                    match parse_test_acl(&text) {
+                        None => (
+                            None,
+                            format!(
+                                "no summary line (exit {:?}): {}",
+                                o.status.code(),
+                                text.lines().last().unwrap_or("")
+                            ),
+                        ),
+                        Some(run) => match check_test_acl(&run, iters as u64, packets as u64) {
+                            Ok(()) => (Some(run.cycles_per_packet), String::new()),
+                            Err(why) => (None, why),
+                        },
+                    }
                 }
             };
             Peer {
@@ -354,6 +347,13 @@ fn run() -> Result<(), String> {
                 .collect();
             s.push_str(&items.join(","));
             s.push('}');
+            // Why each failed alg has no figure.
+            let failed: Vec<String> = peers
+                .iter()
+                .filter(|p| p.cycles_per_packet.is_none())
+                .map(|p| format!("{:?}:{}", p.alg, serde_json::Value::from(p.note.as_str())))
+                .collect();
+            s.push_str(&format!(",\"peer_failed\":{{{}}}", failed.join(",")));
             match best_peer {
                 Some((alg, c)) => s.push_str(&format!(
                     ",\"peer_best_alg\":\"{alg}\",\"peer_best_cycles_per_packet\":{c:.2},\"ratio\":{:.3},\"ratio_mean\":{:.3}",
@@ -401,7 +401,7 @@ fn run() -> Result<(), String> {
                     let _ = writeln!(o, "rte_acl {:<7}{c:.1} cycles/packet", p.alg);
                 }
                 None => {
-                    let _ = writeln!(o, "rte_acl {:<7}skipped ({})", p.alg, p.note);
+                    let _ = writeln!(o, "rte_acl {:<7}failed: {}", p.alg, p.note);
                 }
             }
         }
@@ -416,7 +416,11 @@ fn run() -> Result<(), String> {
                     );
                 }
                 None => {
-                    let _ = writeln!(o, "ratio          n/a (no rte_acl result)");
+                    let why: Vec<String> = peers
+                        .iter()
+                        .map(|p| format!("{}: {}", p.alg, p.note))
+                        .collect();
+                    let _ = writeln!(o, "ratio          n/a (peer failed: {})", why.join("; "));
                 }
             }
         }

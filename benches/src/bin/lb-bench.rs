@@ -29,6 +29,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use dataplane::cpu::rdtsc;
 use lb::maglev::{self, Permutation, WeightedBackend};
 use lb::{
     build, flow_hash, BackendSpec, FlowKey, FlowTable, FlowTableConfig, LbTables, LbVerdict, Proto,
@@ -62,13 +63,6 @@ struct Args {
     /// One JSON object per case instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-#[inline(always)]
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC only reads the time-stamp counter; it has no memory effects and
-    // exists on every x86_64 CPU.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// CPU time of this thread in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`): on a

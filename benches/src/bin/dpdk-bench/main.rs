@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Proc, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use benches::sanity::{check_timed, testpmd_floor_mpps, Status};
 use clap::Parser;
 use serde::Serialize;
 
@@ -92,17 +93,24 @@ struct Sample {
     imissed: u64,
 }
 
+/// One forwarder on one device: its measured runs and the runs that failed.
 #[derive(Clone, Debug, Serialize)]
 struct Row {
     device: String,
     forwarder: String,
     command: String,
+    /// `failed` when no run was a measurement (`benches::sanity`): then the
+    /// figures are null and `reason` says why. Runs that failed next to
+    /// measured ones are left out of the figures and listed in `errors`.
+    status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     runs: Vec<Sample>,
     errors: Vec<String>,
-    mpps: Stat,
-    ns_per_packet: Stat,
-    cycles_per_packet: Stat,
-    cpu_cycles_per_packet: Stat,
+    mpps: Option<Stat>,
+    ns_per_packet: Option<Stat>,
+    cycles_per_packet: Option<Stat>,
+    cpu_cycles_per_packet: Option<Stat>,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,7 +121,8 @@ struct Results {
     frame_bytes: usize,
     rules: String,
     rows: Vec<Row>,
-    /// Per device: median dpgw Mpps / median testpmd io Mpps.
+    /// Per device: median dpgw Mpps / median testpmd io Mpps (absent when
+    /// either row failed).
     ratios: BTreeMap<String, f64>,
     load_avg_end: f64,
 }
@@ -304,9 +313,8 @@ fn run_dpgw(
     let secs = (tb - ta).as_secs_f64();
     let rx = b.total.rx.saturating_sub(a.total.rx) as f64;
     let tx = b.total.tx.saturating_sub(a.total.tx) as f64;
-    if rx <= 0.0 {
-        return Err("no packets in the measuring interval".into());
-    }
+    // Packets counted and the interval as asked; the pipeline has no floor.
+    check_timed(rx, seconds, secs, 0.0)?;
     let mut drops = BTreeMap::new();
     for (k, v) in &b.total.drops {
         let d = v.saturating_sub(a.total.drops.get(k).copied().unwrap_or(0));
@@ -331,9 +339,20 @@ fn run_dpgw(
     })
 }
 
+/// Medians over the measured runs; a row without one failed.
 fn summarize(mut r: Row) -> Row {
+    if r.runs.is_empty() {
+        r.status = Status::Failed;
+        r.reason = Some(if r.errors.is_empty() {
+            "not run".into()
+        } else {
+            r.errors.join("; ")
+        });
+        return r;
+    }
     let pick = |f: &dyn Fn(&Sample) -> Option<f64>| {
-        Stat::of(&r.runs.iter().filter_map(f).collect::<Vec<_>>())
+        let v: Vec<f64> = r.runs.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| Stat::of(&v))
     };
     r.mpps = pick(&|s| Some(s.mpps));
     r.ns_per_packet = pick(&|s| Some(s.ns_per_packet));
@@ -422,12 +441,14 @@ fn run(cli: &Cli) -> Result<bool, String> {
                 device: dev.to_string(),
                 forwarder: fwd.to_string(),
                 command: String::new(),
+                status: Status::Ok,
+                reason: None,
                 runs: Vec::new(),
                 errors: Vec::new(),
-                mpps: Stat::default(),
-                ns_per_packet: Stat::default(),
-                cycles_per_packet: Stat::default(),
-                cpu_cycles_per_packet: Stat::default(),
+                mpps: None,
+                ns_per_packet: None,
+                cycles_per_packet: None,
+                cpu_cycles_per_packet: None,
             });
         }
         let _ = vdev;
@@ -450,9 +471,13 @@ fn run(cli: &Cli) -> Result<bool, String> {
                     &[format!("--total-num-mbufs={}", mbufs + 1)],
                     seconds,
                     tsc,
+                    testpmd_floor_mpps(dev),
                 );
                 let row = &mut rows[di * 3 + fi];
                 row.command = r.command.clone();
+                if let Some(why) = &r.reason {
+                    eprintln!("dpdk-bench: testpmd {mode} on {dev} FAILED: {why}");
+                }
                 match (r.mpps, r.cycles_per_packet) {
                     (Some(mpps), Some(cyc)) => row.runs.push(Sample {
                         mpps,
@@ -463,7 +488,9 @@ fn run(cli: &Cli) -> Result<bool, String> {
                         tx_mpps: mpps,
                         ..Sample::default()
                     }),
-                    _ => row.errors.push(r.note),
+                    _ => row
+                        .errors
+                        .push(r.reason.unwrap_or_else(|| "no figures".into())),
                 }
             }
             eprintln!("dpdk-bench: run {}/{runs}: dpgw on {dev}", run + 1);
@@ -480,17 +507,22 @@ fn run(cli: &Cli) -> Result<bool, String> {
             row.command = format!("{} run --config {}", dpgw.display(), cfg.display());
             match r {
                 Ok(s) => row.runs.push(s),
-                Err(e) => row.errors.push(e),
+                Err(e) => {
+                    eprintln!("dpdk-bench: dpgw on {dev} FAILED: {e}");
+                    row.errors.push(e)
+                }
             }
         }
     }
     let rows: Vec<Row> = rows.into_iter().map(summarize).collect();
     let mut ratios = BTreeMap::new();
     for (dev, _) in &devices {
+        // Never a ratio against a failed row.
         let get = |f: &str| {
             rows.iter()
-                .find(|r| r.device == *dev && r.forwarder == f && r.mpps.n > 0)
-                .map(|r| r.mpps.median)
+                .find(|r| r.device == *dev && r.forwarder == f && r.status == Status::Ok)
+                .and_then(|r| r.mpps)
+                .map(|m| m.median)
         };
         if let (Some(a), Some(b)) = (get("dpgw"), get("testpmd io")) {
             ratios.insert(dev.to_string(), a / b);
@@ -521,29 +553,38 @@ fn run(cli: &Cli) -> Result<bool, String> {
     );
     let mut ok = true;
     for r in &rows {
-        if r.mpps.n == 0 {
+        let (Some(mpps), Some(ns), Some(cyc)) = (r.mpps, r.ns_per_packet, r.cycles_per_packet)
+        else {
             ok = false;
             println!(
-                "{:<9} {:<16} failed: {}",
+                "{:<9} {:<16} FAILED: {}",
                 r.device,
                 r.forwarder,
-                r.errors.join("; ")
+                r.reason.as_deref().unwrap_or("no figures")
             );
             continue;
-        }
+        };
         println!(
             "{:<9} {:<16} {:>22} {:>20} {:>24} {:>16}",
             r.device,
             r.forwarder,
-            r.mpps.show(2),
-            r.ns_per_packet.show(1),
-            r.cycles_per_packet.show(0),
-            if r.cpu_cycles_per_packet.n > 0 {
-                format!("{:.0}", r.cpu_cycles_per_packet.median)
-            } else {
-                "-".into()
-            }
+            mpps.show(2),
+            ns.show(1),
+            cyc.show(0),
+            r.cpu_cycles_per_packet
+                .map(|c| format!("{:.0}", c.median))
+                .unwrap_or_else(|| "-".into())
         );
+        if !r.errors.is_empty() {
+            println!(
+                "{:<9} {:<16} {} of {} runs failed, left out: {}",
+                "",
+                "",
+                r.errors.len(),
+                r.errors.len() + r.runs.len(),
+                r.errors.join("; ")
+            );
+        }
         if r.forwarder == "dpgw" {
             if let Some(s) = r.runs.last() {
                 let drops: Vec<String> = s.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -563,13 +604,27 @@ fn run(cli: &Cli) -> Result<bool, String> {
         }
     }
     println!();
-    for (dev, q) in &ratios {
+    for (dev, _) in &devices {
         let what = if *dev == "net_pcap" {
             "full pipeline vs testpmd io; target ≥ 0.8"
         } else {
             "dpgw drops every (non-VXLAN) frame: bare engine loop vs testpmd io"
         };
-        println!("ratio dpgw / testpmd io on {dev}: {q:.2} ({what})");
+        let failed = |f: &str| {
+            rows.iter()
+                .find(|r| r.device == *dev && r.forwarder == f)
+                .and_then(|r| r.reason.clone())
+        };
+        match (ratios.get(*dev), failed("testpmd io"), failed("dpgw")) {
+            (Some(q), _, _) => println!("ratio dpgw / testpmd io on {dev}: {q:.2} ({what})"),
+            (None, Some(why), _) => {
+                println!("ratio dpgw / testpmd io on {dev}: n/a (peer failed: {why})")
+            }
+            (None, None, why) => println!(
+                "ratio dpgw / testpmd io on {dev}: n/a (dpgw failed: {})",
+                why.unwrap_or_default()
+            ),
+        }
     }
     let results = Results {
         machine: m,

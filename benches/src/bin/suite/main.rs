@@ -140,10 +140,10 @@ pub struct LineRate {
 #[derive(Clone, Debug, Serialize)]
 pub struct Peers {
     pub testpmd: Vec<peers::TestpmdResult>,
-    /// On-CPU cycles per packet of our replay loop alone (`io_only`) / testpmd io's.
+    /// On-CPU cycles per packet of our replay loop alone (`io_only`) / testpmd
+    /// io's; null when testpmd io failed (see its `reason`).
     pub io_ratio: Option<f64>,
     pub acl: Vec<peers::AclPeer>,
-    pub afpacket: String,
     pub published: Vec<peers::Published>,
     pub skipped: Option<String>,
 }
@@ -555,7 +555,12 @@ fn run(cli: &Cli) -> Result<(), String> {
     let mut testpmd = Vec::new();
     for mode in &testpmd_modes {
         progress.step(&format!("dpdk-testpmd {mode} on net_null0"));
-        testpmd.push(peers::testpmd(mode, settings.testpmd_seconds, tsc));
+        let t = peers::testpmd(mode, settings.testpmd_seconds, tsc);
+        if let Some(why) = &t.reason {
+            progress.note(&format!("  testpmd {mode}: FAILED: {why}"));
+            errors.push(format!("peer testpmd {mode} on net_null0 failed: {why}"));
+        }
+        testpmd.push(t);
         progress.tick();
     }
     let mut acl_peers = Vec::new();
@@ -568,14 +573,19 @@ fn run(cli: &Cli) -> Result<(), String> {
                     let rules = base.join(set);
                     let trace = base.join(format!("{set}_trace"));
                     let iters = if quick { 5 } else { 11 };
-                    acl_peers.push(peers::acl_peer(
+                    let a = peers::acl_peer(
                         &bin,
                         set,
                         &rules,
                         has_trace.then_some(trace.as_path()),
                         100_000,
                         iters,
-                    ));
+                    );
+                    if let Some(why) = &a.reason {
+                        progress.note(&format!("  rte_acl on {set}: FAILED: {why}"));
+                        errors.push(format!("peer rte_acl on {set} failed: {why}"));
+                    }
+                    acl_peers.push(a);
                     progress.tick();
                 }
             }
@@ -591,9 +601,10 @@ fn run(cli: &Cli) -> Result<(), String> {
         .iter()
         .find(|r| r.scenario.group == "io_only")
         .map(|r| r.cpu_cycles_per_packet.median);
+    // No ratio against a failed peer (its figures are null anyway).
     let tp_io = testpmd
         .iter()
-        .find(|t| t.mode == "io")
+        .find(|t| t.mode == "io" && t.status == benches::sanity::Status::Ok)
         .and_then(|t| t.cpu_cycles_per_packet);
     let peers = Peers {
         io_ratio: match (io_cycles, tp_io) {
@@ -602,7 +613,6 @@ fn run(cli: &Cli) -> Result<(), String> {
         },
         testpmd,
         acl: acl_peers,
-        afpacket: peers::afpacket_status(),
         published: peers::published(),
         skipped: (cli.no_peers || cli.tiny)
             .then(|| "peers not run (--no-peers or --tiny)".to_string()),
@@ -642,7 +652,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let line_rate = line_rate(&replay, tsc);
 
     let mut results = Results {
-        schema: 1,
+        schema: 2,
         machine: m,
         settings,
         replay,

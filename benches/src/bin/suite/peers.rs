@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use benches::sanity::{check_timed, testpmd_floor_mpps, Status};
 use serde::Serialize;
 
 /// `dpdk-testpmd` forwarding on one `net_null` port: the I/O ceiling of a
@@ -14,6 +15,11 @@ use serde::Serialize;
 pub struct TestpmdResult {
     pub mode: String,
     pub command: String,
+    /// `failed`: not run, or its run is not a measurement (`benches::sanity`);
+    /// then every figure is null and `reason` says why.
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Packets received by the port over the measuring interval / wall time.
     pub mpps: Option<f64>,
     /// Wall-clock TSC cycles per packet (one forwarding core).
@@ -24,6 +30,18 @@ pub struct TestpmdResult {
     /// CPU time / wall time of testpmd over the interval.
     pub cpu_share: Option<f64>,
     pub note: String,
+}
+
+impl TestpmdResult {
+    fn failed(mut self, reason: String) -> TestpmdResult {
+        self.status = Status::Failed;
+        self.reason = Some(reason);
+        self.mpps = None;
+        self.cycles_per_packet = None;
+        self.cpu_cycles_per_packet = None;
+        self.cpu_share = None;
+        self
+    }
 }
 
 /// Runs testpmd interactively on one `net_null` port (no hugepages).
@@ -43,19 +61,24 @@ pub fn testpmd(mode: &str, seconds: f64, tsc_ghz: f64) -> TestpmdResult {
         &["--total-num-mbufs=16384".into()],
         seconds,
         tsc_ghz,
+        testpmd_floor_mpps("net_null"),
     )
 }
 
 /// Runs testpmd interactively with EAL arguments `eal` (a `--file-prefix` is
 /// added) and testpmd arguments `app` (after `-i --forward-mode=MODE`):
 /// `start`, wait `seconds`, `show port stats all` twice (the second prints the
-/// packet rate since the first), `stop`, `quit`.
+/// packet rate since the first), `stop`, `quit`. The run is a measurement
+/// only if it passes [`check_timed`] with `floor_mpps`, the rate below which
+/// no working run on the device falls ([`testpmd_floor_mpps`]); otherwise
+/// the result is `failed`, with the reason and no figures.
 pub fn testpmd_on(
     mode: &str,
     eal: &[String],
     app: &[String],
     seconds: f64,
     tsc_ghz: f64,
+    floor_mpps: f64,
 ) -> TestpmdResult {
     let prefix = format!("dpgw-bench-{}-{mode}", std::process::id());
     let mut args: Vec<String> = eal.to_vec();
@@ -66,6 +89,8 @@ pub fn testpmd_on(
     let mut res = TestpmdResult {
         mode: mode.to_string(),
         command,
+        status: Status::Ok,
+        reason: None,
         mpps: None,
         cycles_per_packet: None,
         cpu_cycles_per_packet: None,
@@ -80,10 +105,7 @@ pub fn testpmd_on(
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => {
-            res.note = format!("cannot run dpdk-testpmd: {e}");
-            return res;
-        }
+        Err(e) => return res.failed(format!("cannot run dpdk-testpmd: {e}")),
     };
     let pid = child.id();
     let mut cpu = (None, None);
@@ -125,10 +147,7 @@ pub fn testpmd_on(
     }
     let out = match child.wait_with_output() {
         Ok(o) => o,
-        Err(e) => {
-            res.note = format!("reading testpmd output: {e}");
-            return res;
-        }
+        Err(e) => return res.failed(format!("reading testpmd output: {e}")),
     };
     let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&prefix));
     let text =
@@ -146,27 +165,35 @@ pub fn testpmd_on(
                 .ok()
         })
         .collect();
-    match (rx.as_slice(), cpu) {
-        ([a, b, ..], (Some(c0), Some(c1))) if b > a => {
-            let pkts = b - a;
-            res.mpps = Some(pkts / wall / 1e6);
-            res.cpu_share = Some((c1 - c0) / wall);
-            res.cpu_cycles_per_packet = Some((c1 - c0) * tsc_ghz * 1e9 / pkts);
-            res.cycles_per_packet = Some(wall * tsc_ghz * 1e9 / pkts);
-        }
+    let last_line = || {
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (a, b) = match rx.as_slice() {
+        [a, b, ..] => (*a, *b),
         _ => {
-            if res.note.is_empty() {
-                res.note = format!(
-                    "could not read two port statistics from testpmd (exit {:?}): {}",
-                    out.status.code(),
-                    text.lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("")
-                );
-            }
+            return res.failed(format!(
+                "could not read two port statistics from testpmd (exit {:?}): {}",
+                out.status.code(),
+                last_line()
+            ))
         }
+    };
+    let (c0, c1) = match cpu {
+        (Some(c0), Some(c1)) => (c0, c1),
+        _ => return res.failed(format!("could not read testpmd's CPU time (pid {pid})")),
+    };
+    let pkts = b - a;
+    if let Err(why) = check_timed(pkts, seconds, wall, floor_mpps) {
+        return res.failed(why);
     }
+    res.mpps = Some(pkts / wall / 1e6);
+    res.cpu_share = Some((c1 - c0) / wall);
+    res.cpu_cycles_per_packet = Some((c1 - c0) * tsc_ghz * 1e9 / pkts);
+    res.cycles_per_packet = Some(wall * tsc_ghz * 1e9 / pkts);
     res
 }
 
@@ -176,12 +203,29 @@ pub struct AclPeer {
     pub set: String,
     pub rules: Option<u64>,
     pub command: String,
+    /// `failed`: `dpdk-test-acl` gave no figure that passed
+    /// `benches::sanity::check_test_acl` for any alg (or acl-bench did not
+    /// run); then the figures are null and `reason` says why.
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub ours_cycles_per_packet: Option<f64>,
     pub peer_alg: Option<String>,
     pub peer_cycles_per_packet: Option<f64>,
     /// ours / peer (below 1: we are faster).
     pub ratio: Option<f64>,
     pub note: String,
+}
+
+impl AclPeer {
+    fn failed(mut self, reason: String) -> AclPeer {
+        self.status = Status::Failed;
+        self.reason = Some(reason);
+        self.peer_alg = None;
+        self.peer_cycles_per_packet = None;
+        self.ratio = None;
+        self
+    }
 }
 
 /// `acl-bench` next to this executable (built by `cargo build -p benches`).
@@ -216,6 +260,8 @@ pub fn acl_peer(
         set: set.to_string(),
         rules: None,
         command,
+        status: Status::Ok,
+        reason: None,
         ours_cycles_per_packet: None,
         peer_alg: None,
         peer_cycles_per_packet: None,
@@ -224,10 +270,7 @@ pub fn acl_peer(
     };
     let out = match Command::new(bin).args(&args).stdin(Stdio::null()).output() {
         Ok(o) => o,
-        Err(e) => {
-            r.note = format!("cannot run acl-bench: {e}");
-            return r;
-        }
+        Err(e) => return r.failed(format!("cannot run acl-bench: {e}")),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let Some(v) = stdout
@@ -235,15 +278,14 @@ pub fn acl_peer(
         .rev()
         .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
     else {
-        r.note = format!(
+        return r.failed(format!(
             "acl-bench printed no JSON (exit {:?}): {}",
             out.status.code(),
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .last()
                 .unwrap_or("")
-        );
-        return r;
+        ));
     };
     r.rules = v.get("rules").and_then(|x| x.as_u64());
     r.ours_cycles_per_packet = v.get("cycles_per_packet").and_then(|x| x.as_f64());
@@ -254,12 +296,27 @@ pub fn acl_peer(
     r.peer_cycles_per_packet = v
         .get("peer_best_cycles_per_packet")
         .and_then(|x| x.as_f64());
-    r.ratio = match (r.ours_cycles_per_packet, r.peer_cycles_per_packet) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
+    // acl-bench keeps only rte_acl runs that passed the sanity check; without
+    // one the peer failed, for the reasons it gives per alg.
+    let Some(peer) = r.peer_cycles_per_packet else {
+        let why: Vec<String> = v
+            .get("peer_failed")
+            .and_then(|x| x.as_object())
+            .map(|m| {
+                m.iter()
+                    .map(|(alg, why)| format!("{alg}: {}", why.as_str().unwrap_or("?")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return r.failed(if why.is_empty() {
+            "dpdk-test-acl gave no figure (see acl-bench --peer)".into()
+        } else {
+            format!("dpdk-test-acl: {}", why.join("; "))
+        });
     };
-    if r.peer_cycles_per_packet.is_none() {
-        r.note = "dpdk-test-acl gave no figure (see acl-bench --peer)".into();
+    match r.ours_cycles_per_packet {
+        Some(ours) => r.ratio = Some(ours / peer),
+        None => r.note = "acl-bench gave no figure of ours".into(),
     }
     r
 }
@@ -300,40 +357,4 @@ pub fn published() -> Vec<Published> {
                 "Ellmann, Emmerich et al., ANCS 2019 (ixy languages paper); as listed in DESIGN.md",
         },
     ]
-}
-
-/// Whether this build's engine can run the AF_PACKET backend (checked by asking
-/// the runner; it refuses the config early when the backend is not wired in).
-pub fn afpacket_status() -> String {
-    let text = "[dataplane]\nio = \"afpacket\"\n[afpacket]\ninterfaces = [\"dpgw-suite-none\"]\n";
-    let cfg = match dataplane::config::Config::parse(text) {
-        Ok(c) => c,
-        Err(e) => {
-            return format!("skipped: the config does not accept an [afpacket] section ({e})")
-        }
-    };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    match dataplane::runner::run(
-        &cfg,
-        &dataplane::runner::RunOptions { progress: false },
-        stop,
-    ) {
-        Err(e) if e.to_string().contains("not available") => {
-            format!("skipped: the AF_PACKET backend is not available in this build's runner ({e})")
-        }
-        _ => "skipped: an AF_PACKET backend exists, but the suite does not set up veth pairs yet"
-            .into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_published_have_figures() {
-        assert!(published()
-            .iter()
-            .all(|p| !p.cycles_per_packet.is_empty() && p.cycles_mid > 0.0));
-    }
 }

@@ -43,6 +43,27 @@ pub fn check_json(v: &serde_json::Value) -> Result<(), String> {
             }
         }
     }
+    // A peer is either measured (its figures are numbers) or failed (with a
+    // reason and no figures): never a failed run's numbers presented as figures.
+    for (kind, figure) in [("testpmd", "mpps"), ("acl", "peer_cycles_per_packet")] {
+        let list = v["peers"][kind]
+            .as_array()
+            .ok_or(format!("peers.{kind} is not an array"))?;
+        for (i, p) in list.iter().enumerate() {
+            let at = format!("peers.{kind}[{i}]");
+            match p["status"].as_str() {
+                Some("ok") if p[figure].is_number() => {}
+                Some("ok") => return Err(format!("{at}: status ok without {figure}")),
+                Some("failed")
+                    if p["reason"].as_str().is_some_and(|r| !r.is_empty())
+                        && p[figure].is_null() => {}
+                Some("failed") => {
+                    return Err(format!("{at}: failed needs a reason and a null {figure}"))
+                }
+                other => return Err(format!("{at}: status {other:?} is not ok or failed")),
+            }
+        }
+    }
     fn walk(v: &serde_json::Value, path: &str) -> Result<(), String> {
         match v {
             serde_json::Value::Number(n) if !matches!(n.as_f64(), Some(x) if x.is_finite()) => {
@@ -123,7 +144,38 @@ pub fn summary_lines(r: &Results) -> String {
     for x in r.replay.iter().filter(|x| x.scenario.group == "frame_size") {
         let _ = writeln!(s, "  {:<16} {:>7.3} Mpps", x.scenario.label, x.mpps.median);
     }
+    for t in &r.peers.testpmd {
+        if let Some(why) = &t.reason {
+            let _ = writeln!(s, "peer testpmd {}: FAILED: {why}", t.mode);
+        }
+    }
+    match io_ratio(r) {
+        Some(Ok(q)) => {
+            let _ = writeln!(s, "ratio dpgw io_only / testpmd io (on-CPU cycles): {q:.2}");
+        }
+        Some(Err(na)) => {
+            let _ = writeln!(s, "ratio dpgw io_only / testpmd io (on-CPU cycles): {na}");
+        }
+        None => {}
+    }
+    for a in r.peers.acl.iter() {
+        if let Some(why) = &a.reason {
+            let _ = writeln!(s, "peer rte_acl on {}: FAILED: {why}", a.set);
+        }
+    }
     s
+}
+
+/// The ratio of our `io_only` row to testpmd io (on-CPU cycles per packet),
+/// or why there is none (`n/a (peer failed: …)`); `None` when testpmd io was
+/// not run.
+fn io_ratio(r: &Results) -> Option<Result<f64, String>> {
+    let io = r.peers.testpmd.iter().find(|t| t.mode == "io")?;
+    Some(match (&io.reason, r.peers.io_ratio) {
+        (Some(why), _) => Err(format!("n/a (peer failed: {why})")),
+        (None, Some(q)) => Ok(q),
+        (None, None) => Err("n/a (no `io_only` row)".into()),
+    })
 }
 
 pub fn markdown(r: &Results) -> String {
@@ -362,16 +414,23 @@ pub fn markdown(r: &Results) -> String {
         let f =
             |x: Option<f64>, p: usize| x.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "–".into());
         for t in &r.peers.testpmd {
-            let _ = writeln!(
-                o,
-                "| testpmd {} | {} | {} | {} | {} | {} |",
-                t.mode,
-                f(t.mpps, 2),
-                f(t.cpu_cycles_per_packet, 1),
-                f(t.cycles_per_packet, 1),
-                f(t.cpu_share, 2),
-                t.note
-            );
+            match &t.reason {
+                Some(why) => {
+                    let _ = writeln!(o, "| testpmd {} | **failed** | – | – | – | {why} |", t.mode);
+                }
+                None => {
+                    let _ = writeln!(
+                        o,
+                        "| testpmd {} | {} | {} | {} | {} | {} |",
+                        t.mode,
+                        f(t.mpps, 2),
+                        f(t.cpu_cycles_per_packet, 1),
+                        f(t.cycles_per_packet, 1),
+                        f(t.cpu_share, 2),
+                        t.note
+                    );
+                }
+            }
         }
         if let Some(x) = io {
             let _ = writeln!(
@@ -383,11 +442,20 @@ pub fn markdown(r: &Results) -> String {
                 x.cpu_share.median
             );
         }
-        if let Some(q) = r.peers.io_ratio {
-            let _ = writeln!(
-                o,
-                "\nRatio dpgw `io_only` / testpmd io, on-CPU cycles per packet: **{q:.2}×** (above 1: we spend more per packet)."
-            );
+        match io_ratio(r) {
+            Some(Ok(q)) => {
+                let _ = writeln!(
+                    o,
+                    "\nRatio dpgw `io_only` / testpmd io, on-CPU cycles per packet: **{q:.2}×** (above 1: we spend more per packet)."
+                );
+            }
+            Some(Err(na)) => {
+                let _ = writeln!(
+                    o,
+                    "\nRatio dpgw `io_only` / testpmd io, on-CPU cycles per packet: {na}."
+                );
+            }
+            None => {}
         }
         o.push('\n');
     }
@@ -398,6 +466,16 @@ pub fn markdown(r: &Results) -> String {
             let f = |x: Option<f64>, p: usize| {
                 x.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "–".into())
             };
+            if let Some(why) = &a.reason {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | **failed** | n/a (peer failed) | {why} |",
+                    a.set,
+                    a.rules.map(|x| x.to_string()).unwrap_or_else(|| "–".into()),
+                    f(a.ours_cycles_per_packet, 1),
+                );
+                continue;
+            }
             let _ = writeln!(
                 o,
                 "| {} | {} | {} | {} ({}) | {} | {} |",
@@ -412,11 +490,6 @@ pub fn markdown(r: &Results) -> String {
         }
         o.push('\n');
     }
-    let _ = writeln!(
-        o,
-        "Linux kernel path (AF_PACKET on veth): {}\n",
-        r.peers.afpacket
-    );
     let _ = writeln!(o, "### Published figures (not measured here)\n");
     let target = r.target.as_ref().map(|t| t.cycles_per_packet.median);
     let _ = writeln!(
@@ -490,3 +563,126 @@ pub const HOW_TO_READ: &str = "## How to read this report
   cycles). testpmd on `net_null` is an upper bound on any forwarding loop on this CPU, not a NIC figure.
   Published figures come from other machines and other traffic; they are context, not measurements.
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::TestpmdResult;
+    use benches::sanity::Status;
+
+    fn results(testpmd: Vec<TestpmdResult>, io_ratio: Option<f64>) -> Results {
+        Results {
+            schema: 2,
+            machine: crate::machine::Machine {
+                cpu_model: "test".into(),
+                cores: 2,
+                tsc_ghz: 2.5,
+                kernel: "test".into(),
+                git_commit: "0".into(),
+                git_dirty: false,
+                date_utc: "2026-01-01T00:00:00Z".into(),
+                load_avg_start: 0.0,
+                hostname: String::new(),
+            },
+            settings: crate::Settings {
+                mode: "quick",
+                repeats: 1,
+                packets_per_run: 1,
+                burst: 32,
+                stage_passes: 1,
+                latency_seconds_per_point: 0.1,
+                testpmd_seconds: 1.0,
+            },
+            replay: Vec::new(),
+            stages: None,
+            target: None,
+            latency: None,
+            line_rate: Vec::new(),
+            peers: crate::Peers {
+                testpmd,
+                io_ratio,
+                acl: Vec::new(),
+                published: Vec::new(),
+                skipped: None,
+            },
+            plots: Vec::new(),
+            errors: Vec::new(),
+            load_avg_end: 0.0,
+            duration_s: 1.0,
+        }
+    }
+
+    fn io(mpps: Option<f64>, reason: Option<&str>) -> TestpmdResult {
+        TestpmdResult {
+            mode: "io".into(),
+            command: "dpdk-testpmd ...".into(),
+            status: if reason.is_some() {
+                Status::Failed
+            } else {
+                Status::Ok
+            },
+            reason: reason.map(String::from),
+            mpps,
+            cycles_per_packet: mpps.map(|m| 2500.0 / m),
+            cpu_cycles_per_packet: mpps.map(|m| 2500.0 / m),
+            cpu_share: mpps.map(|_| 1.0),
+            note: String::new(),
+        }
+    }
+
+    /// results.json as written, with one replay row so the rest is checked.
+    fn json(r: &Results) -> serde_json::Value {
+        let mut v = serde_json::to_value(r).unwrap();
+        let stat = serde_json::json!({"median": 1.0, "min": 1.0, "max": 1.0, "n": 1});
+        v["replay"] = serde_json::json!([{
+            "scenario": {"label": "x"},
+            "mpps": stat, "cycles_per_packet": stat, "ns_per_packet": stat
+        }]);
+        v
+    }
+
+    #[test]
+    fn test_failed_peer_is_no_figure_and_no_ratio() {
+        let r = results(vec![io(None, Some("0.0039 Mpps is below 0.5 Mpps"))], None);
+        let md = markdown(&r);
+        assert!(md.contains("| testpmd io | **failed** |"), "{md}");
+        assert!(
+            md.contains(
+                "on-CPU cycles per packet: n/a (peer failed: 0.0039 Mpps is below 0.5 Mpps)."
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("×**"), "a ratio against a failed peer: {md}");
+        assert!(summary_lines(&r).contains("peer testpmd io: FAILED: 0.0039 Mpps"));
+        let v = json(&r);
+        assert_eq!(v["peers"]["testpmd"][0]["status"], "failed");
+        assert!(v["peers"]["testpmd"][0]["mpps"].is_null());
+        assert!(v["peers"]["io_ratio"].is_null());
+        assert_eq!(check_json(&v), Ok(()));
+    }
+
+    #[test]
+    fn test_measured_peer_has_figure_and_ratio() {
+        let r = results(vec![io(Some(18.0), None)], Some(1.11));
+        let md = markdown(&r);
+        assert!(md.contains("| testpmd io | 18.00 |"), "{md}");
+        assert!(md.contains("**1.11×**"), "{md}");
+        let v = json(&r);
+        assert_eq!(v["peers"]["testpmd"][0]["status"], "ok");
+        assert!(v["peers"]["testpmd"][0].get("reason").is_none());
+        assert_eq!(check_json(&v), Ok(()));
+    }
+
+    #[test]
+    fn test_check_json_rejects_failed_peer_with_figures() {
+        let mut bad = io(Some(0.0039), None);
+        bad.status = Status::Failed;
+        let v = json(&results(vec![bad.clone()], None));
+        assert!(check_json(&v).unwrap_err().contains("reason"));
+        bad.reason = Some("why".into());
+        let v = json(&results(vec![bad], None));
+        assert!(check_json(&v).is_err(), "figures of a failed run accepted");
+        let v = json(&results(vec![io(None, None)], None));
+        assert!(check_json(&v).unwrap_err().contains("without mpps"));
+    }
+}
