@@ -181,6 +181,50 @@ impl Command {
     }
 }
 
+/// Why a request failed, for scripts: stable names (the `error` message is
+/// for people and may change). Every error response carries one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a request of this protocol: not JSON, not an object, a missing or
+    /// other protocol version, an unknown command or field, a value of the
+    /// wrong type, a line over the size limit.
+    BadRequest,
+    /// The named service, backend or rule does not exist.
+    NotFound,
+    /// A service, VIP, backend or rule id that already exists.
+    AlreadyExists,
+    /// A value is out of range or malformed, or the change would leave the
+    /// configuration invalid; nothing was applied.
+    Invalid,
+    /// A valid request the daemon will not carry out (e.g. `config save`
+    /// outside the config file's directory).
+    Refused,
+    /// The daemon failed to carry out a valid request (I/O, a table build
+    /// that validation did not foresee); nothing was applied.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The stable name, as in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Refused => "refused",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One response line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Response {
@@ -191,6 +235,9 @@ pub struct Response {
     /// What went wrong (when `ok` is false), naming the field or value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why it went wrong, machine-readable (when `ok` is false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
     /// Generation of the snapshot live after this request (mutations and stats).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
@@ -210,6 +257,7 @@ impl Response {
             v: PROTOCOL_VERSION,
             ok: true,
             error: None,
+            code: None,
             generation: None,
             live: None,
             data,
@@ -217,11 +265,12 @@ impl Response {
     }
 
     /// An error response.
-    pub fn error(msg: impl Into<String>) -> Response {
+    pub fn error(code: ErrorCode, msg: impl Into<String>) -> Response {
         Response {
             v: PROTOCOL_VERSION,
             ok: false,
             error: Some(msg.into()),
+            code: Some(code),
             generation: None,
             live: None,
             data: None,
@@ -554,7 +603,23 @@ mod tests {
         let r = Response::ok(Some(Data::Stats(Box::new(s))));
         let back: Response = serde_json::from_str(&r.to_line()).unwrap();
         assert_eq!(back, r);
-        let e = Response::error("boom");
-        assert_eq!(e.to_line(), "{\"v\":1,\"ok\":false,\"error\":\"boom\"}\n");
+        let e = Response::error(ErrorCode::Internal, "boom");
+        assert_eq!(
+            e.to_line(),
+            "{\"v\":1,\"ok\":false,\"error\":\"boom\",\"code\":\"internal\"}\n"
+        );
+        for c in [
+            ErrorCode::BadRequest,
+            ErrorCode::NotFound,
+            ErrorCode::AlreadyExists,
+            ErrorCode::Invalid,
+            ErrorCode::Refused,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.name())
+            );
+        }
     }
 }

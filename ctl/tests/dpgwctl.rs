@@ -72,7 +72,10 @@ fn test_rule_add_prints_the_id() {
 fn test_error_is_one_line_and_nonzero() {
     let (req, code, out, err) = run(
         &["backend", "del", "web", "10.0.0.9"],
-        Response::error("service \"web\": backend 10.0.0.9: no such backend"),
+        Response::error(
+            ctl::ErrorCode::NotFound,
+            "service \"web\": backend 10.0.0.9: no such backend",
+        ),
     );
     assert!(matches!(req.cmd, Cmd::BackendDel { .. }));
     assert_eq!(code, 1);

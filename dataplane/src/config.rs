@@ -393,37 +393,23 @@ fn default_socket_mode() -> String {
     "0600".to_string()
 }
 
-/// Parses "02:00:00:00:00:01" (also with `-`).
+/// Parses "02:00:00:00:00:01" (also with `-`), through the workspace's one
+/// MAC type ([`lb::MacAddr`]).
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    if parts.len() != 6 {
-        return Err(format!(
-            "invalid MAC address {s:?}: expected 6 hex bytes like 02:00:00:00:00:01"
-        ));
-    }
-    let mut mac = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        if p.is_empty() || p.len() > 2 {
-            return Err(format!("invalid MAC address {s:?}: bad byte {p:?}"));
-        }
-        mac[i] = u8::from_str_radix(p, 16)
-            .map_err(|_| format!("invalid MAC address {s:?}: bad byte {p:?}"))?;
-    }
-    Ok(mac)
+    s.parse::<lb::MacAddr>()
+        .map(|m| m.0)
+        .map_err(|e| e.to_string())
 }
 
 pub fn format_mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    lb::MacAddr(*m).to_string()
 }
 
 mod mac_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(m: &[u8; 6], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_mac(m))
+        s.collect_str(&lb::MacAddr(*m))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 6], D::Error> {

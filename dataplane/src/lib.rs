@@ -7,9 +7,13 @@
 //! assert_eq!(cfg.dataplane.burst, 32);
 //! ```
 
+#![deny(unsafe_code)]
+
 pub mod burst;
 pub mod config;
 pub mod control;
+// SAFETY-bearing module: CPU intrinsics (rdtsc, prefetch).
+#[allow(unsafe_code)]
 pub mod cpu;
 pub mod engine;
 pub mod exception;

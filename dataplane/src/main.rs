@@ -1,5 +1,7 @@
 //! `dpgw`: the gateway daemon, the pcap replay benchmark and the traffic generator.
 
+#![deny(unsafe_code)]
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

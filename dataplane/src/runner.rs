@@ -19,8 +19,18 @@ use crate::tables::Tables;
 pub enum RunError {
     #[error(transparent)]
     Pcap(#[from] PcapError),
-    #[error("{0}")]
-    Config(String),
+    /// The configuration does not make tables (every problem is listed).
+    #[error("{}", .0.messages().join("\n"))]
+    Tables(#[from] crate::tables::BuildError),
+    /// A section the configured I/O backend needs is missing.
+    #[error("{section}: section required when dataplane.io = \"{io}\"")]
+    MissingSection {
+        section: &'static str,
+        io: &'static str,
+    },
+    /// `dataplane.io = "dpdk"` in a dpgw built without the `dpdk` feature.
+    #[error("dataplane.io = \"dpdk\" needs a dpgw built with `--features dpdk`")]
+    NoDpdk,
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -143,7 +153,7 @@ pub type StopFlag = Arc<AtomicBool>;
 /// Builds the first snapshot and the state shared with the workers. Every
 /// problem that keeps the config from being applied whole is listed.
 pub fn prepare(cfg: &Config) -> Result<Arc<Shared>, RunError> {
-    let tables = Tables::build(cfg, 1).map_err(|p| RunError::Config(p.join("\n")))?;
+    let tables = Tables::build(cfg, 1)?;
     Ok(Shared::new(tables, cfg.dataplane.workers))
 }
 
@@ -170,10 +180,10 @@ pub fn run_prepared(
     let workers = cfg.dataplane.workers;
     let summary = match cfg.dataplane.io {
         IoKind::Pcap => {
-            let pc = cfg
-                .pcap
-                .as_ref()
-                .ok_or_else(|| RunError::Config("pcap: section required".into()))?;
+            let pc = cfg.pcap.as_ref().ok_or(RunError::MissingSection {
+                section: "pcap",
+                io: "pcap",
+            })?;
             let (queues, output) = crate::io::pcap::open_queues(pc, workers)?;
             let summary = drive(cfg, opts, &shared, queues, Vec::new(), &stop)?;
             if let (Some(path), Some(slots)) = (&pc.output, output) {
@@ -190,10 +200,10 @@ pub fn run_prepared(
             // AF_PACKET rings per worker + the slow-path thread (ARP/ICMP/NDP
             // for our addresses, next-hop resolution), fed by one punt handle
             // per worker.
-            let af = cfg
-                .afpacket
-                .as_ref()
-                .ok_or_else(|| RunError::Config("afpacket: section required".into()))?;
+            let af = cfg.afpacket.as_ref().ok_or(RunError::MissingSection {
+                section: "afpacket",
+                io: "afpacket",
+            })?;
             let queues = crate::io::afpacket::open_queues(af, workers)
                 .map_err(|e| RunError::Backend(e.to_string()))?;
             let slow =
@@ -206,8 +216,9 @@ pub fn run_prepared(
         #[cfg(feature = "dpdk")]
         IoKind::Dpdk => {
             // The EAL is initialised here, so this runs once per process.
-            let section = cfg.dpdk.as_ref().ok_or_else(|| {
-                RunError::Config("dpdk: section required when dataplane.io = \"dpdk\"".into())
+            let section = cfg.dpdk.as_ref().ok_or(RunError::MissingSection {
+                section: "dpdk",
+                io: "dpdk",
             })?;
             let (runtime, queues) = crate::io::dpdk::open(section, workers)
                 .map_err(|e| RunError::Backend(format!("dpdk: {e}")))?;
@@ -218,11 +229,7 @@ pub fn run_prepared(
             summary?
         }
         #[cfg(not(feature = "dpdk"))]
-        IoKind::Dpdk => {
-            return Err(RunError::Config(
-                "dataplane.io = \"dpdk\" needs a dpgw built with `--features dpdk`".into(),
-            ))
-        }
+        IoKind::Dpdk => return Err(RunError::NoDpdk),
     };
     Ok((summary, shared))
 }

@@ -6,23 +6,6 @@ use crate::io::{Packet, MAX_BURST};
 use crate::stats::DropReason;
 use crate::tables::Tables;
 
-#[inline(always)]
-fn decap_reason(e: vxlan::DecapError) -> DropReason {
-    use vxlan::DecapError as E;
-    match e {
-        E::Truncated => DropReason::Truncated,
-        E::NotIp => DropReason::NotIp,
-        E::BadIpHeader => DropReason::BadIpHeader,
-        E::BadIpChecksum => DropReason::BadIpChecksum,
-        E::OuterFragment => DropReason::OuterFragment,
-        E::NotUdp => DropReason::NotUdp,
-        E::NotVxlan => DropReason::NotVxlan,
-        E::WrongVtep => DropReason::WrongVtep,
-        E::BadVxlanFlags => DropReason::BadVxlanFlags,
-        E::BadUdpLength => DropReason::BadUdpLength,
-    }
-}
-
 /// Collects the keys of the packets still to be sent (converted to a stage
 /// crate's own key type) and their positions in the burst; returns how many.
 #[inline(always)]
@@ -75,7 +58,7 @@ impl Stage for Decap {
                 {
                     v[i] = Verdict::Punt;
                 }
-                Err(e) => v[i] = Verdict::Drop(decap_reason(e)),
+                Err(e) => v[i] = Verdict::Drop(e.into()),
             }
         }
     }
@@ -105,13 +88,7 @@ impl Stage for InnerParse {
                     // Ethernet padding after the IP packet is not forwarded.
                     pkts[i].trim(inner.l3_offset + inner.l3_len);
                 }
-                Err(vxlan::InnerError::Truncated) => {
-                    v[i] = Verdict::Drop(DropReason::InnerTruncated)
-                }
-                Err(vxlan::InnerError::NotIp) => v[i] = Verdict::Drop(DropReason::InnerNotIp),
-                Err(vxlan::InnerError::BadHeader) => {
-                    v[i] = Verdict::Drop(DropReason::InnerBadHeader)
-                }
+                Err(e) => v[i] = Verdict::Drop(e.into()),
             }
         }
     }

@@ -44,6 +44,39 @@ drop_reasons! {
     TxFull => "tx_full",
 }
 
+/// The one mapping from the `vxlan` crate's decapsulation errors to drop
+/// reasons (the decap stage and the fuzz checker both use it).
+impl From<vxlan::DecapError> for DropReason {
+    #[inline(always)]
+    fn from(e: vxlan::DecapError) -> DropReason {
+        use vxlan::DecapError as E;
+        match e {
+            E::Truncated => DropReason::Truncated,
+            E::NotIp => DropReason::NotIp,
+            E::BadIpHeader => DropReason::BadIpHeader,
+            E::BadIpChecksum => DropReason::BadIpChecksum,
+            E::OuterFragment => DropReason::OuterFragment,
+            E::NotUdp => DropReason::NotUdp,
+            E::NotVxlan => DropReason::NotVxlan,
+            E::WrongVtep => DropReason::WrongVtep,
+            E::BadVxlanFlags => DropReason::BadVxlanFlags,
+            E::BadUdpLength => DropReason::BadUdpLength,
+        }
+    }
+}
+
+/// The mapping from inner-frame parse errors to drop reasons.
+impl From<vxlan::InnerError> for DropReason {
+    #[inline(always)]
+    fn from(e: vxlan::InnerError) -> DropReason {
+        match e {
+            vxlan::InnerError::Truncated => DropReason::InnerTruncated,
+            vxlan::InnerError::NotIp => DropReason::InnerNotIp,
+            vxlan::InnerError::BadHeader => DropReason::InnerBadHeader,
+        }
+    }
+}
+
 /// One worker's counters. Written only by that worker.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WorkerStats {

@@ -42,19 +42,83 @@ pub struct AclTables {
     pub build_ms: f64,
 }
 
+/// One reason a configuration does not make tables.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildProblem {
+    /// A problem `Config::validate` found (the message names the key).
+    #[error("{0}")]
+    Config(String),
+    /// A rule file named in `[[acl.file]]` cannot be read.
+    #[error("acl.file[{index}]: cannot read {path}: {source}")]
+    AclFile {
+        index: usize,
+        path: String,
+        source: std::io::Error,
+    },
+    /// The ACL section does not make a rule set.
+    #[error("{0}")]
+    Acl(#[from] acl::AclSpecError),
+    /// The services do not make a snapshot.
+    #[error("service: {0}")]
+    Service(#[from] lb::LbError),
+}
+
+/// Every problem that keeps a configuration from being built into tables.
+#[derive(Debug)]
+pub struct BuildError(pub Vec<BuildProblem>);
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+impl BuildError {
+    /// The problems, one message each.
+    pub fn messages(&self) -> Vec<String> {
+        self.0.iter().map(|p| p.to_string()).collect()
+    }
+
+    /// The control protocol's code: an unreadable rule file is the daemon's
+    /// problem (`internal`), everything else an invalid configuration.
+    pub fn code(&self) -> ctl::ErrorCode {
+        if self
+            .0
+            .iter()
+            .all(|p| matches!(p, BuildProblem::AclFile { .. }))
+        {
+            ctl::ErrorCode::Internal
+        } else {
+            ctl::ErrorCode::Invalid
+        }
+    }
+}
+
 /// Marks counter ids of rules that have no id of their own.
 pub const FILE_RULE: u32 = 0x8000_0000;
 
 impl AclTables {
     /// Reads the rule files the spec names and compiles the rule set.
-    pub fn build(spec: &acl::AclSpec) -> Result<AclTables, Vec<String>> {
+    pub fn build(spec: &acl::AclSpec) -> Result<AclTables, Vec<BuildProblem>> {
         let mut problems = Vec::new();
         let mut texts = Vec::new();
-        for (i, f) in spec.file.iter().enumerate() {
+        for (index, f) in spec.file.iter().enumerate() {
             match std::fs::read_to_string(&f.path) {
                 Ok(t) => texts.push(t),
-                Err(e) => {
-                    problems.push(format!("acl.file[{i}]: cannot read {}: {e}", f.path));
+                Err(source) => {
+                    problems.push(BuildProblem::AclFile {
+                        index,
+                        path: f.path.clone(),
+                        source,
+                    });
                     texts.push(String::new());
                 }
             }
@@ -62,7 +126,9 @@ impl AclTables {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let set = spec.to_rule_set(&texts).map_err(|e| vec![e.to_string()])?;
+        let set = spec
+            .to_rule_set(&texts)
+            .map_err(|e| vec![BuildProblem::Acl(e)])?;
         let t0 = std::time::Instant::now();
         let classifier = acl::Classifier::new(&set);
         let build_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -79,13 +145,15 @@ impl AclTables {
 
 impl Tables {
     /// Builds the tables a config describes (validating it first).
-    pub fn build(cfg: &Config, generation: u64) -> Result<Tables, Vec<String>> {
+    pub fn build(cfg: &Config, generation: u64) -> Result<Tables, BuildError> {
         let problems = cfg.validate();
         if !problems.is_empty() {
-            return Err(problems);
+            return Err(BuildError(
+                problems.into_iter().map(BuildProblem::Config).collect(),
+            ));
         }
         let services = lb::Services::from_specs(cfg.service.iter().cloned())
-            .map_err(|e| vec![format!("service: {e}")])?;
+            .map_err(|e| BuildError(vec![BuildProblem::Service(e)]))?;
         Self::build_from(cfg, &services, None, generation)
     }
 
@@ -100,7 +168,7 @@ impl Tables {
         services: &lb::Services,
         prev: &Tables,
         generation: u64,
-    ) -> Result<Tables, Vec<String>> {
+    ) -> Result<Tables, BuildError> {
         Self::build_from(cfg, services, Some(prev), generation)
     }
 
@@ -109,7 +177,7 @@ impl Tables {
         services: &lb::Services,
         prev: Option<&Tables>,
         generation: u64,
-    ) -> Result<Tables, Vec<String>> {
+    ) -> Result<Tables, BuildError> {
         let g = &cfg.gateway;
         let mut problems = Vec::new();
         let reusable =
@@ -130,7 +198,7 @@ impl Tables {
         let lb = match lb::LbTables::rebuild(prev_lb, services) {
             Ok(t) => t,
             Err(e) => {
-                problems.push(format!("service: {e}"));
+                problems.push(BuildProblem::Service(e));
                 lb::LbTables::empty()
             }
         };
@@ -147,7 +215,7 @@ impl Tables {
             })
         });
         if !problems.is_empty() {
-            return Err(problems);
+            return Err(BuildError(problems));
         }
         Ok(Tables {
             generation,

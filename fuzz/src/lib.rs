@@ -122,29 +122,13 @@ pub fn tables(strict: bool) -> &'static Tables {
 /// crate's own functions: `Err(reason)` for a drop there, `Ok` with the inner
 /// frame's parse otherwise.
 fn expected_front(frame: &[u8], t: &Tables) -> Result<(usize, usize, vxlan::Inner), DropReason> {
-    use vxlan::DecapError as E;
-    let d = vxlan::decap(frame, &t.decap).map_err(|e| match e {
-        E::Truncated => DropReason::Truncated,
-        E::NotIp => DropReason::NotIp,
-        E::BadIpHeader => DropReason::BadIpHeader,
-        E::BadIpChecksum => DropReason::BadIpChecksum,
-        E::OuterFragment => DropReason::OuterFragment,
-        E::NotUdp => DropReason::NotUdp,
-        E::NotVxlan => DropReason::NotVxlan,
-        E::WrongVtep => DropReason::WrongVtep,
-        E::BadVxlanFlags => DropReason::BadVxlanFlags,
-        E::BadUdpLength => DropReason::BadUdpLength,
-    })?;
+    let d = vxlan::decap(frame, &t.decap).map_err(DropReason::from)?;
     assert!(
         d.inner_offset + d.inner_len <= frame.len(),
         "decap points past the frame"
     );
     let inner = &frame[d.inner_offset..d.inner_offset + d.inner_len];
-    let p = vxlan::parse_inner(inner, d.vni).map_err(|e| match e {
-        vxlan::InnerError::Truncated => DropReason::InnerTruncated,
-        vxlan::InnerError::NotIp => DropReason::InnerNotIp,
-        vxlan::InnerError::BadHeader => DropReason::InnerBadHeader,
-    })?;
+    let p = vxlan::parse_inner(inner, d.vni).map_err(DropReason::from)?;
     assert!(
         p.l3_offset + p.l3_len <= inner.len(),
         "parse_inner points past the frame"

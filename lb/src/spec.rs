@@ -112,7 +112,9 @@ impl fmt::Display for BackendState {
     }
 }
 
-/// An Ethernet MAC address; text form `02:00:00:00:00:01`.
+/// An Ethernet MAC address; text form `02:00:00:00:00:01` (parsing also
+/// takes `-` separators and one-digit bytes: `2-0-0-0-0-1`). The one MAC
+/// type of the workspace: the engine's config parses and prints through it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
 
@@ -126,10 +128,10 @@ impl FromStr for MacAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || MacParseError(s.to_string());
         let mut out = [0u8; 6];
-        let mut parts = s.split(':');
+        let mut parts = s.split([':', '-']);
         for byte in &mut out {
             let p = parts.next().ok_or_else(err)?;
-            if p.len() != 2 {
+            if p.is_empty() || p.len() > 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(err());
             }
             *byte = u8::from_str_radix(p, 16).map_err(|_| err())?;
@@ -548,11 +550,15 @@ mod tests {
         let m: MacAddr = "02:00:00:00:00:0a".parse().unwrap();
         assert_eq!(m.0, [2, 0, 0, 0, 0, 10]);
         assert_eq!(m.to_string(), "02:00:00:00:00:0a");
+        let short: MacAddr = "2-0-0-0-0-a".parse().unwrap();
+        assert_eq!(short, m);
         for bad in [
             "",
             "02:00:00:00:00",
             "02:00:00:00:00:00:00",
-            "2:00:00:00:00:00",
+            "002:00:00:00:00:00",
+            "+2:00:00:00:00:00",
+            "02::00:00:00:00",
             "zz:00:00:00:00:00",
         ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");

@@ -114,12 +114,12 @@ pub fn start(
     let Some(c) = &cfg.control else {
         return Ok(None);
     };
-    let desired = state::Desired::new(cfg).map_err(ControlError::State)?;
+    let desired = state::Desired::new(cfg).map_err(|e| ControlError::State(e.to_string()))?;
     // Rules that had no id got one: publish tables that count them by it.
     if desired.config().acl != cfg.acl {
         let gen = shared.tables.load().generation + 1;
         let t =
-            Tables::build(desired.config(), gen).map_err(|p| ControlError::State(p.join("; ")))?;
+            Tables::build(desired.config(), gen).map_err(|e| ControlError::State(e.to_string()))?;
         shared.tables.store(Arc::new(t));
     }
     let config_path = config_path

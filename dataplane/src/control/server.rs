@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ctl::{Command, Data, Request, Response, MAX_LINE, PROTOCOL_VERSION};
+use ctl::{Command, Data, ErrorCode, Request, Response, MAX_LINE, PROTOCOL_VERSION};
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -449,9 +449,12 @@ impl Server {
                 Some(l) => l,
                 None => {
                     if c.inbuf.len() > MAX_LINE {
-                        c.send(&Response::error(format!(
-                            "request line exceeds {MAX_LINE} bytes; the rest of the line is discarded"
-                        )));
+                        c.send(&Response::error(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "request line exceeds {MAX_LINE} bytes; the rest of the line is discarded"
+                            ),
+                        ));
                         c.inbuf.clear();
                         c.scanned = 0;
                         c.discarding = true;
@@ -466,10 +469,13 @@ impl Server {
                 }
             };
             if line.len() > MAX_LINE {
-                c.send(&Response::error(format!(
-                    "request line of {} bytes exceeds {MAX_LINE} bytes; discarded",
-                    line.len()
-                )));
+                c.send(&Response::error(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "request line of {} bytes exceeds {MAX_LINE} bytes; discarded",
+                        line.len()
+                    ),
+                ));
                 continue;
             }
             self.answer(c, &line);
@@ -540,13 +546,13 @@ impl Server {
     fn handle(&mut self, line: &[u8]) -> Outcome {
         let cmd = match decode_request(line) {
             Ok(c) => c,
-            Err(e) => return Outcome::Now(Response::error(e)),
+            Err(e) => return Outcome::Now(Response::error(ErrorCode::BadRequest, e)),
         };
         if cmd.is_mutation() {
             return self.mutate(&cmd);
         }
         let generation = self.shared.tables.load().generation;
-        let result: Result<Option<Data>, String> = match &cmd {
+        let result: Result<Option<Data>, (ErrorCode, String)> = match &cmd {
             Command::Ping => Ok(Some(Data::Pong {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 workers: self.shared.published.len(),
@@ -559,12 +565,17 @@ impl Server {
             Command::Flows { service, limit } => {
                 let tel = metrics::telemetry(&self.shared);
                 let r = metrics::collect(&self.shared, &self.desired, &self.sampler, &tel);
-                metrics::flows(&r, service.as_deref(), *limit).map(|f| Some(Data::Flows(f)))
+                metrics::flows(&r, service.as_deref(), *limit)
+                    .map(|f| Some(Data::Flows(f)))
+                    .map_err(|e| (ErrorCode::NotFound, e))
             }
             Command::ConfigSave { path } => self.save(path.as_deref()).map(Some),
             other => match self.desired.list(other) {
-                Some(r) => r.map(Some),
-                None => Err(format!("command {other:?} is not handled")),
+                Some(r) => r.map(Some).map_err(|e| (e.code(), e.to_string())),
+                None => Err((
+                    ErrorCode::BadRequest,
+                    format!("command {other:?} is not handled"),
+                )),
             },
         };
         Outcome::Now(match result {
@@ -573,7 +584,7 @@ impl Server {
                 r.generation = Some(generation);
                 r
             }
-            Err(e) => Response::error(e),
+            Err((code, e)) => Response::error(code, e),
         })
     }
 
@@ -581,14 +592,14 @@ impl Server {
     fn mutate(&mut self, cmd: &Command) -> Outcome {
         let change = match self.desired.apply(cmd) {
             Ok(c) => c,
-            Err(e) => return Outcome::Now(Response::error(e)),
+            Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
         };
         let prev = self.shared.tables.load_full();
         let generation = prev.generation + 1;
         let next = &change.next;
         let tables = match Tables::rebuild(next.config(), next.services(), &prev, generation) {
             Ok(t) => t,
-            Err(p) => return Outcome::Now(Response::error(p.join("; "))),
+            Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
         };
         let retired = self.shared.tables.swap(Arc::new(tables));
         self.desired = change.next;
@@ -614,7 +625,7 @@ impl Server {
     }
 
     /// `config save`: only into the directory of the daemon's config file.
-    fn save(&self, path: Option<&str>) -> Result<Data, String> {
+    fn save(&self, path: Option<&str>) -> Result<Data, (ErrorCode, String)> {
         let target = match path {
             None => self.config_path.clone(),
             Some(p) => {
@@ -628,25 +639,33 @@ impl Server {
         };
         let name = match target.components().next_back() {
             Some(Component::Normal(n)) => n.to_os_string(),
-            _ => return Err(format!("{}: not a file path", target.display())),
+            _ => {
+                return Err((
+                    ErrorCode::Invalid,
+                    format!("{}: not a file path", target.display()),
+                ))
+            }
         };
         let parent = target.parent().unwrap_or(Path::new("/"));
         let cparent = parent
             .canonicalize()
-            .map_err(|e| format!("{}: {e}", parent.display()))?;
+            .map_err(|e| (ErrorCode::Invalid, format!("{}: {e}", parent.display())))?;
         if cparent != self.config_dir {
-            return Err(format!(
+            return Err((ErrorCode::Refused, format!(
                 "refusing to write {}: config save writes only into {} (the directory of the config file dpgw was started with)",
                 target.display(),
                 self.config_dir.display()
-            ));
+            )));
         }
         let target = cparent.join(name);
         if let Ok(md) = std::fs::symlink_metadata(&target) {
             if !md.file_type().is_file() {
-                return Err(format!(
-                    "refusing to write {}: it exists and is not a regular file",
-                    target.display()
+                return Err((
+                    ErrorCode::Refused,
+                    format!(
+                        "refusing to write {}: it exists and is not a regular file",
+                        target.display()
+                    ),
                 ));
             }
         }
@@ -654,8 +673,12 @@ impl Server {
             "# Written by dpgw's `config save` (the running state).\n{}",
             self.desired.config().to_toml()
         );
-        crate::runner::write_atomic(&target, text.as_bytes())
-            .map_err(|e| format!("writing {}: {e}", target.display()))?;
+        crate::runner::write_atomic(&target, text.as_bytes()).map_err(|e| {
+            (
+                ErrorCode::Internal,
+                format!("writing {}: {e}", target.display()),
+            )
+        })?;
         Ok(Data::Saved {
             path: target.to_string_lossy().into_owned(),
             bytes: text.len(),

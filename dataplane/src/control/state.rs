@@ -7,9 +7,69 @@
 
 use std::collections::HashSet;
 
-use ctl::{BackendRow, Command, Data, RuleFormat, RuleSpec};
+use ctl::{BackendRow, Command, Data, ErrorCode, RuleFormat, RuleSpec};
 
 use crate::config::Config;
+
+/// Why a mutation (or the initial state) was refused. Nothing was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The service model refused it (no such service, duplicate VIP, ...).
+    #[error(transparent)]
+    Lb(#[from] lb::LbError),
+    #[error("rule.id: ids are assigned by the daemon; leave it out")]
+    RuleIdGiven,
+    #[error("rule {0}: no such rule")]
+    NoSuchRule(u32),
+    #[error("acl.rule: id {0} is used by more than one rule")]
+    DuplicateRuleId(u32),
+    #[error("{what}: id {id} is already in use")]
+    RuleIdInUse { what: String, id: u32 },
+    #[error("rule ids exhausted")]
+    RuleIdsExhausted,
+    #[error("{what}: field `vni`: {vni} does not fit 24 bits")]
+    RuleVni { what: String, vni: u32 },
+    #[error("vni: {0} does not fit 24 bits")]
+    LoadVni(u32),
+    /// A rule's field is malformed.
+    #[error("{what}: {source}")]
+    Rule {
+        what: String,
+        source: acl::SpecError,
+    },
+    /// A rule file given to `rule load` does not parse.
+    #[error("rule file: {0}")]
+    RuleFile(String),
+    /// A ClassBench rule file given to `rule load` does not parse.
+    #[error("{0}")]
+    Classbench(String),
+    /// The change would leave the configuration invalid (each problem names its key).
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// A read-only command was given where a mutation was expected.
+    #[error("{0} is not a mutation")]
+    NotAMutation(String),
+}
+
+impl StateError {
+    /// The stable code the control protocol answers with.
+    pub fn code(&self) -> ErrorCode {
+        use lb::LbError as L;
+        match self {
+            StateError::Lb(L::NoSuchService(_) | L::NoSuchBackend { .. }) => ErrorCode::NotFound,
+            StateError::Lb(
+                L::DuplicateService(_) | L::DuplicateVip { .. } | L::DuplicateBackend { .. },
+            ) => ErrorCode::AlreadyExists,
+            StateError::NoSuchRule(_) => ErrorCode::NotFound,
+            StateError::DuplicateRuleId(_) | StateError::RuleIdInUse { .. } => {
+                ErrorCode::AlreadyExists
+            }
+            StateError::NotAMutation(_) => ErrorCode::BadRequest,
+            StateError::RuleIdsExhausted => ErrorCode::Refused,
+            _ => ErrorCode::Invalid,
+        }
+    }
+}
 
 /// Services, backends and inline ACL rules (each with a unique id), plus the
 /// rest of the configuration they run in.
@@ -30,9 +90,8 @@ pub struct Change {
 impl Desired {
     /// The state a configuration describes. Inline rules without an id get one
     /// (after the largest configured id); duplicate ids are refused.
-    pub fn new(cfg: &Config) -> Result<Desired, String> {
-        let services =
-            lb::Services::from_specs(cfg.service.iter().cloned()).map_err(|e| e.to_string())?;
+    pub fn new(cfg: &Config) -> Result<Desired, StateError> {
+        let services = lb::Services::from_specs(cfg.service.iter().cloned())?;
         let mut cfg = cfg.clone();
         let mut next_rule_id = 1u32;
         if let Some(a) = &mut cfg.acl {
@@ -40,7 +99,7 @@ impl Desired {
             for r in &a.rule {
                 if let Some(id) = r.id {
                     if !seen.insert(id) {
-                        return Err(format!("acl.rule: id {id} is used by more than one rule"));
+                        return Err(StateError::DuplicateRuleId(id));
                     }
                     next_rule_id = next_rule_id.max(id.saturating_add(1));
                 }
@@ -50,7 +109,7 @@ impl Desired {
                     r.id = Some(next_rule_id);
                     next_rule_id = next_rule_id
                         .checked_add(1)
-                        .ok_or("acl.rule: rule ids exhausted")?;
+                        .ok_or(StateError::RuleIdsExhausted)?;
                 }
             }
         }
@@ -73,39 +132,31 @@ impl Desired {
 
     /// Applies a mutation to a copy of the state. Read-only commands are not
     /// mutations and are refused here.
-    pub fn apply(&self, cmd: &Command) -> Result<Change, String> {
+    pub fn apply(&self, cmd: &Command) -> Result<Change, StateError> {
         let mut next = self.clone();
         let mut data = None;
-        let lb_err = |e: lb::LbError| e.to_string();
         match cmd {
-            Command::ServiceAdd { service } => {
-                next.services.add_service(service.clone()).map_err(lb_err)?
-            }
+            Command::ServiceAdd { service } => next.services.add_service(service.clone())?,
             Command::ServiceDel { name } => {
-                next.services.del_service(name).map_err(lb_err)?;
+                next.services.del_service(name)?;
             }
-            Command::BackendAdd { service, backend } => next
-                .services
-                .add_backend(service, backend.clone())
-                .map_err(lb_err)?,
+            Command::BackendAdd { service, backend } => {
+                next.services.add_backend(service, backend.clone())?
+            }
             Command::BackendDel { service, ip } => {
-                next.services.del_backend(service, *ip).map_err(lb_err)?;
+                next.services.del_backend(service, *ip)?;
             }
-            Command::BackendState { service, ip, state } => next
-                .services
-                .set_state(service, *ip, *state)
-                .map_err(lb_err)?,
+            Command::BackendState { service, ip, state } => {
+                next.services.set_state(service, *ip, *state)?
+            }
             Command::BackendWeight {
                 service,
                 ip,
                 weight,
-            } => next
-                .services
-                .set_weight(service, *ip, *weight)
-                .map_err(lb_err)?,
+            } => next.services.set_weight(service, *ip, *weight)?,
             Command::RuleAdd { rule } => {
                 if rule.id.is_some() {
-                    return Err("rule.id: ids are assigned by the daemon; leave it out".into());
+                    return Err(StateError::RuleIdGiven);
                 }
                 let id = next.push_rules(vec![rule.clone()], false)?;
                 data = Some(Data::RuleIds { ids: id });
@@ -115,7 +166,7 @@ impl Desired {
                 let pos = rules
                     .as_ref()
                     .and_then(|r| r.iter().position(|x| x.id == Some(*id)))
-                    .ok_or_else(|| format!("rule {id}: no such rule"))?;
+                    .ok_or(StateError::NoSuchRule(*id))?;
                 if let Some(r) = rules {
                     r.remove(pos);
                 }
@@ -135,10 +186,10 @@ impl Desired {
                             "<rule load>",
                             action.unwrap_or(acl::Action::Deny),
                         )
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| StateError::Classbench(e.to_string()))?;
                         if let Some(v) = vni {
                             if *v > 0x00FF_FFFF {
-                                return Err(format!("vni: {v} does not fit 24 bits"));
+                                return Err(StateError::LoadVni(*v));
                             }
                         }
                         rules
@@ -154,19 +205,19 @@ impl Desired {
                 let ids = next.push_rules(specs, *replace)?;
                 data = Some(Data::RuleIds { ids });
             }
-            other => return Err(format!("{other:?} is not a mutation")),
+            other => return Err(StateError::NotAMutation(format!("{other:?}"))),
         }
         next.cfg.service = next.services.to_specs();
         let problems = next.cfg.validate();
         if !problems.is_empty() {
-            return Err(problems.join("; "));
+            return Err(StateError::Invalid(problems));
         }
         Ok(Change { next, data })
     }
 
     /// Validates and appends rules (after removing every inline rule if
     /// `replace`). Rules that carry an id keep it if it is free.
-    fn push_rules(&mut self, specs: Vec<RuleSpec>, replace: bool) -> Result<Vec<u32>, String> {
+    fn push_rules(&mut self, specs: Vec<RuleSpec>, replace: bool) -> Result<Vec<u32>, StateError> {
         let acl = self.cfg.acl.get_or_insert_with(Default::default);
         if replace {
             acl.rule.clear();
@@ -182,14 +233,16 @@ impl Desired {
             };
             if let Some(v) = spec.vni {
                 if v > 0x00FF_FFFF {
-                    return Err(format!("{what}: field `vni`: {v} does not fit 24 bits"));
+                    return Err(StateError::RuleVni { what, vni: v });
                 }
             }
-            spec.to_rule().map_err(|e| format!("{what}: {e}"))?;
+            if let Err(source) = spec.to_rule() {
+                return Err(StateError::Rule { what, source });
+            }
             let id = match spec.id {
                 Some(id) => {
                     if !used.insert(id) {
-                        return Err(format!("{what}: id {id} is already in use"));
+                        return Err(StateError::RuleIdInUse { what, id });
                     }
                     self.next_rule_id = self.next_rule_id.max(id.saturating_add(1));
                     id
@@ -197,10 +250,10 @@ impl Desired {
                 None => {
                     let mut id = self.next_rule_id;
                     while used.contains(&id) {
-                        id = id.checked_add(1).ok_or("rule ids exhausted")?;
+                        id = id.checked_add(1).ok_or(StateError::RuleIdsExhausted)?;
                     }
                     used.insert(id);
-                    self.next_rule_id = id.checked_add(1).ok_or("rule ids exhausted")?;
+                    self.next_rule_id = id.checked_add(1).ok_or(StateError::RuleIdsExhausted)?;
                     id
                 }
             };
@@ -212,7 +265,7 @@ impl Desired {
     }
 
     /// Answers the read-only listing commands.
-    pub fn list(&self, cmd: &Command) -> Option<Result<Data, String>> {
+    pub fn list(&self, cmd: &Command) -> Option<Result<Data, StateError>> {
         Some(match cmd {
             Command::ServiceList => Ok(Data::Services {
                 services: self.services.to_specs(),
@@ -230,7 +283,7 @@ impl Desired {
                 match service {
                     Some(name) => match self.services.get(name) {
                         Some(s) => Ok(Data::Backends { backends: rows(s) }),
-                        None => Err(format!("service {name:?}: no such service")),
+                        None => Err(lb::LbError::NoSuchService(name.clone()).into()),
                     },
                     None => Ok(Data::Backends {
                         backends: self.services.iter().flat_map(rows).collect(),
@@ -254,7 +307,7 @@ impl Desired {
 }
 
 /// `[[rule]]` or `[[acl.rule]]` tables.
-fn parse_toml_rules(text: &str) -> Result<Vec<RuleSpec>, String> {
+fn parse_toml_rules(text: &str) -> Result<Vec<RuleSpec>, StateError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct AclRules {
@@ -269,8 +322,8 @@ fn parse_toml_rules(text: &str) -> Result<Vec<RuleSpec>, String> {
         #[serde(default)]
         acl: Option<AclRules>,
     }
-    let f: RuleFile =
-        toml::from_str(text).map_err(|e| format!("rule file: {}", e.to_string().trim_end()))?;
+    let f: RuleFile = toml::from_str(text)
+        .map_err(|e| StateError::RuleFile(e.to_string().trim_end().to_string()))?;
     let mut v = f.rule;
     if let Some(a) = f.acl {
         v.extend(a.rule);
@@ -407,7 +460,7 @@ ip = "192.168.0.1"
             ),
         ];
         for (cmd, want) in bad {
-            let e = d.apply(&cmd).unwrap_err();
+            let e = d.apply(&cmd).unwrap_err().to_string();
             assert!(e.contains(want), "{cmd:?}: {e}");
         }
     }

@@ -5,9 +5,13 @@
 //! engine dropped. Every packet that `rx_burst` hands out comes back exactly once,
 //! through `tx_burst` (sent) or `free` (dropped, or unsent after retries).
 
+// The backends that talk to the kernel and to DPDK need unsafe code (each
+// block with a SAFETY comment); nothing else in the crate may.
+#[allow(unsafe_code)]
 pub mod afpacket;
 pub mod buf;
 #[cfg(feature = "dpdk")]
+#[allow(unsafe_code)]
 pub mod dpdk;
 pub mod pcap;
 

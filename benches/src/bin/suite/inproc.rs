@@ -36,7 +36,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn new(cfg: &Config, frames: &[Vec<u8>], burst: usize) -> Result<Bench, String> {
-        let tables = Tables::build(cfg, 1).map_err(|p| p.join("; "))?;
+        let tables = Tables::build(cfg, 1).map_err(|e| e.to_string())?;
         let max_frame = frames.iter().map(|f| f.len()).max().unwrap_or(64).max(64);
         let burst = burst.clamp(1, MAX_BURST);
         let mut pipeline = Pipeline::default();
