@@ -84,9 +84,8 @@ impl Pipeline {
         }
         self.lb.flush_telemetry(t, tel);
         tel.icmp_too_big += std::mem::take(&mut self.route.icmp_too_big);
-        tel.acl_cache[0] += std::mem::take(&mut self.acl.cache_hits);
-        tel.acl_cache[1] += std::mem::take(&mut self.acl.cache_misses);
-        tel.acl_cache[2] += std::mem::take(&mut self.acl.cache_bypassed);
+        tel.acl_cache
+            .add(&std::mem::take(&mut self.acl.cache_counts));
     }
 
     /// Runs the stages over one burst. `learned_next_hop` is the slow path's

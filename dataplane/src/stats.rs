@@ -162,24 +162,97 @@ impl Published {
     }
 }
 
+/// Packets, bytes and new flows sent to a service or a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl TrafficCounters {
+    /// Counts one packet of `len` bytes (`new_flow`: it created its flow).
+    #[inline(always)]
+    pub fn count(&mut self, len: u64, new_flow: bool) {
+        self.packets += 1;
+        self.bytes += len;
+        self.new_flows += u64::from(new_flow);
+    }
+
+    pub fn add(&mut self, o: &TrafficCounters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == TrafficCounters::default()
+    }
+}
+
+/// What the ACL result cache did with the keys it was asked about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclCacheCounters {
+    /// Keys answered from the cache.
+    pub hits: u64,
+    /// Keys looked up, not found, and classified.
+    pub misses: u64,
+    /// Keys classified without looking, while the cache was bypassed.
+    pub bypassed: u64,
+}
+
+impl AclCacheCounters {
+    pub fn add(&mut self, o: &AclCacheCounters) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.bypassed += o.bypassed;
+    }
+}
+
+/// Flow-table lookups and removals (totals since the table was created).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+}
+
+impl FlowCounters {
+    pub fn add(&mut self, o: &FlowCounters) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.evictions += o.evictions;
+        self.expirations += o.expirations;
+    }
+}
+
+impl From<&lb::FlowStats> for FlowCounters {
+    fn from(s: &lb::FlowStats) -> FlowCounters {
+        FlowCounters {
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+            expirations: s.expired,
+        }
+    }
+}
+
 /// Slow-path counters of one worker, keyed by stable names/ids.
 #[derive(Clone, Debug, Default)]
 pub struct Telemetry {
     /// Rule id → packets matched.
     pub rule_hits: std::collections::HashMap<u32, u64>,
-    /// Service name → (packets, bytes, new flows).
-    pub services: std::collections::HashMap<String, [u64; 3]>,
-    /// (service name, backend address) → (packets, bytes, new flows).
-    pub backends: std::collections::HashMap<(String, std::net::IpAddr), [u64; 3]>,
+    /// Service name → traffic sent to its backends.
+    pub services: std::collections::HashMap<String, TrafficCounters>,
+    /// (service name, backend address) → traffic sent to the backend.
+    pub backends: std::collections::HashMap<(String, std::net::IpAddr), TrafficCounters>,
     pub flows_in_use: u64,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" replies sent.
     pub icmp_too_big: u64,
-    /// ACL result cache: lookups answered, lookups that went to the
-    /// classifier, keys classified while the cache was bypassed.
-    pub acl_cache: [u64; 3],
+    pub acl_cache: AclCacheCounters,
     pub flow_capacity: u64,
-    /// Flow table hits, misses, evictions, expirations.
-    pub flow_counters: [u64; 4],
+    pub flow_counters: FlowCounters,
     /// Histogram of burst processing time: bucket i counts bursts that took
     /// fewer than 2^i TSC cycles (not cumulative; divide by the TSC rate for ns).
     pub burst_ns_buckets: Vec<u64>,

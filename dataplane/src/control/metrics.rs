@@ -14,8 +14,7 @@ use ctl::{
 
 use crate::cpu::rdtsc;
 use crate::engine::Shared;
-use crate::stats::Telemetry;
-use crate::stats::{DropReason, WorkerStats};
+use crate::stats::{DropReason, Telemetry, TrafficCounters, WorkerStats};
 
 use super::state::Desired;
 
@@ -132,10 +131,10 @@ fn flow_counters(worker: Option<usize>, t: &Telemetry) -> FlowTableCounters {
         worker,
         in_use: t.flows_in_use,
         capacity: t.flow_capacity,
-        hits: t.flow_counters[0],
-        misses: t.flow_counters[1],
-        evictions: t.flow_counters[2],
-        expirations: t.flow_counters[3],
+        hits: t.flow_counters.hits,
+        misses: t.flow_counters.misses,
+        evictions: t.flow_counters.evictions,
+        expirations: t.flow_counters.expirations,
     }
 }
 
@@ -179,8 +178,8 @@ pub fn collect(
     t.rx_mpps = total_c.rx_mpps;
     t.tx_mpps = total_c.tx_mpps;
 
-    let mut svc: BTreeMap<String, [u64; 3]> = BTreeMap::new();
-    let mut be: BTreeMap<(String, IpAddr), [u64; 3]> = BTreeMap::new();
+    let mut svc: BTreeMap<String, TrafficCounters> = BTreeMap::new();
+    let mut be: BTreeMap<(String, IpAddr), TrafficCounters> = BTreeMap::new();
     let mut rules: BTreeMap<u32, u64> = BTreeMap::new();
     let mut flow_tables = Vec::new();
     let mut flow_total = FlowTableCounters::default();
@@ -199,16 +198,10 @@ pub fn collect(
     }
     for (i, x) in tel.iter().enumerate() {
         for (k, v) in &x.services {
-            let e = svc.entry(k.clone()).or_default();
-            for j in 0..3 {
-                e[j] += v[j];
-            }
+            svc.entry(k.clone()).or_default().add(v);
         }
         for (k, v) in &x.backends {
-            let e = be.entry(k.clone()).or_default();
-            for j in 0..3 {
-                e[j] += v[j];
-            }
+            be.entry(k.clone()).or_default().add(v);
         }
         for (k, v) in &x.rule_hits {
             *rules.entry(*k).or_default() += v;
@@ -222,9 +215,9 @@ pub fn collect(
         .map(|(name, v)| ServiceCounters {
             configured: desired.services().get(&name).is_some(),
             name,
-            packets: v[0],
-            bytes: v[1],
-            new_flows: v[2],
+            packets: v.packets,
+            bytes: v.bytes,
+            new_flows: v.new_flows,
         })
         .collect();
     let backends = be
@@ -239,9 +232,9 @@ pub fn collect(
                 weight: spec.map(|b| b.weight),
                 service,
                 ip,
-                packets: v[0],
-                bytes: v[1],
-                new_flows: v[2],
+                packets: v.packets,
+                bytes: v.bytes,
+                new_flows: v.new_flows,
             }
         })
         .collect();
@@ -616,9 +609,9 @@ pub fn prometheus(shared: &Shared, r: &StatsReport, tel: &[Telemetry], tsc_hz: f
     );
     for (w, t) in tel.iter().enumerate() {
         for (res, v) in [
-            ("hit", t.acl_cache[0]),
-            ("miss", t.acl_cache[1]),
-            ("bypass", t.acl_cache[2]),
+            ("hit", t.acl_cache.hits),
+            ("miss", t.acl_cache.misses),
+            ("bypass", t.acl_cache.bypassed),
         ] {
             let _ = writeln!(
                 o,
