@@ -75,10 +75,11 @@ impl Pipeline {
         };
         let tel = &mut *guard;
         self.acl.drain_hits(t, &mut tel.rule_hits);
-        if tel.burst_ns_buckets.len() < hist.buckets.len() {
-            tel.burst_ns_buckets.resize(hist.buckets.len(), 0);
-        }
-        for (a, b) in tel.burst_ns_buckets.iter_mut().zip(hist.buckets.iter_mut()) {
+        for (a, b) in tel
+            .burst_cycle_buckets
+            .iter_mut()
+            .zip(hist.buckets.iter_mut())
+        {
             *a += *b;
             *b = 0;
         }

@@ -253,22 +253,64 @@ pub struct Telemetry {
     pub acl_cache: AclCacheCounters,
     pub flow_capacity: u64,
     pub flow_counters: FlowCounters,
-    /// Histogram of burst processing time: bucket i counts bursts that took
-    /// fewer than 2^i TSC cycles (not cumulative; divide by the TSC rate for ns).
-    pub burst_ns_buckets: Vec<u64>,
+    /// Burst processing time in TSC cycles (not seconds: the TSC rate is
+    /// applied by whoever exports it), as [`BurstHistogram::buckets`].
+    pub burst_cycle_buckets: [u64; BurstHistogram::BUCKETS],
 }
 
-/// Burst processing time in TSC cycles, as power-of-two buckets (bucket i
-/// counts bursts of < 2^i cycles), folded into [`Telemetry`] periodically.
+/// Burst processing time in TSC cycles, as power-of-two buckets, folded into
+/// [`Telemetry`] periodically. Bucket 0 counts bursts of 0 cycles, bucket i
+/// (1 ≤ i < `BUCKETS - 1`) those of 2^(i-1) to 2^i - 1 cycles, and the last
+/// bucket everything from 2^(BUCKETS - 2) cycles up (it has no upper bound).
+/// Not cumulative.
 #[derive(Debug, Default)]
 pub struct BurstHistogram {
-    pub buckets: [u64; 32],
+    pub buckets: [u64; BurstHistogram::BUCKETS],
 }
 
 impl BurstHistogram {
+    pub const BUCKETS: usize = 32;
+
     #[inline(always)]
     pub fn record(&mut self, cycles: u64) {
-        let b = (64 - cycles.leading_zeros() as usize).min(31);
+        let b = (64 - cycles.leading_zeros() as usize).min(Self::BUCKETS - 1);
         self.buckets[b] += 1;
+    }
+
+    /// Exclusive upper bound, in cycles, of bucket `i`; `None` for the last.
+    pub fn upper_bound(i: usize) -> Option<u64> {
+        (i < Self::BUCKETS - 1).then(|| 1u64 << i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_burst_histogram_buckets_match_their_bounds() {
+        for cycles in [
+            0u64,
+            1,
+            2,
+            3,
+            4,
+            1000,
+            1 << 29,
+            (1 << 30) - 1,
+            1 << 30,
+            u64::MAX,
+        ] {
+            let mut h = BurstHistogram::default();
+            h.record(cycles);
+            let i = h.buckets.iter().position(|c| *c == 1).unwrap();
+            match BurstHistogram::upper_bound(i) {
+                Some(up) => {
+                    assert!(cycles < up, "{cycles} in bucket {i}");
+                    assert!(i == 0 || cycles >= up / 2, "{cycles} in bucket {i}");
+                }
+                None => assert!(cycles >= 1 << (BurstHistogram::BUCKETS - 2), "{cycles}"),
+            }
+        }
     }
 }

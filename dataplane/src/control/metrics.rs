@@ -14,9 +14,14 @@ use ctl::{
 
 use crate::cpu::rdtsc;
 use crate::engine::Shared;
-use crate::stats::{DropReason, Telemetry, TrafficCounters, WorkerStats};
+use crate::stats::{BurstHistogram, DropReason, Telemetry, TrafficCounters, WorkerStats};
 
 use super::state::Desired;
+
+/// How long the TSC is measured against the wall clock before its rate is
+/// fixed (the rate's error is then about the time between the two clock
+/// reads over this, well under 1e-6).
+const TSC_CALIBRATION_S: f64 = 1.0;
 
 /// Samples the workers' counters about once a second, for rates, and
 /// calibrates the TSC against the wall clock (for the burst-time histogram).
@@ -24,6 +29,9 @@ use super::state::Desired;
 pub struct Sampler {
     start: Instant,
     tsc0: u64,
+    /// TSC ticks per second, fixed once measured (0 until then), so the
+    /// histogram's bounds do not move from one scrape to the next.
+    tsc_hz: f64,
     last: Option<(Instant, Vec<(u64, u64)>)>,
     rates: Vec<(f64, f64)>,
     window_s: f64,
@@ -34,6 +42,7 @@ impl Sampler {
         Sampler {
             start: Instant::now(),
             tsc0: rdtsc(),
+            tsc_hz: 0.0,
             last: None,
             rates: Vec::new(),
             window_s: 0.0,
@@ -42,6 +51,12 @@ impl Sampler {
 
     /// Takes a sample if the last one is at least a second old.
     pub fn tick(&mut self, shared: &Shared) {
+        if self.tsc_hz == 0.0 {
+            let s = self.start.elapsed().as_secs_f64();
+            if s >= TSC_CALIBRATION_S {
+                self.tsc_hz = rdtsc().wrapping_sub(self.tsc0) as f64 / s;
+            }
+        }
         let now = Instant::now();
         if let Some((t, _)) = &self.last {
             if now.duration_since(*t).as_secs_f64() < 1.0 {
@@ -78,13 +93,10 @@ impl Sampler {
         }
     }
 
-    /// TSC ticks per second, measured since the server started (0 if unknown).
+    /// TSC ticks per second, measured over the server's first second (0
+    /// before that, or without a TSC).
     pub fn tsc_hz(&self) -> f64 {
-        let s = self.start.elapsed().as_secs_f64();
-        if s < 0.01 {
-            return 0.0;
-        }
-        rdtsc().wrapping_sub(self.tsc0) as f64 / s
+        self.tsc_hz
     }
 }
 
@@ -704,50 +716,55 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "dpgw_burst_duration_seconds",
         kind: Kind::Histogram,
-        help: "Time to process one burst (all workers; bounds from TSC cycles).",
+        help: "Time to process one burst, all workers (bounds: powers of two of TSC cycles at the measured TSC rate; _sum estimated from bucket midpoints).",
         optional: true,
         samples: burst_duration,
     },
 ];
 
-/// Burst processing time: workers count bursts in power-of-two TSC-cycle
-/// buckets (bucket i: fewer than 2^i cycles); bounds are converted to
-/// seconds with the TSC rate measured by this thread.
+/// Burst processing time in seconds. Workers count bursts in power-of-two
+/// buckets of TSC cycles ([`BurstHistogram`]); each bound is converted to
+/// seconds with the TSC rate this thread measured (4 significant digits, so
+/// the `le` labels stay the same from one scrape, and mostly one run, to the
+/// next). Bursts are not timed exactly, so `_sum` is estimated: a bucket's
+/// bursts count at its midpoint (3/4 of its upper bound), the open top
+/// bucket's at its lower bound.
 fn burst_duration(s: &Sources) -> Vec<Sample> {
-    let mut buckets = [0u64; 64];
-    let mut nb = 0;
-    for t in s.tel {
-        for (i, c) in t.burst_ns_buckets.iter().enumerate().take(64) {
-            buckets[i] += c;
-            nb = nb.max(i + 1);
-        }
-    }
-    if nb == 0 || s.tsc_hz <= 0.0 {
+    if s.tsc_hz <= 0.0 {
         return Vec::new();
     }
-    let mut v = Vec::with_capacity(nb + 3);
-    let mut cum = 0u64;
-    let mut sum = 0.0f64;
-    for (i, c) in buckets[..nb].iter().enumerate() {
-        cum += c;
-        let upper = (1u64 << i) as f64 / s.tsc_hz;
-        // The bucket's midpoint stands in for its bursts' exact durations.
-        sum += *c as f64 * upper * 0.75;
-        v.push(Sample {
-            suffix: "_bucket",
-            labels: vec![("le", format!("{upper:e}"))],
-            value: Value::Int(cum),
-        });
+    let mut buckets = [0u64; BurstHistogram::BUCKETS];
+    for t in s.tel {
+        for (a, c) in buckets.iter_mut().zip(t.burst_cycle_buckets.iter()) {
+            *a += c;
+        }
     }
-    v.push(Sample {
+    let bucket = |le: String, n: u64| Sample {
         suffix: "_bucket",
-        labels: vec![("le", "+Inf".into())],
-        value: Value::Int(cum),
-    });
+        labels: vec![("le", le)],
+        value: Value::Int(n),
+    };
+    let mut v = Vec::with_capacity(BurstHistogram::BUCKETS + 2);
+    let mut cum = 0u64;
+    let mut sum_cycles = 0.0f64;
+    for (i, c) in buckets.iter().enumerate() {
+        cum += c;
+        match BurstHistogram::upper_bound(i) {
+            Some(up) => {
+                sum_cycles += *c as f64 * up as f64 * if i == 0 { 0.0 } else { 0.75 };
+                v.push(bucket(format!("{:.3e}", up as f64 / s.tsc_hz), cum));
+            }
+            None => {
+                let low = BurstHistogram::upper_bound(i - 1).unwrap_or(0);
+                sum_cycles += *c as f64 * low as f64;
+            }
+        }
+    }
+    v.push(bucket("+Inf".into(), cum));
     v.push(Sample {
         suffix: "_sum",
         labels: vec![],
-        value: Value::Float(sum),
+        value: Value::Float(sum_cycles / s.tsc_hz),
     });
     v.push(Sample {
         suffix: "_count",
@@ -848,11 +865,10 @@ mod tests {
                 misses: 30,
                 bypassed: 40,
             };
-            t.burst_ns_buckets = vec![0; 32];
-            t.burst_ns_buckets[0] = 1;
-            t.burst_ns_buckets[10] = 3 + w;
-            t.burst_ns_buckets[12] = 1;
-            t.burst_ns_buckets[31] = 1;
+            t.burst_cycle_buckets[0] = 1;
+            t.burst_cycle_buckets[10] = 3 + w;
+            t.burst_cycle_buckets[12] = 1;
+            t.burst_cycle_buckets[31] = 1;
         }
         let mut r = StatsReport::default();
         for i in 0..2 {
@@ -1059,16 +1075,54 @@ mod tests {
 
     #[test]
     fn test_prometheus_leaves_out_what_it_does_not_have() {
-        let (shared, mut r, mut tel) = fixture();
+        let (shared, mut r, tel) = fixture();
         r.ports.clear();
         r.rules.clear();
-        for t in &mut tel {
-            t.burst_ns_buckets.clear();
-        }
-        let f = parse(&prometheus(&shared, &r, &tel, 2.0e9));
+        // The TSC rate is not known yet.
+        let f = parse(&prometheus(&shared, &r, &tel, 0.0));
         assert!(!f.keys().any(|k| k.starts_with("dpgw_port_")));
         assert!(!f.contains_key("dpgw_burst_duration_seconds"));
         // A family that can have samples but has none now is still declared.
         assert_eq!(f["dpgw_rule_hits_total"], vec![]);
+    }
+
+    #[test]
+    fn test_burst_histogram_in_seconds() {
+        let (shared, r, tel) = fixture();
+        // Two workers, each: one burst of 0 cycles, 3 + w of 512..1023, one
+        // of 2048..4095, one of 2^30 or more.
+        let f = parse(&prometheus(&shared, &r, &tel, 2.0e9));
+        let h = &f["dpgw_burst_duration_seconds"];
+        let buckets: Vec<(&str, f64)> = h
+            .iter()
+            .filter_map(|(s, v)| {
+                let le = s.strip_prefix("dpgw_burst_duration_seconds_bucket{le=\"")?;
+                Some((le.strip_suffix("\"}").unwrap(), *v))
+            })
+            .collect();
+        // One bucket per finite power of two, then +Inf.
+        assert_eq!(buckets.len(), BurstHistogram::BUCKETS);
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+        let le = |b: &str| buckets.iter().find(|x| x.0 == b).map(|x| x.1);
+        // 2^0 cycles at 2 GHz, 2^10, 2^11, 2^12, 2^30 (the last finite bound).
+        assert_eq!(buckets[0], ("5.000e-10", 2.0));
+        assert_eq!(le("5.120e-7"), Some(9.0));
+        assert_eq!(le("1.024e-6"), Some(9.0));
+        assert_eq!(le("2.048e-6"), Some(11.0));
+        assert_eq!(buckets[30], ("5.369e-1", 11.0));
+        assert_eq!(buckets[31], ("+Inf", 13.0));
+        let count = value(
+            &f,
+            "dpgw_burst_duration_seconds",
+            "dpgw_burst_duration_seconds_count",
+        );
+        assert_eq!(count, Some(13.0));
+        let sum = value(
+            &f,
+            "dpgw_burst_duration_seconds",
+            "dpgw_burst_duration_seconds_sum",
+        );
+        let expect = (7.0 * 768.0 + 2.0 * 3072.0 + 2.0 * (1u64 << 30) as f64) / 2.0e9;
+        assert!((sum.unwrap() - expect).abs() < 1e-12, "{sum:?} vs {expect}");
     }
 }
