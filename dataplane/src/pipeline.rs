@@ -3,8 +3,6 @@
 //! stages in order. Arrows point down: the worker loop (`engine`) drives a
 //! `Pipeline`; the stages (`stages`) use the pure crates.
 
-use std::sync::Mutex;
-
 use crate::io::Packet;
 use crate::stats::{BurstHistogram, DropReason, Telemetry};
 use crate::tables::Tables;
@@ -53,35 +51,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Moves the stages' slow counters into the shared telemetry. With
-    /// `wait == false` it never blocks (a busy lock means: next time).
-    pub fn flush_telemetry(
-        &mut self,
-        t: &Tables,
-        slot: &Mutex<Telemetry>,
-        wait: bool,
-        hist: &mut BurstHistogram,
-    ) {
-        let mut guard = if wait {
-            match slot.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            }
-        } else {
-            match slot.try_lock() {
-                Ok(g) => g,
-                Err(_) => return,
-            }
-        };
-        let tel = &mut *guard;
+    /// Moves the stages' slow counters into `tel`, naming them with `t`, the
+    /// snapshot they were counted under (rule hits and per-service/backend
+    /// counters are indexed by positions in it). The caller hands `tel` on.
+    pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut Telemetry, hist: &mut BurstHistogram) {
         self.acl.drain_hits(t, &mut tel.rule_hits);
         for (a, b) in tel
             .burst_cycle_buckets
             .iter_mut()
             .zip(hist.buckets.iter_mut())
         {
-            *a += *b;
-            *b = 0;
+            *a += std::mem::take(b);
         }
         self.lb.flush_telemetry(t, tel);
         tel.icmp_too_big += std::mem::take(&mut self.route.icmp_too_big);

@@ -258,6 +258,37 @@ pub struct Telemetry {
     pub burst_cycle_buckets: [u64; BurstHistogram::BUCKETS],
 }
 
+impl Telemetry {
+    /// Moves what `from` counted since its last hand-off into `self`: counts
+    /// are added (and zeroed in `from`, so they are never counted twice);
+    /// flow-table figures, which are the table's current state, replace
+    /// the older ones. Keys are stable names and ids, so `from` may hold
+    /// counts of several snapshots.
+    pub fn take_from(&mut self, from: &mut Telemetry) {
+        for (k, v) in from.rule_hits.drain() {
+            *self.rule_hits.entry(k).or_default() += v;
+        }
+        for (k, v) in from.services.drain() {
+            self.services.entry(k).or_default().add(&v);
+        }
+        for (k, v) in from.backends.drain() {
+            self.backends.entry(k).or_default().add(&v);
+        }
+        self.icmp_too_big += std::mem::take(&mut from.icmp_too_big);
+        self.acl_cache.add(&std::mem::take(&mut from.acl_cache));
+        for (a, b) in self
+            .burst_cycle_buckets
+            .iter_mut()
+            .zip(from.burst_cycle_buckets.iter_mut())
+        {
+            *a += std::mem::take(b);
+        }
+        self.flows_in_use = from.flows_in_use;
+        self.flow_capacity = from.flow_capacity;
+        self.flow_counters = from.flow_counters;
+    }
+}
+
 /// Burst processing time in TSC cycles, as power-of-two buckets, folded into
 /// [`Telemetry`] periodically. Bucket 0 counts bursts of 0 cycles, bucket i
 /// (1 ≤ i < `BUCKETS - 1`) those of 2^(i-1) to 2^i - 1 cycles, and the last
@@ -312,5 +343,38 @@ mod tests {
                 None => assert!(cycles >= 1 << (BurstHistogram::BUCKETS - 2), "{cycles}"),
             }
         }
+    }
+
+    #[test]
+    fn test_take_from_moves_counts_once_and_keeps_the_latest_figures() {
+        let web = TrafficCounters {
+            packets: 2,
+            bytes: 200,
+            new_flows: 1,
+        };
+        let mut worker = Telemetry::default();
+        let mut slot = Telemetry::default();
+        for round in 1..=3u64 {
+            worker.rule_hits.insert(7, 5);
+            worker.services.insert("web".into(), web);
+            worker.acl_cache.hits += 4;
+            worker.burst_cycle_buckets[3] += 1;
+            worker.flows_in_use = 10 * round;
+            worker.flow_capacity = 64;
+            worker.flow_counters.hits = 100 * round;
+            slot.take_from(&mut worker);
+            // Handing over again with nothing new changes nothing.
+            slot.take_from(&mut worker);
+            assert_eq!(slot.rule_hits[&7], 5 * round);
+            assert_eq!(slot.services["web"].packets, 2 * round);
+            assert_eq!(slot.acl_cache.hits, 4 * round);
+            assert_eq!(slot.burst_cycle_buckets[3], round);
+            // Flow-table figures are the table's state, not counts.
+            assert_eq!(slot.flows_in_use, 10 * round);
+            assert_eq!(slot.flow_counters.hits, 100 * round);
+        }
+        assert!(worker.rule_hits.is_empty() && worker.services.is_empty());
+        assert_eq!(worker.acl_cache, AclCacheCounters::default());
+        assert_eq!(worker.flow_capacity, 64, "kept: the worker reads it");
     }
 }
