@@ -10,7 +10,7 @@
 //! half of a change.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -34,8 +34,11 @@ pub struct Shared {
     /// 0 = not learned (the configured `next_hop_mac` is used). Read once per burst.
     pub learned_next_hop: AtomicU64,
     /// Per-worker counters that are not plain numbers (per rule, service,
-    /// backend, flow table), refreshed by the worker every few bursts with a
-    /// `try_lock` that never waits.
+    /// backend, flow table). A worker drains its stages into a `Telemetry` of
+    /// its own (named with the snapshot they were counted under) and moves
+    /// that in here every few bursts, at each snapshot change and when idle,
+    /// with a `try_lock`: when a reader holds the lock the worker keeps
+    /// counting and hands over at the next try. It waits only when it exits.
     pub telemetry: Vec<Mutex<Telemetry>>,
     /// Per-worker generation of the last snapshot a burst used.
     pub seen_generation: Vec<AtomicU64>,
@@ -139,6 +142,9 @@ pub fn run_worker<Q: Queue>(
     shared.seen_generation[id].store(cur.generation, Ordering::Release);
     let mut since_flush = 0u32;
     let mut burst_hist = BurstHistogram::default();
+    // Counts not yet handed to the control side (see `Shared::telemetry`).
+    let mut pending = Telemetry::default();
+    let slot = &shared.telemetry[id];
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
@@ -146,7 +152,10 @@ pub fn run_worker<Q: Queue>(
         {
             let g = shared.tables.load();
             if !Arc::ptr_eq(&g, &cur) {
-                pipeline.flush_telemetry(&cur, &shared.telemetry[id], true, &mut burst_hist);
+                // The stages' counters are indexed by the old snapshot: name
+                // them with it before it goes.
+                pipeline.flush_telemetry(&cur, &mut pending, &mut burst_hist);
+                hand_off(&mut pending, slot, false);
                 cur = arc_swap::Guard::into_inner(g);
                 shared.seen_generation[id].store(cur.generation, Ordering::Release);
             }
@@ -161,7 +170,8 @@ pub fn run_worker<Q: Queue>(
             if idle_spins > 1024 {
                 // Nothing to do for a while: publish and yield the core briefly.
                 published.publish(&stats);
-                pipeline.flush_telemetry(&cur, &shared.telemetry[id], false, &mut burst_hist);
+                pipeline.flush_telemetry(&cur, &mut pending, &mut burst_hist);
+                hand_off(&mut pending, slot, false);
                 idle_spins = 0;
                 std::thread::yield_now();
             } else {
@@ -211,13 +221,15 @@ pub fn run_worker<Q: Queue>(
         since_flush += 1;
         if since_flush >= 256 {
             since_flush = 0;
-            pipeline.flush_telemetry(&cur, &shared.telemetry[id], false, &mut burst_hist);
+            pipeline.flush_telemetry(&cur, &mut pending, &mut burst_hist);
+            hand_off(&mut pending, slot, false);
         }
     }
     let cycles = rdtsc().wrapping_sub(c0);
     let busy_ns = t0.elapsed().as_nanos() as u64;
     let on_cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
-    pipeline.flush_telemetry(&cur, &shared.telemetry[id], true, &mut burst_hist);
+    pipeline.flush_telemetry(&cur, &mut pending, &mut burst_hist);
+    hand_off(&mut pending, slot, true);
     if let Err(e) = queue.flush() {
         eprintln!("dpgw: worker {id}: flushing output failed: {e}");
     }
@@ -231,6 +243,21 @@ pub fn run_worker<Q: Queue>(
         on_cpu_ns,
         pinned_to,
     }
+}
+
+/// Moves `pending` into the control side's `slot` if its lock is free (or,
+/// with `wait`, once it is); when it is busy everything stays in `pending`
+/// for the next try. A lock poisoned by a panicking reader is
+/// still used: the counters in it are plain numbers, never half-written by
+/// a reader.
+fn hand_off(pending: &mut Telemetry, slot: &Mutex<Telemetry>, wait: bool) {
+    let mut guard = match slot.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) if !wait => return,
+        Err(TryLockError::WouldBlock) => slot.lock().unwrap_or_else(|p| p.into_inner()),
+    };
+    guard.take_from(pending);
 }
 
 /// Sends `tx`, retrying a partial send a few times; what is left is freed and

@@ -2,8 +2,6 @@
 //! (`engine`) drives it; the stages (`stages`) speak the burst vocabulary of
 //! [`crate::burst`] (re-exported here) and use the pure crates.
 
-use std::sync::Mutex;
-
 pub use crate::burst::{Meta, Stage, Verdict};
 use crate::io::Packet;
 use crate::stats::{BurstHistogram, Telemetry};
@@ -20,40 +18,22 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Moves the stages' slow counters into the shared telemetry. With
-    /// `wait == false` it never blocks (a busy lock means: next time).
-    pub fn flush_telemetry(
-        &mut self,
-        t: &Tables,
-        slot: &Mutex<Telemetry>,
-        wait: bool,
-        hist: &mut BurstHistogram,
-    ) {
-        let mut guard = if wait {
-            match slot.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            }
-        } else {
-            match slot.try_lock() {
-                Ok(g) => g,
-                Err(_) => return,
-            }
-        };
-        let tel = &mut *guard;
+    /// Moves the stages' slow counters into `tel`, naming them with `t`, the
+    /// snapshot they were counted under (rule hits and per-service/backend
+    /// counters are indexed by positions in it). The caller hands `tel` on.
+    pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut Telemetry, hist: &mut BurstHistogram) {
         self.acl.drain_hits(t, &mut tel.rule_hits);
-        if tel.burst_ns_buckets.len() < hist.buckets.len() {
-            tel.burst_ns_buckets.resize(hist.buckets.len(), 0);
-        }
-        for (a, b) in tel.burst_ns_buckets.iter_mut().zip(hist.buckets.iter_mut()) {
-            *a += *b;
-            *b = 0;
+        for (a, b) in tel
+            .burst_cycle_buckets
+            .iter_mut()
+            .zip(hist.buckets.iter_mut())
+        {
+            *a += std::mem::take(b);
         }
         self.lb.flush_telemetry(t, tel);
         tel.icmp_too_big += std::mem::take(&mut self.route.icmp_too_big);
-        tel.acl_cache[0] += std::mem::take(&mut self.acl.cache_hits);
-        tel.acl_cache[1] += std::mem::take(&mut self.acl.cache_misses);
-        tel.acl_cache[2] += std::mem::take(&mut self.acl.cache_bypassed);
+        tel.acl_cache
+            .add(&std::mem::take(&mut self.acl.cache_counts));
     }
 
     /// Runs the stages over one burst. `learned_next_hop` is the slow path's

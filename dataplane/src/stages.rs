@@ -3,7 +3,7 @@
 use crate::burst::{Meta, Stage, Verdict};
 use crate::config::NonVip;
 use crate::io::{Packet, MAX_BURST};
-use crate::stats::DropReason;
+use crate::stats::{AclCacheCounters, DropReason, FlowCounters, Telemetry, TrafficCounters};
 use crate::tables::Tables;
 
 /// Collects the keys of the packets still to be sent (converted to a stage
@@ -109,11 +109,8 @@ pub struct Acl {
     miss_at: [u16; MAX_BURST],
     slot_of: [u32; MAX_BURST],
     miss_out: [u32; MAX_BURST],
-    /// Cache lookups answered / not answered, and keys classified without
-    /// looking (the cache was bypassed), for telemetry.
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    pub cache_bypassed: u64,
+    /// What the result cache did, for telemetry (drained by the worker).
+    pub cache_counts: AclCacheCounters,
 }
 
 /// A two-way set-associative cache of classification results by exact key: the packets
@@ -247,9 +244,7 @@ impl Default for Acl {
             miss_at: [0; MAX_BURST],
             slot_of: [0; MAX_BURST],
             miss_out: [acl::NO_MATCH; MAX_BURST],
-            cache_hits: 0,
-            cache_misses: 0,
-            cache_bypassed: 0,
+            cache_counts: AclCacheCounters::default(),
         }
     }
 }
@@ -290,8 +285,8 @@ impl Acl {
                 misses += 1;
             }
         }
-        self.cache_hits += (n - misses) as u64;
-        self.cache_misses += misses as u64;
+        self.cache_counts.hits += (n - misses) as u64;
+        self.cache_counts.misses += misses as u64;
         cache.account(n, n - misses);
         if misses == 0 {
             return;
@@ -358,7 +353,7 @@ impl Stage for Acl {
         let bypass =
             t.acl_cache != 0 && self.cache.generation == t.generation && self.cache.bypassing(n);
         if t.acl_cache == 0 || bypass {
-            self.cache_bypassed += bypass as u64 * n as u64;
+            self.cache_counts.bypassed += bypass as u64 * n as u64;
             a.classifier
                 .classify_burst(&self.keys[..n], &mut self.out[..n]);
         } else {
@@ -387,10 +382,10 @@ pub struct Lb {
     pos: [u16; MAX_BURST],
     out: [lb::LbVerdict; MAX_BURST],
     pub flows: Option<lb::flow_table::FlowTable>,
-    /// Per service index of the snapshot `generation`: packets, bytes, new flows.
-    svc: Vec<[u64; 3]>,
+    /// Per service index of the snapshot `generation`.
+    svc: Vec<TrafficCounters>,
     /// Per (service index, backend index).
-    backend: Vec<Vec<[u64; 3]>>,
+    backend: Vec<Vec<TrafficCounters>>,
     generation: u64,
     epoch: Option<std::time::Instant>,
     /// Destination MAC of transmitted frames for the current burst.
@@ -422,27 +417,25 @@ impl Default for Lb {
 
 impl Lb {
     /// Moves per-service/backend counters and flow-table figures into `tel`.
-    pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut crate::stats::Telemetry) {
+    pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut Telemetry) {
         if self.generation == t.generation {
             for ((si, svc), c) in t.lb.services().zip(self.svc.iter_mut()) {
-                if c.iter().any(|x| *x != 0) {
-                    let e = tel.services.entry(svc.name.clone()).or_insert([0; 3]);
-                    for k in 0..3 {
-                        e[k] += c[k];
-                        c[k] = 0;
+                if !c.is_zero() {
+                    let c = std::mem::take(c);
+                    match tel.services.get_mut(&svc.name) {
+                        Some(e) => e.add(&c),
+                        None => {
+                            tel.services.insert(svc.name.clone(), c);
+                        }
                     }
                 }
                 if let Some(bc) = self.backend.get_mut(si.0 as usize) {
                     for (b, c) in t.lb.backends(si).iter().zip(bc.iter_mut()) {
-                        if c.iter().any(|x| *x != 0) {
-                            let e = tel
-                                .backends
+                        if !c.is_zero() {
+                            tel.backends
                                 .entry((svc.name.clone(), b.ip))
-                                .or_insert([0; 3]);
-                            for k in 0..3 {
-                                e[k] += c[k];
-                                c[k] = 0;
-                            }
+                                .or_default()
+                                .add(&std::mem::take(c));
                         }
                     }
                 }
@@ -450,7 +443,6 @@ impl Lb {
         }
         tel.icmp_too_big += std::mem::take(&mut self.icmp_too_big);
         if let Some(f) = &self.flows {
-            let st = f.stats();
             // Counting live flows scans the whole table: at most once a second.
             let now = self.now_ms();
             if now >= self.live_scanned_at + 1000 || tel.flow_capacity == 0 {
@@ -458,7 +450,7 @@ impl Lb {
                 tel.flows_in_use = f.live(now) as u64;
             }
             tel.flow_capacity = f.capacity() as u64;
-            tel.flow_counters = [st.hits, st.misses, st.evictions, st.expired];
+            tel.flow_counters = FlowCounters::from(&f.stats());
         }
     }
 
@@ -476,10 +468,11 @@ impl Lb {
         if self.generation != t.generation {
             self.generation = t.generation;
             self.svc.clear();
-            self.svc.resize(t.lb.len(), [0; 3]);
+            self.svc.resize(t.lb.len(), TrafficCounters::default());
             self.backend.clear();
             for (si, _) in t.lb.services() {
-                self.backend.push(vec![[0; 3]; t.lb.backends(si).len()]);
+                self.backend
+                    .push(vec![TrafficCounters::default(); t.lb.backends(si).len()]);
             }
         }
     }
@@ -557,18 +550,14 @@ impl Stage for Lb {
                             meta[i].finished = true;
                             let si = svc.0 as usize;
                             if let Some(c) = self.svc.get_mut(si) {
-                                c[0] += 1;
-                                c[1] += len;
-                                c[2] += new_flow as u64;
+                                c.count(len, new_flow);
                             }
                             if let Some(c) = self
                                 .backend
                                 .get_mut(si)
                                 .and_then(|b| b.get_mut(backend as usize))
                             {
-                                c[0] += 1;
-                                c[1] += len;
-                                c[2] += new_flow as u64;
+                                c.count(len, new_flow);
                             }
                         }
                         Err(r) => v[i] = Verdict::Drop(r),
@@ -813,14 +802,21 @@ mod tests {
             assert_eq!(got_hits, want_hits, "per-rule hit counts");
             assert!(want.contains(&Verdict::Drop(DropReason::AclDeny)));
             assert!(want.contains(&Verdict::Tx));
-            assert_eq!(plain.cache_hits + plain.cache_misses, 0, "cache off");
-            assert_eq!(cached.cache_hits + cached.cache_misses, 200 * 31);
+            assert_eq!(
+                plain.cache_counts.hits + plain.cache_counts.misses,
+                0,
+                "cache off"
+            );
+            assert_eq!(
+                cached.cache_counts.hits + cached.cache_counts.misses,
+                200 * 31
+            );
             if entries == 1024 {
                 assert!(
-                    cached.cache_hits > 2 * cached.cache_misses,
+                    cached.cache_counts.hits > 2 * cached.cache_counts.misses,
                     "flows recur: {} hits, {} misses",
-                    cached.cache_hits,
-                    cached.cache_misses
+                    cached.cache_counts.hits,
+                    cached.cache_counts.misses
                 );
             }
             // A new rule set (new snapshot): the same keys get the new answers at once.
@@ -870,17 +866,17 @@ mod tests {
             let b = burst(&mut cached, &on, &unique, &mut i);
             assert_eq!(a, b);
         }
-        assert_eq!(cached.cache_misses, u64::from(CACHE_WINDOW));
-        assert_eq!(cached.cache_bypassed, 0);
+        assert_eq!(cached.cache_counts.misses, u64::from(CACHE_WINDOW));
+        assert_eq!(cached.cache_counts.bypassed, 0);
         for _ in 0..bypass {
             let mut j = i;
             let a = burst(&mut plain, &off, &unique, &mut j);
             let b = burst(&mut cached, &on, &unique, &mut i);
             assert_eq!(a, b);
         }
-        assert_eq!(cached.cache_bypassed, CACHE_BYPASS);
+        assert_eq!(cached.cache_counts.bypassed, CACHE_BYPASS);
         assert_eq!(
-            cached.cache_misses,
+            cached.cache_counts.misses,
             u64::from(CACHE_WINDOW),
             "no lookups while bypassed"
         );
@@ -889,7 +885,11 @@ mod tests {
         for _ in 0..100 {
             burst(&mut cached, &on, &same, &mut i);
         }
-        assert_eq!(cached.cache_bypassed, CACHE_BYPASS);
-        assert!(cached.cache_hits >= 99 * 32, "{}", cached.cache_hits);
+        assert_eq!(cached.cache_counts.bypassed, CACHE_BYPASS);
+        assert!(
+            cached.cache_counts.hits >= 99 * 32,
+            "{}",
+            cached.cache_counts.hits
+        );
     }
 }

@@ -202,40 +202,219 @@ impl Published {
     }
 }
 
+/// Packets, bytes and new flows sent to a service or a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl TrafficCounters {
+    /// Counts one packet of `len` bytes (`new_flow`: it created its flow).
+    #[inline(always)]
+    pub fn count(&mut self, len: u64, new_flow: bool) {
+        self.packets += 1;
+        self.bytes += len;
+        self.new_flows += u64::from(new_flow);
+    }
+
+    pub fn add(&mut self, o: &TrafficCounters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == TrafficCounters::default()
+    }
+}
+
+/// What the ACL result cache did with the keys it was asked about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclCacheCounters {
+    /// Keys answered from the cache.
+    pub hits: u64,
+    /// Keys looked up, not found, and classified.
+    pub misses: u64,
+    /// Keys classified without looking, while the cache was bypassed.
+    pub bypassed: u64,
+}
+
+impl AclCacheCounters {
+    pub fn add(&mut self, o: &AclCacheCounters) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.bypassed += o.bypassed;
+    }
+}
+
+/// Flow-table lookups and removals (totals since the table was created).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+}
+
+impl FlowCounters {
+    pub fn add(&mut self, o: &FlowCounters) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.evictions += o.evictions;
+        self.expirations += o.expirations;
+    }
+}
+
+impl From<&lb::FlowStats> for FlowCounters {
+    fn from(s: &lb::FlowStats) -> FlowCounters {
+        FlowCounters {
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+            expirations: s.expired,
+        }
+    }
+}
+
 /// Slow-path counters of one worker, keyed by stable names/ids.
 #[derive(Clone, Debug, Default)]
 pub struct Telemetry {
     /// Rule id → packets matched.
     pub rule_hits: std::collections::HashMap<u32, u64>,
-    /// Service name → (packets, bytes, new flows).
-    pub services: std::collections::HashMap<String, [u64; 3]>,
-    /// (service name, backend address) → (packets, bytes, new flows).
-    pub backends: std::collections::HashMap<(String, std::net::IpAddr), [u64; 3]>,
+    /// Service name → traffic sent to its backends.
+    pub services: std::collections::HashMap<String, TrafficCounters>,
+    /// (service name, backend address) → traffic sent to the backend.
+    pub backends: std::collections::HashMap<(String, std::net::IpAddr), TrafficCounters>,
     pub flows_in_use: u64,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" replies sent.
     pub icmp_too_big: u64,
-    /// ACL result cache: lookups answered, lookups that went to the
-    /// classifier, keys classified while the cache was bypassed.
-    pub acl_cache: [u64; 3],
+    pub acl_cache: AclCacheCounters,
     pub flow_capacity: u64,
-    /// Flow table hits, misses, evictions, expirations.
-    pub flow_counters: [u64; 4],
-    /// Histogram of burst processing time: bucket i counts bursts that took
-    /// fewer than 2^i TSC cycles (not cumulative; divide by the TSC rate for ns).
-    pub burst_ns_buckets: Vec<u64>,
+    pub flow_counters: FlowCounters,
+    /// Burst processing time in TSC cycles (not seconds: the TSC rate is
+    /// applied by whoever exports it), as [`BurstHistogram::buckets`].
+    pub burst_cycle_buckets: [u64; BurstHistogram::BUCKETS],
 }
 
-/// Burst processing time in TSC cycles, as power-of-two buckets (bucket i
-/// counts bursts of < 2^i cycles), folded into [`Telemetry`] periodically.
+impl Telemetry {
+    /// Moves what `from` counted since its last hand-off into `self`: counts
+    /// are added (and zeroed in `from`, so they are never counted twice);
+    /// flow-table figures, which are the table's current state, replace
+    /// the older ones. Keys are stable names and ids, so `from` may hold
+    /// counts of several snapshots.
+    pub fn take_from(&mut self, from: &mut Telemetry) {
+        for (k, v) in from.rule_hits.drain() {
+            *self.rule_hits.entry(k).or_default() += v;
+        }
+        for (k, v) in from.services.drain() {
+            self.services.entry(k).or_default().add(&v);
+        }
+        for (k, v) in from.backends.drain() {
+            self.backends.entry(k).or_default().add(&v);
+        }
+        self.icmp_too_big += std::mem::take(&mut from.icmp_too_big);
+        self.acl_cache.add(&std::mem::take(&mut from.acl_cache));
+        for (a, b) in self
+            .burst_cycle_buckets
+            .iter_mut()
+            .zip(from.burst_cycle_buckets.iter_mut())
+        {
+            *a += std::mem::take(b);
+        }
+        self.flows_in_use = from.flows_in_use;
+        self.flow_capacity = from.flow_capacity;
+        self.flow_counters = from.flow_counters;
+    }
+}
+
+/// Burst processing time in TSC cycles, as power-of-two buckets, folded into
+/// [`Telemetry`] periodically. Bucket 0 counts bursts of 0 cycles, bucket i
+/// (1 ≤ i < `BUCKETS - 1`) those of 2^(i-1) to 2^i - 1 cycles, and the last
+/// bucket everything from 2^(BUCKETS - 2) cycles up (it has no upper bound).
+/// Not cumulative.
 #[derive(Debug, Default)]
 pub struct BurstHistogram {
-    pub buckets: [u64; 32],
+    pub buckets: [u64; BurstHistogram::BUCKETS],
 }
 
 impl BurstHistogram {
+    pub const BUCKETS: usize = 32;
+
     #[inline(always)]
     pub fn record(&mut self, cycles: u64) {
-        let b = (64 - cycles.leading_zeros() as usize).min(31);
+        let b = (64 - cycles.leading_zeros() as usize).min(Self::BUCKETS - 1);
         self.buckets[b] += 1;
+    }
+
+    /// Exclusive upper bound, in cycles, of bucket `i`; `None` for the last.
+    pub fn upper_bound(i: usize) -> Option<u64> {
+        (i < Self::BUCKETS - 1).then(|| 1u64 << i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_burst_histogram_buckets_match_their_bounds() {
+        for cycles in [
+            0u64,
+            1,
+            2,
+            3,
+            4,
+            1000,
+            1 << 29,
+            (1 << 30) - 1,
+            1 << 30,
+            u64::MAX,
+        ] {
+            let mut h = BurstHistogram::default();
+            h.record(cycles);
+            let i = h.buckets.iter().position(|c| *c == 1).unwrap();
+            match BurstHistogram::upper_bound(i) {
+                Some(up) => {
+                    assert!(cycles < up, "{cycles} in bucket {i}");
+                    assert!(i == 0 || cycles >= up / 2, "{cycles} in bucket {i}");
+                }
+                None => assert!(cycles >= 1 << (BurstHistogram::BUCKETS - 2), "{cycles}"),
+            }
+        }
+    }
+
+    #[test]
+    fn test_take_from_moves_counts_once_and_keeps_the_latest_figures() {
+        let web = TrafficCounters {
+            packets: 2,
+            bytes: 200,
+            new_flows: 1,
+        };
+        let mut worker = Telemetry::default();
+        let mut slot = Telemetry::default();
+        for round in 1..=3u64 {
+            worker.rule_hits.insert(7, 5);
+            worker.services.insert("web".into(), web);
+            worker.acl_cache.hits += 4;
+            worker.burst_cycle_buckets[3] += 1;
+            worker.flows_in_use = 10 * round;
+            worker.flow_capacity = 64;
+            worker.flow_counters.hits = 100 * round;
+            slot.take_from(&mut worker);
+            // Handing over again with nothing new changes nothing.
+            slot.take_from(&mut worker);
+            assert_eq!(slot.rule_hits[&7], 5 * round);
+            assert_eq!(slot.services["web"].packets, 2 * round);
+            assert_eq!(slot.acl_cache.hits, 4 * round);
+            assert_eq!(slot.burst_cycle_buckets[3], round);
+            // Flow-table figures are the table's state, not counts.
+            assert_eq!(slot.flows_in_use, 10 * round);
+            assert_eq!(slot.flow_counters.hits, 100 * round);
+        }
+        assert!(worker.rule_hits.is_empty() && worker.services.is_empty());
+        assert_eq!(worker.acl_cache, AclCacheCounters::default());
+        assert_eq!(worker.flow_capacity, 64, "kept: the worker reads it");
     }
 }

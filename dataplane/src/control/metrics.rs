@@ -14,10 +14,14 @@ use ctl::{
 
 use crate::cpu::rdtsc;
 use crate::engine::Shared;
-use crate::stats::Telemetry;
-use crate::stats::{DropReason, WorkerStats};
+use crate::stats::{BurstHistogram, DropReason, Telemetry, TrafficCounters, WorkerStats};
 
 use super::state::Desired;
+
+/// How long the TSC is measured against the wall clock before its rate is
+/// fixed (the rate's error is then about the time between the two clock
+/// reads over this, well under 1e-6).
+const TSC_CALIBRATION_S: f64 = 1.0;
 
 /// Samples the workers' counters about once a second, for rates, and
 /// calibrates the TSC against the wall clock (for the burst-time histogram).
@@ -25,6 +29,9 @@ use super::state::Desired;
 pub struct Sampler {
     start: Instant,
     tsc0: u64,
+    /// TSC ticks per second, fixed once measured (0 until then), so the
+    /// histogram's bounds do not move from one scrape to the next.
+    tsc_hz: f64,
     last: Option<(Instant, Vec<(u64, u64)>)>,
     rates: Vec<(f64, f64)>,
     window_s: f64,
@@ -35,6 +42,7 @@ impl Sampler {
         Sampler {
             start: Instant::now(),
             tsc0: rdtsc(),
+            tsc_hz: 0.0,
             last: None,
             rates: Vec::new(),
             window_s: 0.0,
@@ -43,6 +51,12 @@ impl Sampler {
 
     /// Takes a sample if the last one is at least a second old.
     pub fn tick(&mut self, shared: &Shared) {
+        if self.tsc_hz == 0.0 {
+            let s = self.start.elapsed().as_secs_f64();
+            if s >= TSC_CALIBRATION_S {
+                self.tsc_hz = rdtsc().wrapping_sub(self.tsc0) as f64 / s;
+            }
+        }
         let now = Instant::now();
         if let Some((t, _)) = &self.last {
             if now.duration_since(*t).as_secs_f64() < 1.0 {
@@ -79,13 +93,10 @@ impl Sampler {
         }
     }
 
-    /// TSC ticks per second, measured since the server started (0 if unknown).
+    /// TSC ticks per second, measured over the server's first second (0
+    /// before that, or without a TSC).
     pub fn tsc_hz(&self) -> f64 {
-        let s = self.start.elapsed().as_secs_f64();
-        if s < 0.01 {
-            return 0.0;
-        }
-        rdtsc().wrapping_sub(self.tsc0) as f64 / s
+        self.tsc_hz
     }
 }
 
@@ -132,10 +143,10 @@ fn flow_counters(worker: Option<usize>, t: &Telemetry) -> FlowTableCounters {
         worker,
         in_use: t.flows_in_use,
         capacity: t.flow_capacity,
-        hits: t.flow_counters[0],
-        misses: t.flow_counters[1],
-        evictions: t.flow_counters[2],
-        expirations: t.flow_counters[3],
+        hits: t.flow_counters.hits,
+        misses: t.flow_counters.misses,
+        evictions: t.flow_counters.evictions,
+        expirations: t.flow_counters.expirations,
     }
 }
 
@@ -179,8 +190,8 @@ pub fn collect(
     t.rx_mpps = total_c.rx_mpps;
     t.tx_mpps = total_c.tx_mpps;
 
-    let mut svc: BTreeMap<String, [u64; 3]> = BTreeMap::new();
-    let mut be: BTreeMap<(String, IpAddr), [u64; 3]> = BTreeMap::new();
+    let mut svc: BTreeMap<String, TrafficCounters> = BTreeMap::new();
+    let mut be: BTreeMap<(String, IpAddr), TrafficCounters> = BTreeMap::new();
     let mut rules: BTreeMap<u32, u64> = BTreeMap::new();
     let mut flow_tables = Vec::new();
     let mut flow_total = FlowTableCounters::default();
@@ -199,16 +210,10 @@ pub fn collect(
     }
     for (i, x) in tel.iter().enumerate() {
         for (k, v) in &x.services {
-            let e = svc.entry(k.clone()).or_default();
-            for j in 0..3 {
-                e[j] += v[j];
-            }
+            svc.entry(k.clone()).or_default().add(v);
         }
         for (k, v) in &x.backends {
-            let e = be.entry(k.clone()).or_default();
-            for j in 0..3 {
-                e[j] += v[j];
-            }
+            be.entry(k.clone()).or_default().add(v);
         }
         for (k, v) in &x.rule_hits {
             *rules.entry(*k).or_default() += v;
@@ -222,9 +227,9 @@ pub fn collect(
         .map(|(name, v)| ServiceCounters {
             configured: desired.services().get(&name).is_some(),
             name,
-            packets: v[0],
-            bytes: v[1],
-            new_flows: v[2],
+            packets: v.packets,
+            bytes: v.bytes,
+            new_flows: v.new_flows,
         })
         .collect();
     let backends = be
@@ -239,9 +244,9 @@ pub fn collect(
                 weight: spec.map(|b| b.weight),
                 service,
                 ip,
-                packets: v[0],
-                bytes: v[1],
-                new_flows: v[2],
+                packets: v.packets,
+                bytes: v.bytes,
+                new_flows: v.new_flows,
             }
         })
         .collect();
@@ -321,317 +326,776 @@ fn esc(s: &str) -> String {
     o
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// What the metric families are computed from (one scrape).
+struct Sources<'a> {
+    report: &'a StatsReport,
+    /// Every worker's published counters (all drop reasons, zero or not).
+    workers: Vec<WorkerStats>,
+    tel: &'a [Telemetry],
+    tsc_hz: f64,
 }
 
-/// The Prometheus text exposition (format 0.0.4).
-pub fn prometheus(shared: &Shared, r: &StatsReport, tel: &[Telemetry], tsc_hz: f64) -> String {
-    let mut o = String::with_capacity(8192);
-    family(
-        &mut o,
-        "dpgw_generation",
-        "gauge",
-        "Generation of the published table snapshot.",
-    );
-    let _ = writeln!(o, "dpgw_generation {}", r.generation);
-    family(
-        &mut o,
-        "dpgw_worker_generation",
-        "gauge",
-        "Snapshot generation each worker last used.",
-    );
-    for w in &r.workers {
-        let _ = writeln!(
-            o,
-            "dpgw_worker_generation{{worker=\"{}\"}} {}",
-            w.worker.unwrap_or(0),
-            w.generation
-        );
-    }
-    family(
-        &mut o,
-        "dpgw_worker_running",
-        "gauge",
-        "1 while the worker runs.",
-    );
-    for w in &r.workers {
-        let _ = writeln!(
-            o,
-            "dpgw_worker_running{{worker=\"{}\"}} {}",
-            w.worker.unwrap_or(0),
-            u8::from(w.running)
-        );
-    }
-    type Field = fn(&WorkerCounters) -> u64;
-    let per_worker: [(&str, &str, Field); 5] = [
-        ("dpgw_rx_packets_total", "Packets received.", |w| w.rx),
-        ("dpgw_tx_packets_total", "Packets transmitted.", |w| w.tx),
-        ("dpgw_rx_bytes_total", "Bytes received.", |w| w.rx_bytes),
-        ("dpgw_tx_bytes_total", "Bytes transmitted.", |w| w.tx_bytes),
-        ("dpgw_bursts_total", "Non-empty bursts processed.", |w| {
-            w.bursts
-        }),
-    ];
-    for (name, help, f) in per_worker {
-        family(&mut o, name, "counter", help);
-        for w in &r.workers {
-            let _ = writeln!(o, "{name}{{worker=\"{}\"}} {}", w.worker.unwrap_or(0), f(w));
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
     }
-    family(
-        &mut o,
-        "dpgw_drops_total",
-        "counter",
-        "Packets dropped, by worker and reason.",
-    );
-    for (i, p) in shared.published.iter().enumerate() {
-        let s = p.snapshot();
-        for reason in DropReason::ALL {
-            let _ = writeln!(
-                o,
-                "dpgw_drops_total{{worker=\"{i}\",reason=\"{}\"}} {}",
-                reason.name(),
-                s.drops[*reason as usize]
-            );
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+/// One line of a family: `{name}{suffix}{labels} {value}`.
+#[derive(Debug)]
+struct Sample {
+    /// Appended to the family name (`_bucket`, `_sum`, `_count` of a histogram).
+    suffix: &'static str,
+    /// Label names and values (unescaped).
+    labels: Vec<(&'static str, String)>,
+    value: Value,
+}
+
+fn sample(labels: Vec<(&'static str, String)>, v: u64) -> Sample {
+    Sample {
+        suffix: "",
+        labels,
+        value: Value::Int(v),
+    }
+}
+
+/// A metric family: what the exposition says about it and where its samples
+/// come from.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    /// Left out entirely (no HELP/TYPE) when it has no samples.
+    optional: bool,
+    samples: fn(&Sources) -> Vec<Sample>,
+}
+
+fn worker_label(w: Option<usize>) -> (&'static str, String) {
+    ("worker", w.unwrap_or(0).to_string())
+}
+
+fn per_worker(s: &Sources, f: fn(&WorkerCounters) -> u64) -> Vec<Sample> {
+    s.report
+        .workers
+        .iter()
+        .map(|w| sample(vec![worker_label(w.worker)], f(w)))
+        .collect()
+}
+
+fn per_port(s: &Sources, f: fn(&PortCounters) -> u64) -> Vec<Sample> {
+    s.report
+        .ports
+        .iter()
+        .map(|p| {
+            let labels = vec![("port", p.port.to_string()), ("device", p.name.clone())];
+            sample(labels, f(p))
+        })
+        .collect()
+}
+
+fn per_service(s: &Sources, f: fn(&ServiceCounters) -> u64) -> Vec<Sample> {
+    s.report
+        .services
+        .iter()
+        .map(|x| sample(vec![("service", x.name.clone())], f(x)))
+        .collect()
+}
+
+fn per_backend(s: &Sources, f: fn(&BackendCounters) -> Option<u64>) -> Vec<Sample> {
+    s.report
+        .backends
+        .iter()
+        .filter_map(|b| {
+            let labels = vec![
+                ("service", b.service.clone()),
+                ("backend", b.ip.to_string()),
+            ];
+            Some(sample(labels, f(b)?))
+        })
+        .collect()
+}
+
+fn per_flow_table(s: &Sources, f: fn(&FlowTableCounters) -> u64) -> Vec<Sample> {
+    s.report
+        .flow_tables
+        .iter()
+        .map(|t| sample(vec![worker_label(t.worker)], f(t)))
+        .collect()
+}
+
+/// Every family of `/metrics`, in output order.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "dpgw_generation",
+        kind: Kind::Gauge,
+        help: "Generation of the published table snapshot.",
+        optional: false,
+        samples: |s| vec![sample(vec![], s.report.generation)],
+    },
+    Family {
+        name: "dpgw_worker_generation",
+        kind: Kind::Gauge,
+        help: "Snapshot generation each worker last used.",
+        optional: false,
+        samples: |s| per_worker(s, |w| w.generation),
+    },
+    Family {
+        name: "dpgw_worker_running",
+        kind: Kind::Gauge,
+        help: "1 while the worker runs.",
+        optional: false,
+        samples: |s| per_worker(s, |w| u64::from(w.running)),
+    },
+    Family {
+        name: "dpgw_rx_packets_total",
+        kind: Kind::Counter,
+        help: "Packets received.",
+        optional: false,
+        samples: |s| per_worker(s, |w| w.rx),
+    },
+    Family {
+        name: "dpgw_tx_packets_total",
+        kind: Kind::Counter,
+        help: "Packets transmitted.",
+        optional: false,
+        samples: |s| per_worker(s, |w| w.tx),
+    },
+    Family {
+        name: "dpgw_rx_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes received.",
+        optional: false,
+        samples: |s| per_worker(s, |w| w.rx_bytes),
+    },
+    Family {
+        name: "dpgw_tx_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes transmitted.",
+        optional: false,
+        samples: |s| per_worker(s, |w| w.tx_bytes),
+    },
+    Family {
+        name: "dpgw_bursts_total",
+        kind: Kind::Counter,
+        help: "Non-empty bursts processed.",
+        optional: false,
+        samples: |s| per_worker(s, |w| w.bursts),
+    },
+    Family {
+        name: "dpgw_drops_total",
+        kind: Kind::Counter,
+        help: "Packets dropped, by worker and reason.",
+        optional: false,
+        samples: |s| {
+            let mut v = Vec::new();
+            for (i, w) in s.workers.iter().enumerate() {
+                for reason in DropReason::ALL {
+                    let labels = vec![worker_label(Some(i)), ("reason", reason.name().into())];
+                    v.push(sample(labels, w.drops[*reason as usize]));
+                }
+            }
+            v
+        },
+    },
+    Family {
+        name: "dpgw_port_rx_packets_total",
+        kind: Kind::Counter,
+        help: "Packets the DPDK port received.",
+        optional: true,
+        samples: |s| per_port(s, |p| p.ipackets),
+    },
+    Family {
+        name: "dpgw_port_tx_packets_total",
+        kind: Kind::Counter,
+        help: "Packets the DPDK port sent.",
+        optional: true,
+        samples: |s| per_port(s, |p| p.opackets),
+    },
+    Family {
+        name: "dpgw_port_rx_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes the DPDK port received.",
+        optional: true,
+        samples: |s| per_port(s, |p| p.ibytes),
+    },
+    Family {
+        name: "dpgw_port_tx_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes the DPDK port sent.",
+        optional: true,
+        samples: |s| per_port(s, |p| p.obytes),
+    },
+    Family {
+        name: "dpgw_port_rx_missed_total",
+        kind: Kind::Counter,
+        help: "Packets the DPDK port dropped for want of a free RX descriptor (imissed).",
+        optional: true,
+        samples: |s| per_port(s, |p| p.imissed),
+    },
+    Family {
+        name: "dpgw_port_rx_errors_total",
+        kind: Kind::Counter,
+        help: "Erroneous packets the DPDK port received.",
+        optional: true,
+        samples: |s| per_port(s, |p| p.ierrors),
+    },
+    Family {
+        name: "dpgw_port_tx_errors_total",
+        kind: Kind::Counter,
+        help: "Packets the DPDK port failed to send.",
+        optional: true,
+        samples: |s| per_port(s, |p| p.oerrors),
+    },
+    Family {
+        name: "dpgw_port_rx_nombuf_total",
+        kind: Kind::Counter,
+        help: "RX mbuf allocation failures of the DPDK port.",
+        optional: true,
+        samples: |s| per_port(s, |p| p.rx_nombuf),
+    },
+    Family {
+        name: "dpgw_service_packets_total",
+        kind: Kind::Counter,
+        help: "Packets sent to a backend of the service.",
+        optional: false,
+        samples: |s| per_service(s, |x| x.packets),
+    },
+    Family {
+        name: "dpgw_service_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes sent to a backend of the service.",
+        optional: false,
+        samples: |s| per_service(s, |x| x.bytes),
+    },
+    Family {
+        name: "dpgw_service_new_flows_total",
+        kind: Kind::Counter,
+        help: "Flows created for the service.",
+        optional: false,
+        samples: |s| per_service(s, |x| x.new_flows),
+    },
+    Family {
+        name: "dpgw_backend_packets_total",
+        kind: Kind::Counter,
+        help: "Packets sent to the backend.",
+        optional: false,
+        samples: |s| per_backend(s, |b| Some(b.packets)),
+    },
+    Family {
+        name: "dpgw_backend_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes sent to the backend.",
+        optional: false,
+        samples: |s| per_backend(s, |b| Some(b.bytes)),
+    },
+    Family {
+        name: "dpgw_backend_new_flows_total",
+        kind: Kind::Counter,
+        help: "Flows pinned to the backend.",
+        optional: false,
+        samples: |s| per_backend(s, |b| Some(b.new_flows)),
+    },
+    Family {
+        name: "dpgw_backend_weight",
+        kind: Kind::Gauge,
+        help: "Configured weight of the backend.",
+        optional: false,
+        // Backends no longer configured have no weight.
+        samples: |s| per_backend(s, |b| b.weight.map(u64::from)),
+    },
+    Family {
+        name: "dpgw_rule_hits_total",
+        kind: Kind::Counter,
+        help: "Packets matched by the ACL rule.",
+        optional: false,
+        samples: |s| {
+            s.report
+                .rules
+                .iter()
+                .map(|x| sample(vec![("rule", x.id.to_string())], x.hits))
+                .collect()
+        },
+    },
+    Family {
+        name: "dpgw_flow_table_entries",
+        kind: Kind::Gauge,
+        help: "Flow-table entries in use.",
+        optional: false,
+        samples: |s| per_flow_table(s, |f| f.in_use),
+    },
+    Family {
+        name: "dpgw_flow_table_capacity",
+        kind: Kind::Gauge,
+        help: "Flow-table capacity.",
+        optional: false,
+        samples: |s| per_flow_table(s, |f| f.capacity),
+    },
+    Family {
+        name: "dpgw_flow_table_events_total",
+        kind: Kind::Counter,
+        help: "Flow-table lookups and removals.",
+        optional: false,
+        samples: |s| {
+            let mut v = Vec::new();
+            for f in &s.report.flow_tables {
+                for (ev, n) in [
+                    ("hit", f.hits),
+                    ("miss", f.misses),
+                    ("eviction", f.evictions),
+                    ("expiration", f.expirations),
+                ] {
+                    v.push(sample(vec![worker_label(f.worker), ("event", ev.into())], n));
+                }
+            }
+            v
+        },
+    },
+    Family {
+        name: "dpgw_acl_cache_lookups_total",
+        kind: Kind::Counter,
+        help: "ACL result cache per worker: keys answered from the cache (hit), by the classifier after a lookup (miss), or by the classifier while the cache is bypassed for a low hit ratio (bypass).",
+        optional: false,
+        samples: |s| {
+            let mut v = Vec::new();
+            for (w, t) in s.tel.iter().enumerate() {
+                for (res, n) in [
+                    ("hit", t.acl_cache.hits),
+                    ("miss", t.acl_cache.misses),
+                    ("bypass", t.acl_cache.bypassed),
+                ] {
+                    v.push(sample(vec![worker_label(Some(w)), ("result", res.into())], n));
+                }
+            }
+            v
+        },
+    },
+    Family {
+        name: "dpgw_burst_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time to process one burst, all workers (bounds: powers of two of TSC cycles at the measured TSC rate; _sum estimated from bucket midpoints).",
+        optional: true,
+        samples: burst_duration,
+    },
+];
+
+/// Burst processing time in seconds. Workers count bursts in power-of-two
+/// buckets of TSC cycles ([`BurstHistogram`]); each bound is converted to
+/// seconds with the TSC rate this thread measured (4 significant digits, so
+/// the `le` labels stay the same from one scrape, and mostly one run, to the
+/// next). Bursts are not timed exactly, so `_sum` is estimated: a bucket's
+/// bursts count at its midpoint (3/4 of its upper bound), the open top
+/// bucket's at its lower bound.
+fn burst_duration(s: &Sources) -> Vec<Sample> {
+    if s.tsc_hz <= 0.0 {
+        return Vec::new();
+    }
+    let mut buckets = [0u64; BurstHistogram::BUCKETS];
+    for t in s.tel {
+        for (a, c) in buckets.iter_mut().zip(t.burst_cycle_buckets.iter()) {
+            *a += c;
         }
     }
-    type PortField = fn(&PortCounters) -> u64;
-    let per_port: [(&str, &str, PortField); 8] = [
-        (
-            "dpgw_port_rx_packets_total",
-            "Packets the DPDK port received.",
-            |p| p.ipackets,
-        ),
-        (
-            "dpgw_port_tx_packets_total",
-            "Packets the DPDK port sent.",
-            |p| p.opackets,
-        ),
-        (
-            "dpgw_port_rx_bytes_total",
-            "Bytes the DPDK port received.",
-            |p| p.ibytes,
-        ),
-        (
-            "dpgw_port_tx_bytes_total",
-            "Bytes the DPDK port sent.",
-            |p| p.obytes,
-        ),
-        (
-            "dpgw_port_rx_missed_total",
-            "Packets the DPDK port dropped for want of a free RX descriptor (imissed).",
-            |p| p.imissed,
-        ),
-        (
-            "dpgw_port_rx_errors_total",
-            "Erroneous packets the DPDK port received.",
-            |p| p.ierrors,
-        ),
-        (
-            "dpgw_port_tx_errors_total",
-            "Packets the DPDK port failed to send.",
-            |p| p.oerrors,
-        ),
-        (
-            "dpgw_port_rx_nombuf_total",
-            "RX mbuf allocation failures of the DPDK port.",
-            |p| p.rx_nombuf,
-        ),
-    ];
-    if !r.ports.is_empty() {
-        for (name, help, f) in per_port {
-            family(&mut o, name, "counter", help);
-            for p in &r.ports {
-                let _ = writeln!(
-                    o,
-                    "{name}{{port=\"{}\",device=\"{}\"}} {}",
-                    p.port,
-                    esc(&p.name),
-                    f(p)
-                );
+    let bucket = |le: String, n: u64| Sample {
+        suffix: "_bucket",
+        labels: vec![("le", le)],
+        value: Value::Int(n),
+    };
+    let mut v = Vec::with_capacity(BurstHistogram::BUCKETS + 2);
+    let mut cum = 0u64;
+    let mut sum_cycles = 0.0f64;
+    for (i, c) in buckets.iter().enumerate() {
+        cum += c;
+        match BurstHistogram::upper_bound(i) {
+            Some(up) => {
+                sum_cycles += *c as f64 * up as f64 * if i == 0 { 0.0 } else { 0.75 };
+                v.push(bucket(format!("{:.3e}", up as f64 / s.tsc_hz), cum));
+            }
+            None => {
+                let low = BurstHistogram::upper_bound(i - 1).unwrap_or(0);
+                sum_cycles += *c as f64 * low as f64;
             }
         }
     }
-    type SvcField = fn(&ServiceCounters) -> u64;
-    let per_svc: [(&str, &str, SvcField); 3] = [
-        (
-            "dpgw_service_packets_total",
-            "Packets sent to a backend of the service.",
-            |s| s.packets,
-        ),
-        (
-            "dpgw_service_bytes_total",
-            "Bytes sent to a backend of the service.",
-            |s| s.bytes,
-        ),
-        (
-            "dpgw_service_new_flows_total",
-            "Flows created for the service.",
-            |s| s.new_flows,
-        ),
-    ];
-    for (name, help, f) in per_svc {
-        family(&mut o, name, "counter", help);
-        for s in &r.services {
-            let _ = writeln!(o, "{name}{{service=\"{}\"}} {}", esc(&s.name), f(s));
+    v.push(bucket("+Inf".into(), cum));
+    v.push(Sample {
+        suffix: "_sum",
+        labels: vec![],
+        value: Value::Float(sum_cycles / s.tsc_hz),
+    });
+    v.push(Sample {
+        suffix: "_count",
+        labels: vec![],
+        value: Value::Int(cum),
+    });
+    v
+}
+
+/// The Prometheus text exposition (format 0.0.4) of [`FAMILIES`].
+pub fn prometheus(shared: &Shared, r: &StatsReport, tel: &[Telemetry], tsc_hz: f64) -> String {
+    let src = Sources {
+        report: r,
+        workers: shared.published.iter().map(|p| p.snapshot()).collect(),
+        tel,
+        tsc_hz,
+    };
+    let mut o = String::with_capacity(8192);
+    for f in FAMILIES {
+        let samples = (f.samples)(&src);
+        if f.optional && samples.is_empty() {
+            continue;
         }
-    }
-    type BeField = fn(&BackendCounters) -> u64;
-    let per_be: [(&str, &str, BeField); 3] = [
-        (
-            "dpgw_backend_packets_total",
-            "Packets sent to the backend.",
-            |b| b.packets,
-        ),
-        (
-            "dpgw_backend_bytes_total",
-            "Bytes sent to the backend.",
-            |b| b.bytes,
-        ),
-        (
-            "dpgw_backend_new_flows_total",
-            "Flows pinned to the backend.",
-            |b| b.new_flows,
-        ),
-    ];
-    for (name, help, f) in per_be {
-        family(&mut o, name, "counter", help);
-        for b in &r.backends {
-            let _ = writeln!(
-                o,
-                "{name}{{service=\"{}\",backend=\"{}\"}} {}",
-                esc(&b.service),
-                b.ip,
-                f(b)
-            );
+        let _ = writeln!(o, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(o, "# TYPE {} {}", f.name, f.kind.name());
+        for s in samples {
+            o.push_str(f.name);
+            o.push_str(s.suffix);
+            for (i, (k, v)) in s.labels.iter().enumerate() {
+                o.push(if i == 0 { '{' } else { ',' });
+                let _ = write!(o, "{k}=\"{}\"", esc(v));
+            }
+            if !s.labels.is_empty() {
+                o.push('}');
+            }
+            let _ = match s.value {
+                Value::Int(v) => writeln!(o, " {v}"),
+                Value::Float(v) => writeln!(o, " {v:e}"),
+            };
         }
-    }
-    family(
-        &mut o,
-        "dpgw_backend_weight",
-        "gauge",
-        "Configured weight of the backend.",
-    );
-    for b in &r.backends {
-        if let Some(wt) = b.weight {
-            let _ = writeln!(
-                o,
-                "dpgw_backend_weight{{service=\"{}\",backend=\"{}\"}} {wt}",
-                esc(&b.service),
-                b.ip
-            );
-        }
-    }
-    family(
-        &mut o,
-        "dpgw_rule_hits_total",
-        "counter",
-        "Packets matched by the ACL rule.",
-    );
-    for x in &r.rules {
-        let _ = writeln!(o, "dpgw_rule_hits_total{{rule=\"{}\"}} {}", x.id, x.hits);
-    }
-    family(
-        &mut o,
-        "dpgw_flow_table_entries",
-        "gauge",
-        "Flow-table entries in use.",
-    );
-    for f in &r.flow_tables {
-        let _ = writeln!(
-            o,
-            "dpgw_flow_table_entries{{worker=\"{}\"}} {}",
-            f.worker.unwrap_or(0),
-            f.in_use
-        );
-    }
-    family(
-        &mut o,
-        "dpgw_flow_table_capacity",
-        "gauge",
-        "Flow-table capacity.",
-    );
-    for f in &r.flow_tables {
-        let _ = writeln!(
-            o,
-            "dpgw_flow_table_capacity{{worker=\"{}\"}} {}",
-            f.worker.unwrap_or(0),
-            f.capacity
-        );
-    }
-    family(
-        &mut o,
-        "dpgw_flow_table_events_total",
-        "counter",
-        "Flow-table lookups and removals.",
-    );
-    for f in &r.flow_tables {
-        let w = f.worker.unwrap_or(0);
-        for (ev, v) in [
-            ("hit", f.hits),
-            ("miss", f.misses),
-            ("eviction", f.evictions),
-            ("expiration", f.expirations),
-        ] {
-            let _ = writeln!(
-                o,
-                "dpgw_flow_table_events_total{{worker=\"{w}\",event=\"{ev}\"}} {v}"
-            );
-        }
-    }
-    family(
-        &mut o,
-        "dpgw_acl_cache_lookups_total",
-        "counter",
-        "ACL result cache per worker: keys answered from the cache (hit), by the classifier after a lookup (miss), or by the classifier while the cache is bypassed for a low hit ratio (bypass).",
-    );
-    for (w, t) in tel.iter().enumerate() {
-        for (res, v) in [
-            ("hit", t.acl_cache[0]),
-            ("miss", t.acl_cache[1]),
-            ("bypass", t.acl_cache[2]),
-        ] {
-            let _ = writeln!(
-                o,
-                "dpgw_acl_cache_lookups_total{{worker=\"{w}\",result=\"{res}\"}} {v}"
-            );
-        }
-    }
-    // Burst processing time: workers count bursts in power-of-two TSC-cycle
-    // buckets (bucket i: fewer than 2^i cycles); bounds are converted to
-    // seconds with the TSC rate measured by this thread.
-    let mut buckets = [0u64; 64];
-    let mut nb = 0;
-    for t in tel {
-        for (i, c) in t.burst_ns_buckets.iter().enumerate().take(64) {
-            buckets[i] += c;
-            nb = nb.max(i + 1);
-        }
-    }
-    if nb > 0 && tsc_hz > 0.0 {
-        family(
-            &mut o,
-            "dpgw_burst_duration_seconds",
-            "histogram",
-            "Time to process one burst (all workers; bounds from TSC cycles).",
-        );
-        let mut cum = 0u64;
-        let mut sum = 0.0f64;
-        for (i, c) in buckets[..nb].iter().enumerate() {
-            cum += c;
-            let upper = (1u64 << i) as f64 / tsc_hz;
-            // The bucket's midpoint stands in for its bursts' exact durations.
-            sum += *c as f64 * upper * 0.75;
-            let _ = writeln!(
-                o,
-                "dpgw_burst_duration_seconds_bucket{{le=\"{upper:e}\"}} {cum}"
-            );
-        }
-        let _ = writeln!(o, "dpgw_burst_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(o, "dpgw_burst_duration_seconds_sum {sum:e}");
-        let _ = writeln!(o, "dpgw_burst_duration_seconds_count {cum}");
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::tables::Tables;
+
+    fn fixture() -> (std::sync::Arc<Shared>, StatsReport, Vec<Telemetry>) {
+        let cfg = Config::parse(
+            "[pcap]\ninput = [\"x.pcap\"]\n[gateway]\nunderlay_ips = [\"10.0.0.1\"]\n",
+        )
+        .unwrap();
+        let shared = Shared::new(Tables::build(&cfg, 7).unwrap(), 2);
+        let mut tel = vec![Telemetry::default(), Telemetry::default()];
+        for (w, t) in tel.iter_mut().enumerate() {
+            let w = w as u64;
+            let mut s = WorkerStats {
+                rx: 100 + w,
+                tx: 90 + w,
+                rx_bytes: 10_000 + w,
+                tx_bytes: 9_000 + w,
+                bursts: 5 + w,
+                ..Default::default()
+            };
+            s.drops[DropReason::AclDeny as usize] = 7 + w;
+            s.drops[DropReason::Truncated as usize] = 3;
+            shared.published[w as usize].publish(&s);
+            t.rule_hits.insert(10, 4 + w);
+            let web = TrafficCounters {
+                packets: 50 + w,
+                bytes: 5000,
+                new_flows: 2,
+            };
+            t.services.insert("web".into(), web);
+            t.services.insert(
+                "dns \"q\"".into(),
+                TrafficCounters {
+                    packets: 1,
+                    bytes: 2,
+                    new_flows: 3,
+                },
+            );
+            t.backends
+                .insert(("web".into(), "192.168.1.1".parse().unwrap()), web);
+            t.flows_in_use = 12 + w;
+            t.flow_capacity = 1024;
+            t.flow_counters = crate::stats::FlowCounters {
+                hits: 1 + w,
+                misses: 2,
+                evictions: 3,
+                expirations: 4,
+            };
+            t.acl_cache = crate::stats::AclCacheCounters {
+                hits: 20 + w,
+                misses: 30,
+                bypassed: 40,
+            };
+            t.burst_cycle_buckets[0] = 1;
+            t.burst_cycle_buckets[10] = 3 + w;
+            t.burst_cycle_buckets[12] = 1;
+            t.burst_cycle_buckets[31] = 1;
+        }
+        let mut r = StatsReport::default();
+        for i in 0..2 {
+            let mut w = worker_counters(Some(i), &shared.published[i].snapshot());
+            w.running = i == 0;
+            w.generation = 7;
+            r.workers.push(w);
+        }
+        r.generation = 7;
+        r.services = vec![
+            ServiceCounters {
+                name: "web".into(),
+                configured: true,
+                packets: 101,
+                bytes: 10_000,
+                new_flows: 4,
+            },
+            ServiceCounters {
+                name: "dns \"q\"".into(),
+                configured: false,
+                packets: 2,
+                bytes: 4,
+                new_flows: 6,
+            },
+        ];
+        r.backends = vec![
+            BackendCounters {
+                service: "web".into(),
+                ip: "192.168.1.1".parse().unwrap(),
+                state: None,
+                weight: Some(3),
+                packets: 101,
+                bytes: 10_000,
+                new_flows: 4,
+            },
+            BackendCounters {
+                service: "web".into(),
+                ip: "fd00::2".parse().unwrap(),
+                state: None,
+                weight: None,
+                packets: 0,
+                bytes: 0,
+                new_flows: 0,
+            },
+        ];
+        r.rules = vec![RuleCounters { id: 10, hits: 9 }];
+        r.flow_tables = tel
+            .iter()
+            .enumerate()
+            .map(|(i, t)| flow_counters(Some(i), t))
+            .collect();
+        r.ports = vec![PortCounters {
+            port: 0,
+            name: "net_null0".into(),
+            ipackets: 1,
+            opackets: 2,
+            ibytes: 3,
+            obytes: 4,
+            imissed: 5,
+            ierrors: 6,
+            oerrors: 7,
+            rx_nombuf: 8,
+        }];
+        (shared, r, tel)
+    }
+
+    /// Reads an exposition the way a scraper does and checks its shape:
+    /// each family declared once (HELP then TYPE) before its samples, every
+    /// sample named after the family it follows (plus `_bucket`/`_sum`/
+    /// `_count` for a histogram), label values quoted, values numbers.
+    /// Returns family → (sample name with labels, value).
+    fn parse(text: &str) -> BTreeMap<String, Vec<(String, f64)>> {
+        let mut fams: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+        let mut cur: Option<(String, String)> = None;
+        let mut lines = text.lines();
+        while let Some(l) = lines.next() {
+            if let Some(rest) = l.strip_prefix("# HELP ") {
+                let name = rest.split_once(' ').unwrap().0.to_string();
+                let ty = lines.next().unwrap();
+                let (tname, kind) = ty.strip_prefix("# TYPE ").unwrap().split_once(' ').unwrap();
+                assert_eq!(tname, name, "{ty}");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{ty}");
+                assert!(
+                    fams.insert(name.clone(), Vec::new()).is_none(),
+                    "{name} twice"
+                );
+                cur = Some((name, kind.to_string()));
+                continue;
+            }
+            let (fam, kind) = cur.as_ref().expect("sample before any family");
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{l}"));
+            let name = series.split('{').next().unwrap();
+            let ok = match kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name == format!("{fam}{s}")),
+                _ => name == fam,
+            };
+            assert!(ok, "{l} after family {fam}");
+            if let Some(labels) = series.strip_prefix(name) {
+                if !labels.is_empty() {
+                    let inner = labels.strip_prefix('{').unwrap().strip_suffix('}').unwrap();
+                    assert!(inner.ends_with('"') && inner.contains("=\""), "{l}");
+                }
+            }
+            fams.get_mut(fam).unwrap().push((series.to_string(), value));
+        }
+        fams
+    }
+
+    fn value(fams: &BTreeMap<String, Vec<(String, f64)>>, fam: &str, series: &str) -> Option<f64> {
+        fams.get(fam)?
+            .iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn test_prometheus_families_labels_and_values() {
+        let (shared, r, tel) = fixture();
+        let f = parse(&prometheus(&shared, &r, &tel, 2.0e9));
+        let names: Vec<&str> = FAMILIES.iter().map(|x| x.name).collect();
+        assert_eq!(f.keys().count(), names.len());
+        for n in names {
+            assert!(f.contains_key(n), "{n} missing");
+        }
+        for (fam, series, v) in [
+            ("dpgw_generation", "dpgw_generation", 7.0),
+            (
+                "dpgw_worker_running",
+                "dpgw_worker_running{worker=\"1\"}",
+                0.0,
+            ),
+            (
+                "dpgw_rx_packets_total",
+                "dpgw_rx_packets_total{worker=\"1\"}",
+                101.0,
+            ),
+            ("dpgw_bursts_total", "dpgw_bursts_total{worker=\"0\"}", 5.0),
+            (
+                "dpgw_drops_total",
+                "dpgw_drops_total{worker=\"1\",reason=\"acl_deny\"}",
+                8.0,
+            ),
+            (
+                "dpgw_drops_total",
+                "dpgw_drops_total{worker=\"0\",reason=\"tx_full\"}",
+                0.0,
+            ),
+            (
+                "dpgw_port_rx_nombuf_total",
+                "dpgw_port_rx_nombuf_total{port=\"0\",device=\"net_null0\"}",
+                8.0,
+            ),
+            (
+                "dpgw_service_new_flows_total",
+                "dpgw_service_new_flows_total{service=\"dns \\\"q\\\"\"}",
+                6.0,
+            ),
+            (
+                "dpgw_backend_bytes_total",
+                "dpgw_backend_bytes_total{service=\"web\",backend=\"192.168.1.1\"}",
+                10_000.0,
+            ),
+            (
+                "dpgw_backend_weight",
+                "dpgw_backend_weight{service=\"web\",backend=\"192.168.1.1\"}",
+                3.0,
+            ),
+            (
+                "dpgw_rule_hits_total",
+                "dpgw_rule_hits_total{rule=\"10\"}",
+                9.0,
+            ),
+            (
+                "dpgw_flow_table_entries",
+                "dpgw_flow_table_entries{worker=\"1\"}",
+                13.0,
+            ),
+            (
+                "dpgw_flow_table_events_total",
+                "dpgw_flow_table_events_total{worker=\"1\",event=\"hit\"}",
+                2.0,
+            ),
+            (
+                "dpgw_flow_table_events_total",
+                "dpgw_flow_table_events_total{worker=\"0\",event=\"expiration\"}",
+                4.0,
+            ),
+            (
+                "dpgw_acl_cache_lookups_total",
+                "dpgw_acl_cache_lookups_total{worker=\"1\",result=\"bypass\"}",
+                40.0,
+            ),
+        ] {
+            assert_eq!(value(&f, fam, series), Some(v), "{series}");
+        }
+        assert_eq!(f["dpgw_drops_total"].len(), 2 * DropReason::COUNT);
+        // A backend that is no longer configured has counters but no weight.
+        assert_eq!(f["dpgw_backend_packets_total"].len(), 2);
+        assert_eq!(f["dpgw_backend_weight"].len(), 1);
+    }
+
+    #[test]
+    fn test_prometheus_leaves_out_what_it_does_not_have() {
+        let (shared, mut r, tel) = fixture();
+        r.ports.clear();
+        r.rules.clear();
+        // The TSC rate is not known yet.
+        let f = parse(&prometheus(&shared, &r, &tel, 0.0));
+        assert!(!f.keys().any(|k| k.starts_with("dpgw_port_")));
+        assert!(!f.contains_key("dpgw_burst_duration_seconds"));
+        // A family that can have samples but has none now is still declared.
+        assert_eq!(f["dpgw_rule_hits_total"], vec![]);
+    }
+
+    #[test]
+    fn test_burst_histogram_in_seconds() {
+        let (shared, r, tel) = fixture();
+        // Two workers, each: one burst of 0 cycles, 3 + w of 512..1023, one
+        // of 2048..4095, one of 2^30 or more.
+        let f = parse(&prometheus(&shared, &r, &tel, 2.0e9));
+        let h = &f["dpgw_burst_duration_seconds"];
+        let buckets: Vec<(&str, f64)> = h
+            .iter()
+            .filter_map(|(s, v)| {
+                let le = s.strip_prefix("dpgw_burst_duration_seconds_bucket{le=\"")?;
+                Some((le.strip_suffix("\"}").unwrap(), *v))
+            })
+            .collect();
+        // One bucket per finite power of two, then +Inf.
+        assert_eq!(buckets.len(), BurstHistogram::BUCKETS);
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+        let le = |b: &str| buckets.iter().find(|x| x.0 == b).map(|x| x.1);
+        // 2^0 cycles at 2 GHz, 2^10, 2^11, 2^12, 2^30 (the last finite bound).
+        assert_eq!(buckets[0], ("5.000e-10", 2.0));
+        assert_eq!(le("5.120e-7"), Some(9.0));
+        assert_eq!(le("1.024e-6"), Some(9.0));
+        assert_eq!(le("2.048e-6"), Some(11.0));
+        assert_eq!(buckets[30], ("5.369e-1", 11.0));
+        assert_eq!(buckets[31], ("+Inf", 13.0));
+        let count = value(
+            &f,
+            "dpgw_burst_duration_seconds",
+            "dpgw_burst_duration_seconds_count",
+        );
+        assert_eq!(count, Some(13.0));
+        let sum = value(
+            &f,
+            "dpgw_burst_duration_seconds",
+            "dpgw_burst_duration_seconds_sum",
+        );
+        let expect = (7.0 * 768.0 + 2.0 * 3072.0 + 2.0 * (1u64 << 30) as f64) / 2.0e9;
+        assert!((sum.unwrap() - expect).abs() < 1e-12, "{sum:?} vs {expect}");
+    }
 }
