@@ -363,6 +363,10 @@ pub struct WorkerCounters {
     pub rx: u64,
     /// Transmitted packets.
     pub tx: u64,
+    /// Frames for the gateway itself handed to the slow path (not drops:
+    /// `rx == tx + punted + Σ drops`).
+    #[serde(default)]
+    pub punted: u64,
     /// Received bytes.
     pub rx_bytes: u64,
     /// Transmitted bytes.

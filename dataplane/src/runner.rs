@@ -86,6 +86,10 @@ pub struct Summary {
     pub workers: Vec<WorkerSummary>,
     pub tsc_ghz: f64,
     pub generation: u64,
+    /// The I/O backend's own counters, summed over the queues (AF_PACKET:
+    /// kernel ring drops, partial checksums completed, ...); non-zero only.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub io: BTreeMap<&'static str, u64>,
 }
 
 impl Summary {
@@ -123,6 +127,9 @@ impl Summary {
             s.push_str(&format!(" {k} {v:.1}%"));
         }
         s.push('\n');
+        for (k, v) in &self.io {
+            s.push_str(&format!("  io {k:<20} {v}\n"));
+        }
         for w in &self.workers {
             s.push_str(&format!(
                 "  worker {} (core {}): rx {} tx {} drops {} | {:.3} Mpps {:.1} ns/pkt {:.1} cycles/pkt\n",
@@ -339,12 +346,17 @@ pub fn drive<Q: Queue + 'static>(
                 .map_err(|_| RunError::Backend("a worker thread panicked".into()))?,
         );
     }
-    Ok(summarise(
-        &results,
-        seconds,
-        tsc_ghz,
-        shared.tables.load().generation,
-    ))
+    let mut io: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for r in &mut results {
+        for (k, v) in r.queue.io_counters() {
+            if v != 0 {
+                *io.entry(k).or_insert(0) += v;
+            }
+        }
+    }
+    let mut summary = summarise(&results, seconds, tsc_ghz, shared.tables.load().generation);
+    summary.io = io;
+    Ok(summary)
 }
 
 fn summarise<Q>(
@@ -424,5 +436,6 @@ fn summarise<Q>(
         workers,
         tsc_ghz,
         generation,
+        io: BTreeMap::new(),
     }
 }

@@ -23,7 +23,7 @@ fn exception_path_answers_arp_ping_ndp_and_resolves_next_hop() {
     require_root_netns();
     assert!(
         exception_hook_wired(),
-        "the Decap stage must punt ARP/ICMP/ND for our addresses as `exception`"
+        "the Decap stage must punt ARP/ICMP/ND for our addresses (counted as `punted`)"
     );
     let gw = Netns::new("exc-gw");
     let host = Netns::new("exc-host");

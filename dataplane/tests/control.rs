@@ -927,3 +927,59 @@ fn measure_backend_add_to_first_packet() {
     drop(c);
     check_conservation(&d.stop());
 }
+
+/// Not a pass/fail test: `backend add` latency (answer with the snapshot live
+/// on the worker) with 1, 100 and 1000 services of two backends each, so that
+/// the cost of rebuilding the other services' Maglev tables shows. Run with
+/// `cargo test -p dataplane --test control -- --ignored --nocapture
+/// measure_backend_add_by_services`.
+#[test]
+#[ignore]
+fn measure_backend_add_by_services() {
+    for n in [1usize, 100, 1000] {
+        let mut extra = String::new();
+        for i in 0..n {
+            extra.push_str(&format!(
+                "[[service]]\nname = \"s{i}\"\nvip = \"10.98.{}.{}\"\nport = 80\nproto = \"tcp\"\n\
+                 [[service.backend]]\nip = \"192.168.0.1\"\n[[service.backend]]\nip = \"192.168.0.2\"\n",
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+        let s = setup(&extra);
+        let d = Daemon::start(&s.cfg, &s.sock);
+        let mut c = d.client();
+        let mut add = Vec::new();
+        let mut del = Vec::new();
+        for _ in 0..15 {
+            let t0 = Instant::now();
+            mutate(
+                &mut c,
+                Command::BackendAdd {
+                    service: "s0".into(),
+                    backend: BackendSpec::new(ip("192.168.1.1")),
+                },
+            );
+            add.push(t0.elapsed());
+            let t0 = Instant::now();
+            mutate(
+                &mut c,
+                Command::BackendDel {
+                    service: "s0".into(),
+                    ip: ip("192.168.1.1"),
+                },
+            );
+            del.push(t0.elapsed());
+        }
+        add.sort();
+        del.sort();
+        eprintln!(
+            "services {n}: backend add median {:?} (min {:?}, max {:?}); backend del median {:?}",
+            add[add.len() / 2],
+            add[0],
+            add[add.len() - 1],
+            del[del.len() / 2],
+        );
+        drop(d);
+    }
+}

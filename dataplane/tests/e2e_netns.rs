@@ -16,7 +16,10 @@
 //! The router ARPs for the VTEP (answered by dpgw's exception path), dpgw
 //! resolves the router as its next hop by ARP (`next_hop_ip`). ACL rules and
 //! backend changes go through the control socket (the `ctl` client library
-//! that `dpgwctl` is built on). Needs root and `ip netns`: `#[ignore]`d, run by
+//! that `dpgwctl` is built on). Every veth keeps its default offloads (as on
+//! any container host): the client's frames reach dpgw with partial TCP
+//! checksums, which dpgw completes before forwarding (the test checks the
+//! counter). Needs root and `ip netns`: `#[ignore]`d, run by
 //! `scripts/test.sh` as root (`-- --ignored`); asked for without root, it fails.
 
 mod afpacket_support;
@@ -516,5 +519,13 @@ fn e2e_vxlan_client_acl_maglev_backends() {
     }
     let log = dpgw_log(&topo);
     assert!(log.contains("final counters"), "{log}");
+    // The veths run with their default offloads: the client's TCP segments
+    // reach dpgw with partial checksums, which AF_PACKET RX completes.
+    let completed: u64 = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("io csum_completed"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(completed > 0, "no partial checksum was completed:\n{log}");
     println!("e2e took {:.1} s\n{log}", t_start.elapsed().as_secs_f64());
 }

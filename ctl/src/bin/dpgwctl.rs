@@ -625,6 +625,7 @@ fn format_stats(s: &StatsReport) -> String {
             w.generation.to_string(),
             w.rx.to_string(),
             w.tx.to_string(),
+            w.punted.to_string(),
             w.total_drops().to_string(),
             format!("{:.3}", w.rx_mpps),
             format!("{:.3}", w.tx_mpps),
@@ -638,7 +639,7 @@ fn format_stats(s: &StatsReport) -> String {
     rows.push(row("total".into(), &s.total));
     out.push_str(&table(
         &[
-            "WORKER", "STATE", "GEN", "RX", "TX", "DROPS", "RX_MPPS", "TX_MPPS",
+            "WORKER", "STATE", "GEN", "RX", "TX", "PUNTED", "DROPS", "RX_MPPS", "TX_MPPS",
         ],
         &rows,
     ));

@@ -125,6 +125,7 @@ fn worker_counters(worker: Option<usize>, s: &WorkerStats) -> WorkerCounters {
         generation: 0,
         rx: s.rx,
         tx: s.tx,
+        punted: s.punted,
         rx_bytes: s.rx_bytes,
         tx_bytes: s.tx_bytes,
         bursts: s.bursts,
@@ -476,6 +477,13 @@ const FAMILIES: &[Family] = &[
         help: "Packets transmitted.",
         optional: false,
         samples: |s| per_worker(s, |w| w.tx),
+    },
+    Family {
+        name: "dpgw_punted_packets_total",
+        kind: Kind::Counter,
+        help: "Frames for the gateway itself (ARP, ICMP echo, neighbour discovery) handed to the slow path; not drops.",
+        optional: false,
+        samples: |s| per_worker(s, |w| w.punted),
     },
     Family {
         name: "dpgw_rx_bytes_total",

@@ -955,6 +955,22 @@ impl Queue for AfPacketQueue {
         self.tx.kick(&mut self.counters);
         Ok(())
     }
+
+    fn io_counters(&mut self) -> Vec<(&'static str, u64)> {
+        let c = self.counters();
+        vec![
+            ("kernel_packets", c.kernel_packets),
+            ("kernel_drops", c.kernel_drops),
+            ("oversize", c.oversize),
+            ("gso_oversize", c.gso_oversize),
+            ("outgoing_skipped", c.outgoing_skipped),
+            ("csum_completed", c.csum_completed),
+            ("csum_bad_offsets", c.csum_bad_offsets),
+            ("csum_not_ready", c.csum_not_ready),
+            ("tx_wrong_format", c.tx_wrong_format),
+            ("tx_kick_errors", c.tx_kick_errors),
+        ]
+    }
 }
 
 /// Largest frame a queue on `iface` receives: the MTU plus Ethernet and two VLAN tags.

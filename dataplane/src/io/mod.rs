@@ -72,4 +72,10 @@ pub trait Queue: Send {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+    /// The backend's own counters of this queue (what never reaches the
+    /// engine's counters: kernel ring drops, checksums completed, ...), by
+    /// stable name. Called at the end of a run, never per packet.
+    fn io_counters(&mut self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
