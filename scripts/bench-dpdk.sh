@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p dataplane --features dpdk --bin dpgw
-cargo build --release -p benches --bin dpdk-bench
-"$target/release/dpdk-bench" --dpgw "$target/release/dpgw" "$@"
+# The production profile (fat LTO), as deployed.
+cargo build --profile production -p dataplane --features dpdk --bin dpgw
+cargo build --profile production -p benches --bin dpdk-bench
+"$target/production/dpdk-bench" --dpgw "$target/production/dpgw" "$@"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# dpgw's line-rate benchmark suite: builds the benches in release mode, runs the
+# dpgw's line-rate benchmark suite: builds the benches with the production
+# profile (fat LTO, the one deployments use), runs the
 # matrix (engine replay, per-stage costs, latency, peers) and checks the JSON.
 #
 #   scripts/bench-suite.sh [--quick] [--out DIR] [other `suite` options]
@@ -20,10 +21,10 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     esac
 done
 
-cargo build --release -p benches --bins
-"$target/release/suite" "$@"
+cargo build --profile production -p benches --bins
+"$target/production/suite" "$@"
 # The suite checks its own output too; this is the independent check CI relies on.
-"$target/release/suite" --check "$out/results.json"
+"$target/production/suite" --check "$out/results.json"
 if command -v python3 >/dev/null; then
     python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$out/results.json"
 fi

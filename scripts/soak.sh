@@ -5,7 +5,7 @@
 # Not part of CI.
 #
 #   scripts/soak.sh [MINUTES]          # default 10
-#   DPGW=target/release/dpgw DPGWCTL=target/release/dpgwctl scripts/soak.sh 10
+#   DPGW=target/production/dpgw DPGWCTL=target/production/dpgwctl scripts/soak.sh 10
 #
 # Prints one line per second (t, RSS, rx, tx, drops, mutation) and a summary;
 # exit status 1 if a counter went backwards, a mutation failed, the daemon
@@ -17,9 +17,9 @@ cd "$(dirname "$0")/.."
 MINUTES=${1:-10}
 SLACK=${SOAK_RSS_SLACK_KIB:-16384}
 if [ -z "${DPGW:-}" ] || [ -z "${DPGWCTL:-}" ]; then
-    cargo build --release -p dataplane --bin dpgw -p ctl --bin dpgwctl
-    DPGW=${DPGW:-${CARGO_TARGET_DIR:-target}/release/dpgw}
-    DPGWCTL=${DPGWCTL:-${CARGO_TARGET_DIR:-target}/release/dpgwctl}
+    cargo build --profile production -p dataplane --bin dpgw -p ctl --bin dpgwctl
+    DPGW=${DPGW:-${CARGO_TARGET_DIR:-target}/production/dpgw}
+    DPGWCTL=${DPGWCTL:-${CARGO_TARGET_DIR:-target}/production/dpgwctl}
 fi
 tmp=$(mktemp -d)
 LOG=${SOAK_LOG:-$tmp/soak.log}

@@ -3,9 +3,9 @@
 //! same run.
 //!
 //! ```text
-//! cargo build --release -p dataplane --features dpdk --bin dpgw
-//! cargo build --release -p benches --bin dpdk-bench
-//! target/release/dpdk-bench [--seconds S] [--runs N] [--quick] [--out DIR] [--no-huge]
+//! cargo build --profile production -p dataplane --features dpdk --bin dpgw
+//! cargo build --profile production -p benches --bin dpdk-bench
+//! target/production/dpdk-bench [--seconds S] [--runs N] [--quick] [--out DIR] [--no-huge]
 //! ```
 //!
 //! `scripts/bench-dpdk.sh` does all three. For each device —
@@ -387,7 +387,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     };
     if !dpgw.is_file() {
         return Err(format!(
-            "{} not found: build it with `cargo build --release -p dataplane --features dpdk --bin dpgw`",
+            "{} not found: build it with `cargo build --profile production -p dataplane --features dpdk --bin dpgw`",
             dpgw.display()
         ));
     }

@@ -4,8 +4,8 @@
 //! plots.
 //!
 //! ```text
-//! cargo build --release -p benches --bins
-//! target/release/suite [--quick] [--out DIR] [--repeats N] [--keep-captures] [--no-peers]
+//! cargo build --profile production -p benches --bins
+//! target/production/suite [--quick] [--out DIR] [--repeats N] [--keep-captures] [--no-peers]
 //! ```
 //!
 //! `scripts/bench-suite.sh` does both and checks the JSON. What each figure
@@ -590,7 +590,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 }
             }
             None => {
-                errors.push("acl-bench not found next to suite (build with `cargo build --release -p benches --bins`); ACL peer skipped".into());
+                errors.push("acl-bench not found next to suite (build with `cargo build --profile production -p benches --bins`); ACL peer skipped".into());
                 for _ in &acl_peer_sets {
                     progress.tick();
                 }
