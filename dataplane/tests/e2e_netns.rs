@@ -87,6 +87,47 @@ for c in conns:
 print(json.dumps(second), flush=True)
 "#;
 
+/// TCP sink: `python3 -c PY_SINK VIP` accepts on VIP:8080, reads each
+/// connection to EOF and answers with the number of bytes read.
+const PY_SINK: &str = r#"
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 8080)); s.listen(64)
+def serve(c):
+    n = 0
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        n += len(d)
+    c.sendall(str(n).encode()); c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Uploads: `python3 - N BYTES` sends BYTES bytes on each of N connections to
+/// VIP:8080 and prints one JSON list of the counts the sink answered (-1 on error).
+const PY_UPLOAD: &str = r#"
+import json, socket, sys
+n, size = int(sys.argv[1]), int(sys.argv[2])
+out = []
+for i in range(n):
+    try:
+        c = socket.create_connection(('10.96.0.100', 8080), timeout=10)
+        c.sendall(bytes(size)); c.shutdown(socket.SHUT_WR)
+        r = b''
+        while True:
+            d = c.recv(100)
+            if not d:
+                break
+            r += d
+        out.append(int(r))
+    except Exception:
+        out.append(-1)
+print(json.dumps(out))
+"#;
+
 struct Topo {
     // Every namespace is deleted (with the processes in it) when dropped.
     _backends: Vec<Netns>,
@@ -194,10 +235,23 @@ fn build_topology() -> Topo {
             .spawn()
             .expect("start http.server");
         servers.push(server);
+        // A TCP sink on the VIP (service "upload"): reads until EOF, answers
+        // with the byte count. Bulk uploads make the client's kernel send
+        // segmentation-offload super-frames.
+        let sink = b
+            .command("python3")
+            .args(["-c", PY_SINK, VIP])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the sink");
+        servers.push(sink);
     }
     for b in &backends {
         let t0 = Instant::now();
-        while !b.sh("ss -ltn").contains(&format!("{VIP}:80")) {
+        while !b.sh("ss -ltn").contains(&format!("{VIP}:80"))
+            || !b.sh("ss -ltn").contains(&format!("{VIP}:8080"))
+        {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "http.server did not start in {}",
@@ -233,7 +287,8 @@ fn config(topo: &Topo) -> String {
          next_hop_mac = \"{rt_mac}\"\nnext_hop_ip = \"198.18.0.254\"\nnon_vip = \"drop\"\n\
          [control]\nsocket = \"{sock}\"\n\
          [acl]\ndefault = \"allow\"\n\
-         [[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\nencap = \"vxlan\"\n{backends}",
+         [[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\nencap = \"vxlan\"\n{backends}\
+         [[service]]\nname = \"upload\"\nvip = \"{VIP}\"\nport = 8080\nproto = \"tcp\"\nencap = \"vxlan\"\n{backends}",
         sock = topo.dir.path().join("dpgw.sock").display(),
     )
 }
@@ -325,7 +380,7 @@ fn e2e_vxlan_client_acl_maglev_backends() {
     let hook = exception_hook_wired();
     assert!(
         hook,
-        "the Decap stage must punt ARP/ICMP/ND for our addresses as `exception`"
+        "the Decap stage must punt ARP/ICMP/ND for our addresses (counted as `punted`)"
     );
     let mut topo = build_topology();
     if !hook {
@@ -416,7 +471,9 @@ fn e2e_vxlan_client_acl_maglev_backends() {
     let mut long = topo
         .client
         .command("python3")
-        .args(["-", "9"])
+        // 30 connections: with 3 backends, none on backend1 by chance has
+        // probability (2/3)^30 < 1e-5 (it was 2.6 % with 9).
+        .args(["-", "30"])
         .arg(&flag)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -507,6 +564,19 @@ fn e2e_vxlan_client_acl_maglev_backends() {
     assert!(
         first.iter().any(|n| n == "backend1"),
         "no long-lived connection on backend1: {first:?}"
+    );
+
+    // Bulk uploads through the gateway (default offloads: the client's kernel
+    // hands dpgw TCP super-frames, which it must segment): every byte arrives.
+    let size = 2_000_000usize;
+    let out = run_py(&topo.client, PY_UPLOAD, &["4", &size.to_string()]);
+    let counts: Vec<i64> = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("upload output {out:?}: {e}\n{}", dpgw_log(&topo)));
+    assert_eq!(
+        counts,
+        vec![size as i64; 4],
+        "uploads through the gateway\n{}",
+        dpgw_log(&topo)
     );
 
     // Stop dpgw cleanly: its final counters are conserved.

@@ -52,6 +52,7 @@ pub mod decap;
 pub mod encap;
 pub mod ethernet;
 pub mod flow;
+pub mod gso;
 pub mod ipv4;
 pub mod ipv6;
 pub mod rewrite;

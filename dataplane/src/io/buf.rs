@@ -35,6 +35,29 @@ impl HeapBuf {
         self.ts_ns = ts_ns;
     }
 
+    /// Fills the buffer with a frame of `len` bytes written by `write` (which
+    /// returns how many bytes it wrote, or `None` to give up). False, and the
+    /// buffer empty, if `len` does not fit or `write` gave up.
+    pub fn load_with(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> bool {
+        self.off = HEADROOM;
+        self.len = 0;
+        self.ts_ns = 0;
+        if HEADROOM + len + TAILROOM > self.buf.len() {
+            return false;
+        }
+        match write(&mut self.buf[HEADROOM..HEADROOM + len]) {
+            Some(n) if n <= len => {
+                self.len = n;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn ts_ns(&self) -> u64 {
         self.ts_ns
     }
