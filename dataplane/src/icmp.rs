@@ -156,3 +156,212 @@ fn reply_ip(ip: &mut [u8], m: &Meta, mtu: u32, quote: &[u8]) -> Option<usize> {
         Some(hl + icmp_len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The replies are taken apart with etherparse, an implementation
+    //! independent of the `vxlan` views that wrote them, and the requests are
+    //! built with it too.
+    use super::*;
+    use crate::io::buf::HeapBuf;
+    use etherparse::icmpv4::DestUnreachableHeader;
+    use etherparse::{
+        Icmpv4Header, Icmpv4Type, Icmpv6Type, LinkSlice, NetSlice, PacketBuilder, SlicedPacket,
+        TransportSlice,
+    };
+    use std::net::IpAddr;
+
+    const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x77];
+    const CLIENT_VTEP_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 1];
+    const CLIENT_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
+    const SERVICE_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 1];
+    const VNI: u32 = 42;
+
+    fn addrs(v6: bool, outer: bool) -> (IpAddr, IpAddr) {
+        let s = |a: &str| a.parse::<IpAddr>().unwrap();
+        match (v6, outer) {
+            (false, true) => (s("172.16.0.9"), s("10.0.0.1")),
+            (true, true) => (s("fd10::9"), s("fd00::1")),
+            (false, false) => (s("10.1.0.5"), s("192.168.0.1")),
+            (true, false) => (s("fd00:1::5"), s("fd01::1")),
+        }
+    }
+
+    fn ip_step(
+        b: etherparse::PacketBuilderStep<etherparse::Ethernet2Header>,
+        (src, dst): (IpAddr, IpAddr),
+    ) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+            _ => unreachable!(),
+        }
+    }
+
+    /// A client's TCP segment of `payload` bytes to the service (IPv4 with
+    /// DF), in VXLAN from the client's VTEP to ours.
+    fn request(outer_v6: bool, inner_v6: bool, payload: usize) -> Vec<u8> {
+        let data: Vec<u8> = (0..payload).map(|i| i as u8).collect();
+        let mut vx = vec![0x08, 0, 0, 0, 0, 0, VNI as u8, 0];
+        ip_step(
+            PacketBuilder::ethernet2(CLIENT_MAC, SERVICE_MAC),
+            addrs(inner_v6, false),
+        )
+        .tcp(40000, 80, 1, 1000)
+        .write(&mut vx, &data)
+        .unwrap();
+        let mut f = Vec::new();
+        ip_step(
+            PacketBuilder::ethernet2(CLIENT_VTEP_MAC, OUR_MAC),
+            addrs(outer_v6, true),
+        )
+        .udp(50000, 4789)
+        .write(&mut f, &vx)
+        .unwrap();
+        f
+    }
+
+    /// The packet as the decap and inner-parse stages leave it.
+    fn decapsulated(frame: &[u8]) -> (HeapBuf, Meta) {
+        let d = vxlan::decap(frame, &vxlan::DecapConfig::default()).unwrap();
+        let mut b = HeapBuf::with_capacity(frame.len());
+        b.load(frame, 0);
+        b.trim(d.inner_offset + d.inner_len);
+        b.adj(d.inner_offset);
+        let inner = vxlan::parse_inner(b.data(), d.vni).unwrap();
+        let m = Meta {
+            vni: d.vni,
+            key: inner.key,
+            l3_off: inner.l3_offset as u16,
+            outer_len: d.inner_offset as u16,
+            finished: false,
+        };
+        (b, m)
+    }
+
+    fn eth_addrs(p: &SlicedPacket) -> ([u8; 6], [u8; 6]) {
+        match &p.link {
+            Some(LinkSlice::Ethernet2(e)) => (e.source(), e.destination()),
+            l => panic!("not Ethernet: {l:?}"),
+        }
+    }
+
+    /// (source, destination, hop limit) of `p`'s IP header; IPv4 checksum checked.
+    fn ip_addrs(p: &SlicedPacket) -> (IpAddr, IpAddr, u8) {
+        match &p.net {
+            Some(NetSlice::Ipv4(ip)) => {
+                let h = ip.header();
+                assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
+                (h.source_addr().into(), h.destination_addr().into(), h.ttl())
+            }
+            Some(NetSlice::Ipv6(ip)) => {
+                let h = ip.header();
+                (
+                    h.source_addr().into(),
+                    h.destination_addr().into(),
+                    h.hop_limit(),
+                )
+            }
+            n => panic!("not IP: {n:?}"),
+        }
+    }
+
+    /// Checks the reply to `req` (announcing `want_mtu`) field by field.
+    fn check_reply(
+        req: &[u8],
+        reply: &[u8],
+        m: &Meta,
+        outer_v6: bool,
+        inner_v6: bool,
+        want_mtu: u32,
+    ) {
+        let outer = SlicedPacket::from_ethernet(reply).unwrap();
+        assert_eq!(eth_addrs(&outer), (OUR_MAC, CLIENT_VTEP_MAC));
+        let (client_vtep, our_vtep) = addrs(outer_v6, true);
+        assert_eq!(ip_addrs(&outer), (our_vtep, client_vtep, REPLY_TTL));
+        let Some(TransportSlice::Udp(udp)) = &outer.transport else {
+            panic!("outer not UDP");
+        };
+        assert_eq!(udp.destination_port(), 4789);
+        assert_eq!(udp.source_port(), vxlan::flow_src_port(&m.key.reversed()));
+        assert_eq!(udp.payload().len() + 8, usize::from(udp.length()));
+        let vx = vxlan::vxlan::VxlanPacket::new_checked(udp.payload()).unwrap();
+        assert!(vx.vni_valid());
+        assert_eq!(vx.vni(), VNI);
+
+        let inner = SlicedPacket::from_ethernet(vx.payload()).unwrap();
+        assert_eq!(eth_addrs(&inner), (SERVICE_MAC, CLIENT_MAC));
+        let (client, service) = addrs(inner_v6, false);
+        assert_eq!(ip_addrs(&inner), (service, client, REPLY_TTL));
+        // The quote: the start of the client's IP packet.
+        let d = vxlan::decap(req, &vxlan::DecapConfig::default()).unwrap();
+        let client_ip = &req[d.inner_offset + usize::from(m.l3_off)..];
+        let quote = &client_ip[..client_ip.len().min(QUOTE)];
+        match &inner.transport {
+            Some(TransportSlice::Icmpv4(icmp)) => {
+                assert!(!inner_v6);
+                assert_eq!(
+                    icmp.icmp_type(),
+                    Icmpv4Type::DestinationUnreachable(
+                        DestUnreachableHeader::FragmentationNeeded {
+                            next_hop_mtu: want_mtu as u16
+                        }
+                    )
+                );
+                assert_eq!(
+                    Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload()).checksum,
+                    icmp.checksum()
+                );
+                assert_eq!(icmp.payload(), quote);
+            }
+            Some(TransportSlice::Icmpv6(icmp)) => {
+                assert!(inner_v6);
+                assert_eq!(icmp.icmp_type(), Icmpv6Type::PacketTooBig { mtu: want_mtu });
+                let (IpAddr::V6(c), IpAddr::V6(s)) = (client, service) else {
+                    unreachable!()
+                };
+                assert!(icmp.is_checksum_valid(s.octets(), c.octets()));
+                assert_eq!(icmp.payload(), quote);
+            }
+            t => panic!("inner not ICMP: {t:?}"),
+        }
+    }
+
+    #[test]
+    fn test_reply_every_family() {
+        for outer_v6 in [false, true] {
+            for inner_v6 in [false, true] {
+                for (payload, mtu) in [(1500, 1400), (150, 1280), (200, 1000), (3000, 70_000)] {
+                    let req = request(outer_v6, inner_v6, payload);
+                    let (mut b, m) = decapsulated(&req);
+                    assert!(
+                        too_big_reply(&mut b, &m, mtu, OUR_MAC),
+                        "{outer_v6} {inner_v6} {payload}"
+                    );
+                    // IPv6 never announces less than its minimum MTU; the
+                    // IPv4 field has 16 bits.
+                    let want = if inner_v6 {
+                        mtu.max(ipv6::MIN_MTU)
+                    } else {
+                        mtu.min(65535)
+                    };
+                    check_reply(&req, b.data(), &m, outer_v6, inner_v6, want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn test_no_room_leaves_the_packet() {
+        // A reply quoting 40 bytes is longer than a 40-byte TCP/IPv4 packet.
+        let req = request(false, false, 0);
+        let (mut b, m) = decapsulated(&req);
+        let before = b.data().to_vec();
+        assert!(!too_big_reply(&mut b, &m, 1400, OUR_MAC));
+        assert_eq!(b.data(), &before[..]);
+        // Outer headers that cannot be recovered (the headroom was lost).
+        let (mut b, mut m) = decapsulated(&request(false, false, 1500));
+        m.outer_len = MIN_OUTER_LEN as u16 - 1;
+        assert!(!too_big_reply(&mut b, &m, 1400, OUR_MAC));
+    }
+}
