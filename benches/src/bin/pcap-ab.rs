@@ -9,7 +9,10 @@
 //! Every contender produces what the pcap backend preloads, a
 //! `pcapfile::Capture` (the file's bytes and an index of its records):
 //!
-//! * `ours`: `pcapfile::read_file`;
+//! * `ours`: `pcapfile::read_file` (since issue 13, itself built on
+//!   pcap-file 3.0.0-rc.3's slice parsers; the hand-written reader it
+//!   replaced was measured against the crates in the commit that added this
+//!   harness);
 //! * `pcap-file 2` / `pcap-file 3-rc.3`: `std::fs::read`, then the crate's
 //!   zero-copy `PcapParser` / `PcapNgParser` over the bytes, records indexed
 //!   where the parser found them (what `pcapfile.rs` would become);
