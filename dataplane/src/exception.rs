@@ -17,16 +17,14 @@
 //! assert_eq!(classify(&f, &[], &[]), None);
 //! ```
 
-use crate::tables::Tables;
+use vxlan::arp::{self, ArpPacket, ArpRepr};
+use vxlan::ethernet::{ethertype, EthernetFrame};
+use vxlan::icmp::{self, IcmpPacket};
+use vxlan::ipv4::Ipv4Packet;
+use vxlan::ipv6::{self, Ipv6Packet};
+use vxlan::proto;
 
-pub(crate) const ETH_HDR: usize = 14;
-pub(crate) const ETHERTYPE_IPV4: u16 = 0x0800;
-pub(crate) const ETHERTYPE_ARP: u16 = 0x0806;
-pub(crate) const ETHERTYPE_IPV6: u16 = 0x86dd;
-pub(crate) const IPV6_HDR: usize = 40;
-pub(crate) const ICMPV6_ECHO_REQUEST: u8 = 128;
-pub(crate) const ICMPV6_NS: u8 = 135;
-pub(crate) const ICMPV6_NA: u8 = 136;
+use crate::tables::Tables;
 
 /// Kinds of frames the slow path answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,25 +39,15 @@ pub enum Exception {
     Ndp,
 }
 
-#[inline(always)]
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-#[inline(always)]
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-#[inline(always)]
-fn be128(b: &[u8], at: usize) -> u128 {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[at..at + 16]);
-    u128::from_be_bytes(a)
-}
-
 /// Classifies an untagged Ethernet frame against our addresses (IPv4 as `u32`,
 /// IPv6 as `u128`, as in `vxlan::DecapConfig`). Never panics.
+///
+/// An IP header whose length fields disagree with the frame is not an
+/// exception (decap has already dropped such frames as `bad_ip_header`
+/// before [`is_exception`] is asked). The ICMP header itself is looked for in
+/// the rest of the frame, not only within the IP length: a message cut short
+/// by its IP length but followed by Ethernet padding still counts, and the
+/// slow path, which checks lengths, discards it.
 pub fn classify(frame: &[u8], v4: &[u32], v6: &[u128]) -> Option<Exception> {
     classify_with(frame, |a| v4.contains(&a), |a| v6.contains(&a))
 }
@@ -71,50 +59,44 @@ pub fn classify_with(
     ours_v4: impl Fn(u32) -> bool,
     ours_v6: impl Fn(u128) -> bool,
 ) -> Option<Exception> {
-    if frame.len() < ETH_HDR {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.tag_count() != 0 {
         return None;
     }
-    let l3 = &frame[ETH_HDR..];
-    match be16(frame, 12) {
-        ETHERTYPE_ARP => {
-            // htype 1, ptype IPv4, hlen 6, plen 4.
-            if l3.len() < 28
-                || be16(l3, 0) != 1
-                || be16(l3, 2) != ETHERTYPE_IPV4
-                || l3[4] != 6
-                || l3[5] != 4
-            {
-                return None;
-            }
-            let op = be16(l3, 6);
-            (matches!(op, 1 | 2) && ours_v4(be32(l3, 24))).then_some(Exception::Arp)
+    let l3 = eth.payload();
+    match eth.ethertype() {
+        ethertype::ARP => {
+            let arp = ArpRepr::parse(&ArpPacket::new_checked(l3).ok()?).ok()?;
+            (matches!(
+                arp.operation,
+                arp::operation::REQUEST | arp::operation::REPLY
+            ) && ours_v4(u32::from(arp.target_ip)))
+            .then_some(Exception::Arp)
         }
-        ETHERTYPE_IPV4 => {
-            if l3.len() < 20 || l3[0] >> 4 != 4 {
+        ethertype::IPV4 => {
+            let ip = Ipv4Packet::new_checked(l3).ok()?;
+            if ip.protocol() != proto::ICMP || ip.is_fragment() {
                 return None;
             }
-            let ihl = usize::from(l3[0] & 0x0f) * 4;
-            // Protocol ICMP, not a fragment (offset 0, MF clear), room for the ICMP type.
-            if ihl < 20 || l3.len() < ihl + 8 || l3[9] != 1 || be16(l3, 6) & 0x3fff != 0 {
-                return None;
-            }
-            (l3[ihl] == 8 && ours_v4(be32(l3, 16))).then_some(Exception::IcmpEcho)
+            let msg = IcmpPacket::new_checked(l3.get(ip.header_len()..)?).ok()?;
+            (msg.msg_type() == icmp::v4::ECHO_REQUEST && ours_v4(u32::from(ip.dst_addr())))
+                .then_some(Exception::IcmpEcho)
         }
-        ETHERTYPE_IPV6 => {
-            if l3.len() < IPV6_HDR + 8 || l3[0] >> 4 != 6 || l3[6] != 58 {
+        ethertype::IPV6 => {
+            let ip = Ipv6Packet::new_checked(l3).ok()?;
+            if ip.next_header() != proto::ICMPV6 {
                 return None;
             }
-            let dst = be128(l3, 24);
-            let icmp = &l3[IPV6_HDR..];
-            match icmp[0] {
-                ICMPV6_ECHO_REQUEST => ours_v6(dst).then_some(Exception::Icmpv6Echo),
-                ICMPV6_NS => {
-                    (icmp.len() >= 24 && ours_v6(be128(icmp, 8))).then_some(Exception::Ndp)
+            let msg = IcmpPacket::new_checked(l3.get(ipv6::HEADER_LEN..)?).ok()?;
+            let dst = ip.dst_addr();
+            match msg.msg_type() {
+                icmp::v6::ECHO_REQUEST => ours_v6(u128::from(dst)).then_some(Exception::Icmpv6Echo),
+                icmp::v6::NEIGHBOR_SOLICIT => {
+                    ours_v6(u128::from(msg.nd_target()?)).then_some(Exception::Ndp)
                 }
-                ICMPV6_NA => {
-                    let multicast = l3[24] == 0xff;
-                    (icmp.len() >= 24 && (multicast || ours_v6(dst))).then_some(Exception::Ndp)
-                }
+                icmp::v6::NEIGHBOR_ADVERT => (msg.nd_target().is_some()
+                    && (dst.is_multicast() || ours_v6(u128::from(dst))))
+                .then_some(Exception::Ndp),
                 _ => None,
             }
         }
@@ -138,4 +120,167 @@ pub fn is_exception(frame: &[u8], t: &Tables) -> bool {
         |a| t.decap.vtep_v6.contains(&a) || u6 == Some(a),
     )
     .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use vxlan::ethernet::EthernetRepr;
+    use vxlan::icmp::IcmpRepr;
+    use vxlan::ipv4::Ipv4Repr;
+    use vxlan::ipv6::Ipv6Repr;
+
+    const OUR4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const PEER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+    const OUR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 7);
+
+    fn eth(et: u16, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        EthernetRepr {
+            src: [2, 0, 0, 0, 0, 7],
+            dst: [2, 0, 0, 0, 0, 1],
+            tags: [None, None],
+            ethertype: et,
+        }
+        .emit(&mut f)
+        .unwrap();
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn arp(op: u16, target: Ipv4Addr) -> Vec<u8> {
+        let mut b = [0u8; arp::ETHERNET_IPV4_LEN];
+        ArpRepr {
+            operation: op,
+            source_mac: [2, 0, 0, 0, 0, 7],
+            source_ip: PEER4,
+            target_mac: [0; 6],
+            target_ip: target,
+        }
+        .emit(&mut b)
+        .unwrap();
+        eth(ethertype::ARP, &b)
+    }
+
+    /// An ICMP message of `icmp_len` bytes (type `ty`) to `dst`, in an IPv4
+    /// packet whose total length says `ip_payload` bytes.
+    fn icmp4(ty: u8, dst: Ipv4Addr, icmp_len: usize, ip_payload: usize) -> Vec<u8> {
+        let mut b = vec![0u8; 20 + icmp_len];
+        Ipv4Repr {
+            src: PEER4,
+            dst,
+            protocol: proto::ICMP,
+            payload_len: ip_payload,
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: 0,
+            dont_frag: false,
+            more_frags: false,
+            frag_offset: 0,
+        }
+        .emit(&mut b)
+        .unwrap();
+        IcmpRepr {
+            msg_type: ty,
+            code: 0,
+            rest: 1,
+        }
+        .emit(&mut b[20..])
+        .unwrap();
+        eth(ethertype::IPV4, &b)
+    }
+
+    fn icmp6(ty: u8, dst: Ipv6Addr, target: Option<Ipv6Addr>) -> Vec<u8> {
+        let mut msg = vec![ty, 0, 0, 0, 0, 0, 0, 0];
+        if let Some(t) = target {
+            msg.extend_from_slice(&t.octets());
+        }
+        let mut b = vec![0u8; 40];
+        Ipv6Repr {
+            src: PEER6,
+            dst,
+            next_header: proto::ICMPV6,
+            payload_len: msg.len(),
+            hop_limit: 255,
+            traffic_class: 0,
+            flow_label: 0,
+        }
+        .emit(&mut b)
+        .unwrap();
+        b.extend_from_slice(&msg);
+        eth(ethertype::IPV6, &b)
+    }
+
+    fn c(f: &[u8]) -> Option<Exception> {
+        classify(f, &[u32::from(OUR4)], &[u128::from(OUR6)])
+    }
+
+    #[test]
+    fn test_arp() {
+        assert_eq!(c(&arp(1, OUR4)), Some(Exception::Arp));
+        assert_eq!(c(&arp(2, OUR4)), Some(Exception::Arp));
+        assert_eq!(c(&arp(3, OUR4)), None);
+        assert_eq!(c(&arp(1, PEER4)), None);
+        let f = arp(1, OUR4);
+        assert_eq!(c(&f[..f.len() - 1]), None);
+        // Tagged frames are not handled here.
+        let mut tagged = f[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0, 0, 5]);
+        tagged.extend_from_slice(&f[12..]);
+        assert_eq!(c(&tagged), None);
+    }
+
+    #[test]
+    fn test_icmp_echo() {
+        let echo = icmp::v4::ECHO_REQUEST;
+        assert_eq!(c(&icmp4(echo, OUR4, 12, 12)), Some(Exception::IcmpEcho));
+        assert_eq!(c(&icmp4(icmp::v4::ECHO_REPLY, OUR4, 12, 12)), None);
+        assert_eq!(c(&icmp4(echo, PEER4, 12, 12)), None);
+        // A fragment is not answered.
+        let mut frag = icmp4(echo, OUR4, 12, 12);
+        frag[14 + 6] = 0x20;
+        assert_eq!(c(&frag), None);
+        // The ICMP header is looked for in the frame: 4 bytes by the IP
+        // length, 12 with the padding after it.
+        assert_eq!(c(&icmp4(echo, OUR4, 12, 4)), Some(Exception::IcmpEcho));
+        assert_eq!(c(&icmp4(echo, OUR4, 12, 4)[..14 + 20 + 7]), None);
+        // A total length beyond the frame: not ours to answer.
+        assert_eq!(c(&icmp4(echo, OUR4, 12, 13)), None);
+    }
+
+    #[test]
+    fn test_icmpv6_and_nd() {
+        let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+        let sn = "ff02::1:ff00:1".parse().unwrap();
+        assert_eq!(
+            c(&icmp6(icmp::v6::ECHO_REQUEST, OUR6, None)),
+            Some(Exception::Icmpv6Echo)
+        );
+        assert_eq!(c(&icmp6(icmp::v6::ECHO_REPLY, OUR6, None)), None);
+        assert_eq!(c(&icmp6(icmp::v6::ECHO_REQUEST, PEER6, None)), None);
+        let ns = icmp::v6::NEIGHBOR_SOLICIT;
+        assert_eq!(c(&icmp6(ns, sn, Some(OUR6))), Some(Exception::Ndp));
+        assert_eq!(c(&icmp6(ns, sn, Some(PEER6))), None);
+        assert_eq!(c(&icmp6(ns, sn, None)), None);
+        let na = icmp::v6::NEIGHBOR_ADVERT;
+        assert_eq!(c(&icmp6(na, all_nodes, Some(PEER6))), Some(Exception::Ndp));
+        assert_eq!(c(&icmp6(na, OUR6, Some(PEER6))), Some(Exception::Ndp));
+        assert_eq!(c(&icmp6(na, PEER6, Some(PEER6))), None);
+        assert_eq!(c(&icmp6(na, all_nodes, None)), None);
+    }
+
+    #[test]
+    fn test_truncated_never_panics() {
+        for f in [
+            arp(1, OUR4),
+            icmp4(icmp::v4::ECHO_REQUEST, OUR4, 12, 12),
+            icmp6(icmp::v6::NEIGHBOR_SOLICIT, OUR6, Some(OUR6)),
+        ] {
+            for n in 0..f.len() {
+                assert_eq!(c(&f[..n]), None, "len {n}");
+            }
+        }
+    }
 }

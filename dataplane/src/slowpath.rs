@@ -29,8 +29,8 @@ use smoltcp::wire::{
 
 use crate::config::Config;
 use crate::engine::Shared;
-use crate::exception::ETH_HDR;
 use crate::punt::{NextHop, Punt, PuntQueue, QueuePunt, NEXT_HOP_PENDING, PUNT_FRAME, PUNT_SLOTS};
+use vxlan::ethernet::HEADER_LEN as ETH_HDR;
 
 /// Where the slow path's frames go.
 pub trait FrameSink: Send {

@@ -30,7 +30,10 @@
 //! `inner_len` may be below an Ethernet header, which [`crate::parse_inner`]
 //! then reports as truncated.
 
-use crate::{be128, checksum, ethernet, ipv4, ipv6, proto, udp, vxlan, WireError, VXLAN_PORT};
+use crate::{
+    array, be128, be16, checksum, ethernet, ipv4, ipv6, proto, udp, vxlan, WireError, VXLAN_PORT,
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Which outer packets are ours.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -249,6 +252,77 @@ pub fn decap(frame: &[u8], cfg: &DecapConfig) -> Result<Decap, DecapError> {
         inner_offset: l3 + vx + vxlan::HEADER_LEN,
         inner_len: ulen - udp::HEADER_LEN - vxlan::HEADER_LEN,
         outer_v6,
+    })
+}
+
+/// Where a VXLAN packet came from and went to, read back from its outer
+/// headers: what a reply needs to go back the way the packet came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OuterEndpoints {
+    /// Outer Ethernet source: the sender's MAC (or its router's).
+    pub src_mac: [u8; 6],
+    /// The sending VTEP.
+    pub src_ip: IpAddr,
+    /// The VTEP it was sent to.
+    pub dst_ip: IpAddr,
+    /// UDP source port.
+    pub src_port: u16,
+    /// UDP destination port: the VXLAN port it came in on.
+    pub dst_port: u16,
+}
+
+/// Reads the [`OuterEndpoints`] of `headers`: the first
+/// [`Decap::inner_offset`] bytes of a frame that [`decap()`] accepted
+/// (Ethernet and up to two tags, IPv4 or IPv6, UDP, VXLAN). It relies on
+/// decap's checks and repeats only those it needs not to panic: the IP and
+/// UDP length fields, which count the inner frame too, are not looked at.
+/// Over IPv6 the UDP header is taken to be the one right before the VXLAN
+/// header, where decap found it after the extension headers, so `headers`
+/// must end exactly where decap said the inner frame starts.
+///
+/// `Truncated` if `headers` ends before a field it reads, `Malformed` if the
+/// ethertype is neither IPv4 nor IPv6. Never panics, never allocates.
+pub fn outer_endpoints(headers: &[u8]) -> Result<OuterEndpoints, WireError> {
+    let (et, l3) = ethernet::walk(headers)?;
+    let ip = &headers[l3..];
+    let (src_ip, dst_ip, l4) = match et {
+        ethernet::ethertype::IPV4 => {
+            if ip.len() < ipv4::HEADER_LEN {
+                return Err(WireError::Truncated);
+            }
+            let hl = usize::from(ip[ipv4::field::VER_IHL] & 0x0f) * 4;
+            (
+                IpAddr::V4(Ipv4Addr::from(array::<4>(ip, ipv4::field::SRC_ADDR.start))),
+                IpAddr::V4(Ipv4Addr::from(array::<4>(ip, ipv4::field::DST_ADDR.start))),
+                l3 + hl,
+            )
+        }
+        ethernet::ethertype::IPV6 => {
+            if ip.len() < ipv6::HEADER_LEN {
+                return Err(WireError::Truncated);
+            }
+            let l4 = headers.len() - (udp::HEADER_LEN + vxlan::HEADER_LEN).min(headers.len());
+            if l4 < l3 + ipv6::HEADER_LEN {
+                return Err(WireError::Truncated);
+            }
+            (
+                IpAddr::V6(Ipv6Addr::from(array::<16>(ip, ipv6::field::SRC_ADDR.start))),
+                IpAddr::V6(Ipv6Addr::from(array::<16>(ip, ipv6::field::DST_ADDR.start))),
+                l4,
+            )
+        }
+        _ => return Err(WireError::Malformed),
+    };
+    // The ports are all of the UDP header that is read.
+    if headers.len() < l4 + udp::field::DST_PORT.end {
+        return Err(WireError::Truncated);
+    }
+    Ok(OuterEndpoints {
+        src_mac: array(headers, ethernet::field::SOURCE.start),
+        src_ip,
+        dst_ip,
+        src_port: be16(headers, l4 + udp::field::SRC_PORT.start),
+        dst_port: be16(headers, l4 + udp::field::DST_PORT.start),
     })
 }
 
@@ -517,6 +591,64 @@ mod tests {
         p.extend_from_slice(&[0; 10]); // padding after the IPv6 packet is excluded
         let d = decap(&p, &cfg).unwrap();
         assert_eq!(d.inner_offset + d.inner_len, base.len());
+    }
+
+    #[test]
+    fn test_outer_endpoints() {
+        let v4 = |d| IpAddr::V4(Ipv4Addr::new(192, 0, 2, d));
+        let v6 = |s: &str| IpAddr::V6(s.parse().unwrap());
+        for outer_v6 in [false, true] {
+            for vlan in [None, Some(7)] {
+                let p = packet(outer_v6, vlan, 5);
+                let mut variants = vec![p.clone()];
+                if outer_v6 && vlan.is_none() {
+                    // Decap walks extension headers to UDP; so does this.
+                    variants.push(with_ext(&p, &[60, 0, 0, 0, 0, 0, 0, 0]));
+                }
+                for p in variants {
+                    let d = decap(&p, &ours()).unwrap();
+                    let e = outer_endpoints(&p[..d.inner_offset]).unwrap();
+                    let (src_ip, dst_ip) = if outer_v6 {
+                        (v6("2001:db8::1"), v6("2001:db8::2"))
+                    } else {
+                        (v4(1), v4(2))
+                    };
+                    assert_eq!(
+                        e,
+                        OuterEndpoints {
+                            src_mac: [2, 0, 0, 0, 0, 0xa],
+                            src_ip,
+                            dst_ip,
+                            src_port: 50000,
+                            dst_port: 4789,
+                        }
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn test_outer_endpoints_truncated() {
+        for outer_v6 in [false, true] {
+            let p = packet(outer_v6, None, 5);
+            let hl = decap(&p, &ours()).unwrap().inner_offset;
+            // Every cut that loses an address or a port (the last 12 bytes,
+            // the UDP length and checksum and the VXLAN header, are not read
+            // over IPv4; over IPv6 the UDP header is found from the end).
+            let needed = if outer_v6 { hl } else { hl - 12 };
+            for n in 0..needed {
+                assert_eq!(
+                    outer_endpoints(&p[..n]),
+                    Err(WireError::Truncated),
+                    "v6 {outer_v6} len {n}"
+                );
+            }
+            assert!(outer_endpoints(&p[..needed]).is_ok());
+        }
+        let mut arp = packet(false, None, 5);
+        arp[12..14].copy_from_slice(&ethernet::ethertype::ARP.to_be_bytes());
+        assert_eq!(outer_endpoints(&arp[..50]), Err(WireError::Malformed));
     }
 
     proptest! {

@@ -29,6 +29,8 @@ pub const HEADER_LEN: usize = 40;
 pub const MAX_EXTENSIONS: usize = 8;
 /// Length of a fragment extension header.
 pub const FRAGMENT_HEADER_LEN: usize = 8;
+/// The smallest link MTU IPv6 allows (RFC 8200 section 5).
+pub const MIN_MTU: u32 = 1280;
 
 /// Checks a buffer that starts with an IPv6 header: returns the total length
 /// (40 + payload length). `Truncated` below 40 bytes; `Malformed` if the

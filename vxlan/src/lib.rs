@@ -1,6 +1,7 @@
 //! Every wire format dpgw parses or emits: Ethernet (with up to two 802.1Q /
-//! 802.1ad tags), IPv4, IPv6 (with extension headers), UDP, RFC 7348 VXLAN, and
-//! the encapsulations dpgw sends to backends (VXLAN, IP-in-IP, GUE).
+//! 802.1ad tags), ARP, IPv4, IPv6 (with extension headers), ICMP and ICMPv6,
+//! UDP, RFC 7348 VXLAN, and the encapsulations dpgw sends to backends (VXLAN,
+//! IP-in-IP, GUE).
 //!
 //! Two layers:
 //!
@@ -47,12 +48,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod arp;
 pub mod checksum;
 pub mod decap;
 pub mod encap;
 pub mod ethernet;
 pub mod flow;
 pub mod gso;
+pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
 pub mod rewrite;
@@ -60,7 +63,7 @@ pub mod udp;
 #[allow(clippy::module_inception)]
 pub mod vxlan;
 
-pub use decap::{decap, Decap, DecapConfig, DecapError};
+pub use decap::{decap, outer_endpoints, Decap, DecapConfig, DecapError, OuterEndpoints};
 pub use encap::{
     build_inner_frame, emit_gue, emit_ipip, emit_vxlan, gue_header_len, ipip_header_len,
     vxlan_header_len, InnerSpec, Outer,
