@@ -104,7 +104,7 @@ fn ipv4(
     payload_len: usize,
 ) -> Vec<u8> {
     let mut o = opts.to_vec();
-    while o.len() % 4 != 0 {
+    while !o.len().is_multiple_of(4) {
         o.push(0);
     }
     let hl = 20 + o.len();
@@ -653,9 +653,7 @@ fn inner_reference(inner: &[u8]) -> Expect {
                 match walk_v6(pkt) {
                     V6Walk::Truncated => return Drop("inner_truncated"),
                     V6Walk::TooMany => return Drop("inner_bad_header"),
-                    V6Walk::Upper { proto, off, frag } => {
-                        (proto, off, frag.map_or(true, |o| o == 0))
-                    }
+                    V6Walk::Upper { proto, off, frag } => (proto, off, frag.is_none_or(|o| o == 0)),
                 }
             };
             if first && (proto == 6 || proto == 17) && total - off < 4 {
@@ -1072,7 +1070,7 @@ fn length_lies() -> Vec<Vec<u8>> {
     // The same with Ethernet padding after the packet: smaller totals trim.
     for pad in [1usize, 6, 60] {
         let mut f = base.clone();
-        f.extend(std::iter::repeat(0xee).take(pad));
+        f.extend(std::iter::repeat_n(0xee, pad));
         out.push(f);
     }
     // Outer IHL 0..=15, checksum fixed over whatever the IHL claims.

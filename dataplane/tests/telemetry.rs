@@ -64,7 +64,7 @@ fn tables(phase: usize) -> Tables {
         "[[acl.rule]]\nid = {}\ndst = \"172.31.0.0/16\"\naction = \"deny\"\n",
         other_rule(phase)
     );
-    let (first, second) = if phase % 2 == 0 {
+    let (first, second) = if phase.is_multiple_of(2) {
         (allow, deny)
     } else {
         (deny, allow)

@@ -198,11 +198,7 @@ pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
                     crate::WireError::Truncated => InnerError::Truncated,
                     _ => InnerError::BadHeader,
                 })?;
-                (
-                    u.proto,
-                    u.offset,
-                    u.fragment.map_or(true, |f| f.offset == 0),
-                )
+                (u.proto, u.offset, u.fragment.is_none_or(|f| f.offset == 0))
             };
             let (sport, dport) = if first {
                 ports(protocol, &pkt[l4_off..])?

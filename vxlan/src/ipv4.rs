@@ -296,7 +296,7 @@ impl Ipv4Repr {
         }
         let total =
             u16::try_from(HEADER_LEN + self.payload_len).map_err(|_| WireError::Malformed)?;
-        if self.frag_offset % 8 != 0 {
+        if !self.frag_offset.is_multiple_of(8) {
             return Err(WireError::Malformed);
         }
         let mut flg = self.frag_offset >> 3;
