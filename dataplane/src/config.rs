@@ -643,6 +643,26 @@ impl GatewaySection {
 mod tests {
     use super::*;
 
+    /// `[dpdk] rss` and `promiscuous` are settable from the file (they once
+    /// existed only in the backend's own config type).
+    #[test]
+    fn test_dpdk_rss_and_promiscuous_from_toml() {
+        let c = Config::parse(
+            "[dataplane]\nio = \"dpdk\"\n[dpdk]\neal_args = [\"--no-huge\"]\nrss = false\npromiscuous = false\n",
+        )
+        .unwrap();
+        let d = c.dpdk.unwrap();
+        assert!(!d.rss && !d.promiscuous);
+        let d = Config::parse("[dataplane]\nio = \"dpdk\"\n[dpdk]\n")
+            .unwrap()
+            .dpdk
+            .unwrap();
+        assert!(d.rss && d.promiscuous, "both default to on");
+        assert_eq!(d, DpdkSection::default());
+        let e = Config::parse("[dpdk]\nrss = \"yes\"\n").unwrap_err();
+        assert!(e.contains("rss"), "{e}");
+    }
+
     #[test]
     fn test_minimal() {
         let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n").unwrap();
