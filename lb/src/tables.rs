@@ -228,8 +228,12 @@ impl LbTables {
     /// only on the backend set, and changing the set moves few entries.)
     pub fn rebuild(prev: &LbTables, services: &Services) -> Result<LbTables, LbError> {
         let mut out = Vec::with_capacity(services.len());
+        // By name, so that a change among 1000 services does not compare
+        // 1000 × 1000 names.
+        let by_name: std::collections::HashMap<&str, &Service> =
+            prev.services.iter().map(|s| (s.name.as_str(), s)).collect();
         for spec in services.iter() {
-            let prev_svc = prev.services.iter().find(|s| s.name == spec.name);
+            let prev_svc = by_name.get(spec.name.as_str()).copied();
             out.push(build_service(spec, prev_svc)?);
         }
         let (vips, scoped) = build_vip_map(&out);
