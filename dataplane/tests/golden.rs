@@ -1,6 +1,6 @@
 //! Golden tests: third-party captures replayed through the real pcap backend by
 //! the real `dpgw replay` binary. Each run checks the verdict counts, that
-//! `rx == tx + Σ drops`, the forwarded bytes against the input (computed here
+//! `rx == tx + punted + Σ drops`, the forwarded bytes against the input (computed here
 //! independently of the vxlan crate), and that tshark reads the output without
 //! a malformed-packet warning.
 

@@ -10,7 +10,7 @@
 //! order) written without the `vxlan` crate, and asserts:
 //!
 //! * the exact count per drop reason and of transmitted frames;
-//! * `rx == tx + Σ drops` and exit status 0 (no panic, no bad counter);
+//! * `rx == tx + punted + Σ drops` and exit status 0 (no panic, no bad counter);
 //! * the transmitted frames, in order, are exactly the expected ones: routed
 //!   inner packets with the MACs rewritten, the TTL / hop limit one lower and
 //!   the IPv4 checksum updated; encapsulated ones with a valid outer header
