@@ -32,6 +32,7 @@
 //! ```
 
 use crate::checksum::{accumulate, fold, pseudo_header_v4, pseudo_header_v6};
+use crate::{array, be16, be32, put16, put32};
 
 const ETH_HDR: usize = 14;
 const VLAN_TAG: usize = 4;
@@ -83,9 +84,11 @@ pub struct GsoPlan {
     mss: usize,
 }
 
+/// A big-endian u16 at `at`, or `None` past the end (the planner's reads:
+/// the frame comes from outside and may be cut anywhere).
 #[inline]
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+fn get16(b: &[u8], at: usize) -> Option<u16> {
+    b.get(at..at + 2).map(|_| be16(b, at))
 }
 
 impl GsoPlan {
@@ -101,11 +104,11 @@ impl GsoPlan {
         let mut l3 = None;
         // At most two rounds: outer headers, then (after a UDP tunnel) inner ones.
         for _round in 0..2 {
-            let mut et = be16(frame, at + 12).ok_or(GsoError::Truncated)?;
+            let mut et = get16(frame, at + 12).ok_or(GsoError::Truncated)?;
             at += ETH_HDR;
             let mut tags = 0;
             while (et == ETHERTYPE_VLAN || et == ETHERTYPE_QINQ) && tags < 2 {
-                et = be16(frame, at + 2).ok_or(GsoError::Truncated)?;
+                et = get16(frame, at + 2).ok_or(GsoError::Truncated)?;
                 at += VLAN_TAG;
                 tags += 1;
             }
@@ -200,9 +203,8 @@ impl GsoPlan {
         let last = i + 1 == self.segments();
         // TCP sequence number and flags.
         let t = self.tcp;
-        let seq = u32::from_be_bytes([out[t + 4], out[t + 5], out[t + 6], out[t + 7]])
-            .wrapping_add((i * self.mss) as u32);
-        out[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
+        let seq = be32(out, t + 4).wrapping_add((i * self.mss) as u32);
+        put32(out, t + 4, seq);
         let mut flags = out[t + 13];
         if !last {
             flags &= !(TCP_FIN | TCP_PSH);
@@ -216,23 +218,19 @@ impl GsoPlan {
         for f in self.fix.iter().flatten() {
             match *f {
                 Fixup::Ipv4(o) => {
-                    let tot = (len - o) as u16;
-                    out[o + 2..o + 4].copy_from_slice(&tot.to_be_bytes());
-                    let id = u16::from_be_bytes([out[o + 4], out[o + 5]]).wrapping_add(i as u16);
-                    out[o + 4..o + 6].copy_from_slice(&id.to_be_bytes());
-                    out[o + 10..o + 12].copy_from_slice(&[0, 0]);
+                    put16(out, o + 2, (len - o) as u16);
+                    put16(out, o + 4, be16(out, o + 4).wrapping_add(i as u16));
+                    put16(out, o + 10, 0);
                     let hl = usize::from(out[o] & 0x0f) * 4;
                     let c = !fold(accumulate(0, &out[o..o + hl]));
-                    out[o + 10..o + 12].copy_from_slice(&c.to_be_bytes());
+                    put16(out, o + 10, c);
                 }
                 Fixup::Ipv6(o) => {
-                    let pl = (len - o - IPV6_HDR) as u16;
-                    out[o + 4..o + 6].copy_from_slice(&pl.to_be_bytes());
+                    put16(out, o + 4, (len - o - IPV6_HDR) as u16);
                 }
                 Fixup::Udp(o, v6) => {
-                    let ul = (len - o) as u16;
-                    out[o + 4..o + 6].copy_from_slice(&ul.to_be_bytes());
-                    out[o + 6..o + 8].copy_from_slice(&[0, 0]);
+                    put16(out, o + 4, (len - o) as u16);
+                    put16(out, o + 6, 0);
                     if v6 {
                         udp6 = Some(o);
                     }
@@ -240,11 +238,10 @@ impl GsoPlan {
             }
         }
         // TCP checksum over the pseudo-header of the IP header in front of it.
-        out[t + 16..t + 18].copy_from_slice(&[0, 0]);
-        let tl = len - t;
-        let ph = pseudo_of(out, self.l3, PROTO_TCP, tl);
+        put16(out, t + 16, 0);
+        let ph = pseudo_of(out, self.l3, PROTO_TCP, len - t);
         let c = !fold(accumulate(ph, &out[t..]));
-        out[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+        put16(out, t + 16, c);
         // An outer UDP over IPv6 needs its checksum (after everything inside).
         if let Some(o) = udp6 {
             let ip = self
@@ -260,7 +257,7 @@ impl GsoPlan {
                 0 => 0xffff,
                 c => c,
             };
-            out[o + 6..o + 8].copy_from_slice(&c.to_be_bytes());
+            put16(out, o + 6, c);
         }
         Some(len)
     }
@@ -269,14 +266,10 @@ impl GsoPlan {
 fn pseudo_of(b: &[u8], ip: Fixup, proto: u8, l4_len: usize) -> u64 {
     match ip {
         Fixup::Ipv4(o) => {
-            let s: [u8; 4] = b[o + 12..o + 16].try_into().unwrap_or([0; 4]);
-            let d: [u8; 4] = b[o + 16..o + 20].try_into().unwrap_or([0; 4]);
-            pseudo_header_v4(s, d, proto, l4_len as u16)
+            pseudo_header_v4(array(b, o + 12), array(b, o + 16), proto, l4_len as u16)
         }
         Fixup::Ipv6(o) => {
-            let s: [u8; 16] = b[o + 8..o + 24].try_into().unwrap_or([0; 16]);
-            let d: [u8; 16] = b[o + 24..o + 40].try_into().unwrap_or([0; 16]);
-            pseudo_header_v6(&s, &d, proto, l4_len as u32)
+            pseudo_header_v6(&array(b, o + 8), &array(b, o + 24), proto, l4_len as u32)
         }
         Fixup::Udp(..) => 0,
     }
