@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod pcapng;
 mod proto;
 
 pub use client::{Client, ClientError};

@@ -161,6 +161,98 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
     },
+    /// Arms a trace (`capture` absent) or a capture of the next `count`
+    /// packets matching `filter` (the grammar of `dpgwctl trace --help`).
+    /// One watch at a time; read it with `watch_read`, end it with `watch_stop`
+    /// (a watch nobody reads for 10 s stops by itself).
+    WatchStart {
+        /// The filter expression (empty = every packet).
+        #[serde(default)]
+        filter: String,
+        /// Packets to record.
+        count: u64,
+        /// Record the packets' bytes instead of the stages' decisions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capture: Option<CaptureSpec>,
+    },
+    /// What the watch recorded since the last read.
+    WatchRead {
+        /// The id `watch_start` returned.
+        id: u64,
+    },
+    /// Ends a watch (and returns what it still held).
+    WatchStop {
+        /// The id `watch_start` returned.
+        id: u64,
+    },
+    /// Flow-table entries of every worker (collected at burst boundaries).
+    FlowsList {
+        /// Only flows of this service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        /// Only flows pinned to this backend.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend: Option<IpAddr>,
+        /// Only flows of this VNI.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vni: Option<u32>,
+        /// At most this many entries (default 1000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+    /// Walks one packet through the live snapshot, stage by stage.
+    Explain {
+        /// The packet.
+        #[serde(flatten)]
+        packet: ExplainPacket,
+    },
+}
+
+/// Where `capture` takes packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapturePoint {
+    /// As received.
+    #[default]
+    Rx,
+    /// As transmitted.
+    Tx,
+    /// Dropped packets, as received.
+    Drop,
+    /// Each packet as received, then as transmitted or dropped.
+    All,
+}
+
+/// A capture's parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    /// Where.
+    #[serde(rename = "where", default)]
+    pub at: CapturePoint,
+    /// Bytes kept of each packet.
+    pub snaplen: u32,
+}
+
+/// The packet `explain` walks through the pipeline: a VXLAN frame to the
+/// gateway's VTEP carrying this inner flow (a TCP SYN, a UDP datagram, an
+/// ICMP echo request).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainPacket {
+    /// VNI.
+    pub vni: u32,
+    /// Inner source address and port.
+    pub src: IpAddr,
+    #[serde(default)]
+    pub sport: u16,
+    /// Inner destination address and port.
+    pub dst: IpAddr,
+    #[serde(default)]
+    pub dport: u16,
+    /// `tcp`, `udp`, `icmp` (ICMPv6 for IPv6 addresses).
+    pub proto: String,
+    /// Inner payload bytes (to check the MTU verdict).
+    #[serde(default)]
+    pub payload: usize,
 }
 
 impl Command {
@@ -338,6 +430,116 @@ pub enum Data {
         /// Bytes written.
         bytes: usize,
     },
+    /// A watch was armed.
+    WatchStarted {
+        /// Its id, for `watch_read` / `watch_stop`.
+        id: u64,
+        /// The number of workers (one pcapng interface each).
+        workers: usize,
+    },
+    /// Records of a watch.
+    Watch(WatchReport),
+    /// Flow-table entries.
+    FlowList(FlowListReport),
+    /// The walk of one packet through the pipeline.
+    Explanation(Explanation),
+}
+
+/// What a watch recorded since the last read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchReport {
+    /// The records, oldest first (per worker).
+    pub records: Vec<WatchRecord>,
+    /// Packets that matched so far (recorded or lost).
+    pub matched: u64,
+    /// Records lost because a worker's ring was full (the reader was slow).
+    pub lost: u64,
+    /// True when the watch has ended (count reached or stopped) and every
+    /// record was handed out.
+    pub done: bool,
+}
+
+/// One recorded packet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRecord {
+    /// Worker that handled it.
+    pub worker: usize,
+    /// Nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// `rx`, `tx`, `drop`, `punt` (captures) or `trace`.
+    pub point: String,
+    /// Drop reason, for `drop` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Length of the frame at that point.
+    pub len: u32,
+    /// The frame's bytes (cut at the snap length), hex; captures only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+    /// A trace: what each stage decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
+    /// Final verdict: `tx`, `punt` or the drop reason.
+    pub verdict: String,
+    /// Service and backend the load balancer chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<IpAddr>,
+}
+
+/// One flow-table entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEntry {
+    /// Worker whose table holds it.
+    pub worker: usize,
+    /// VNI.
+    pub vni: u32,
+    /// `tcp`, `udp`, or the protocol number.
+    pub proto: String,
+    /// Client address and port.
+    pub src: IpAddr,
+    pub sport: u16,
+    /// Service VIP and port.
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// Service (if the VIP is still configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The backend the flow is pinned to.
+    pub backend: IpAddr,
+    /// Milliseconds since its last packet.
+    pub idle_ms: u64,
+}
+
+/// Answer to `flows_list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowListReport {
+    /// Entries, by worker.
+    pub entries: Vec<FlowEntry>,
+    /// More entries matched than `limit`.
+    pub truncated: bool,
+    /// Workers that answered (a stopped worker's table is not read).
+    pub workers: usize,
+}
+
+/// Answer to `explain`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// Snapshot generation walked.
+    pub generation: u64,
+    /// One line per stage.
+    pub steps: Vec<String>,
+    /// Final verdict: `tx`, `punt` or the drop reason.
+    pub verdict: String,
+    /// Service and backend a new flow gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<IpAddr>,
+    /// Existing entries of this flow in the workers' flow tables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<FlowEntry>,
 }
 
 /// A backend with its service.

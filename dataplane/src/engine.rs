@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use crate::burst::{Meta, Verdict};
 use crate::cpu::{rdtsc, thread_cpu_ns};
 use crate::io::{Burst, Packet, Queue, MAX_BURST};
+use crate::observe::Observed;
 use crate::pipeline::Pipeline;
 use crate::punt::Punt;
 use crate::stats::{wire_bytes, BurstHistogram, DropReason, Published, Telemetry, WorkerStats};
@@ -45,6 +46,10 @@ pub struct Shared {
     /// Reads the I/O backend's port counters (DPDK ports), set by the runner
     /// while the ports are up; read by the control thread only.
     port_source: Mutex<Option<PortSource>>,
+    /// The armed trace or capture, if any (one flag read per burst).
+    pub armed: crate::observe::Armed,
+    /// Per-worker `flows list` requests.
+    pub flow_query: Vec<crate::observe::FlowQuery>,
 }
 
 pub use crate::io::PortSource;
@@ -62,6 +67,10 @@ impl Shared {
                 .collect(),
             seen_generation: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             port_source: Mutex::new(None),
+            armed: crate::observe::Armed::default(),
+            flow_query: (0..workers)
+                .map(|_| crate::observe::FlowQuery::default())
+                .collect(),
         })
     }
 
@@ -145,9 +154,16 @@ pub fn run_worker<Q: Queue>(
     // Counts not yet handed to the control side (see `Shared::telemetry`).
     let mut pending = Telemetry::default();
     let slot = &shared.telemetry[id];
+    // What a trace or capture notes per burst; allocated when one is first armed.
+    let mut observed: Option<Box<Observed>> = None;
+    let query = &shared.flow_query[id];
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
+        }
+        if query.pending.load(Ordering::Relaxed) {
+            let now = pipeline.lb.now_ms();
+            crate::observe::scan_step(query, &cur, pipeline.lb.flows.as_ref(), now, id);
         }
         {
             let g = shared.tables.load();
@@ -191,7 +207,21 @@ pub fn run_worker<Q: Queue>(
         }
         verdicts[..n].fill(Verdict::Tx);
         let nh = shared.learned_next_hop.load(Ordering::Relaxed);
-        pipeline.run(&cur, nh, &mut rx, &mut meta[..n], &mut verdicts[..n]);
+        if shared.armed.on.load(Ordering::Relaxed) {
+            observe_burst(
+                &shared,
+                &mut pipeline,
+                &mut observed,
+                &cur,
+                nh,
+                &mut rx,
+                &mut meta[..n],
+                &mut verdicts[..n],
+                id,
+            );
+        } else {
+            pipeline.run(&cur, nh, &mut rx, &mut meta[..n], &mut verdicts[..n]);
+        }
 
         for (pkt, v) in rx.drain(..).zip(verdicts[..n].iter()) {
             match v {
@@ -243,6 +273,35 @@ pub fn run_worker<Q: Queue>(
         on_cpu_ns,
         pinned_to,
     }
+}
+
+/// A burst while a trace or capture is armed: the stages with their
+/// decisions noted, then the matching packets recorded (see `observe`).
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn observe_burst<P: Packet>(
+    shared: &Shared,
+    pipeline: &mut Pipeline,
+    observed: &mut Option<Box<Observed>>,
+    t: &Tables,
+    nh: u64,
+    pkts: &mut [P],
+    meta: &mut [Meta],
+    verdicts: &mut [Verdict],
+    id: usize,
+) {
+    let Some(w) = shared.armed.current() else {
+        pipeline.run(t, nh, pkts, meta, verdicts);
+        return;
+    };
+    let o = observed.get_or_insert_with(Box::default);
+    o.snap = match w.mode {
+        crate::observe::Mode::Capture { snaplen, .. } => snaplen.max(256),
+        crate::observe::Mode::Trace => 256,
+    };
+    pipeline.run_observed(t, nh, pkts, meta, verdicts, o);
+    crate::observe::Recorder::finish(&w, t, o, pkts, meta, verdicts, id, crate::observe::now_ns());
 }
 
 /// Moves `pending` into the control side's `slot` if its lock is free (or,

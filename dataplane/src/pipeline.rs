@@ -4,6 +4,7 @@
 
 pub use crate::burst::{Meta, Stage, Verdict};
 use crate::io::Packet;
+use crate::observe::Observed;
 use crate::stats::{BurstHistogram, Telemetry};
 use crate::tables::Tables;
 
@@ -59,5 +60,95 @@ impl Pipeline {
         self.acl.process(t, pkts, meta, verdicts);
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
+    }
+
+    /// [`run`](Self::run) with each stage's decision noted in `o` (for
+    /// `trace`, `capture` and `explain`): the same stages in the same order,
+    /// so what is observed is what the workers do.
+    #[cold]
+    pub fn run_observed<P: Packet>(
+        &mut self,
+        t: &Tables,
+        learned_next_hop: u64,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        verdicts: &mut [Verdict],
+        o: &mut Observed,
+    ) {
+        let n = pkts.len();
+        o.begin(pkts);
+        let nh = crate::punt::NextHop::decode(learned_next_hop).mac(t.next_hop_mac);
+        self.lb.next_hop = nh.unwrap_or([0; 6]);
+        self.route.next_hop = nh.unwrap_or([0; 6]);
+        self.lb.unresolved = nh.is_none();
+        self.route.unresolved = nh.is_none();
+        self.decap.process(t, pkts, meta, verdicts);
+        o.after_decap[..n].copy_from_slice(verdicts);
+        self.inner.process(t, pkts, meta, verdicts);
+        o.after_inner[..n].copy_from_slice(verdicts);
+        self.acl.process(t, pkts, meta, verdicts);
+        for (i, m) in self.acl.last_results() {
+            o.acl_rule[i] = Some(m);
+        }
+        o.after_acl[..n].copy_from_slice(verdicts);
+        self.lb.process(t, pkts, meta, verdicts);
+        for (i, v) in self.lb.last_results() {
+            o.lb[i] = Some(v);
+        }
+        self.route.process(t, pkts, meta, verdicts);
+    }
+}
+
+/// Runs `frames` through `pipeline` under `t` in bursts, as a worker would,
+/// and gives each packet's decisions (the offline `dpgw explain` and the
+/// control side's `explain` both use it).
+pub fn explain_frames(
+    pipeline: &mut Pipeline,
+    t: &Tables,
+    learned_next_hop: u64,
+    frames: &[&[u8]],
+    ts_ns: u64,
+    mut each: impl FnMut(usize, &crate::observe::Record),
+) {
+    use crate::io::{buf::HeapBuf, Packet};
+    let mut o = Box::<Observed>::default();
+    o.snap = 65535;
+    let mut n0 = 0;
+    for chunk in frames.chunks(crate::io::MAX_BURST) {
+        let mut pkts: Vec<HeapBuf> = chunk
+            .iter()
+            .map(|f| {
+                let mut b = HeapBuf::with_capacity(f.len().max(64) + 256);
+                b.load(f, ts_ns);
+                b
+            })
+            .collect();
+        let n = pkts.len();
+        let mut meta = [crate::burst::Meta::default(); crate::io::MAX_BURST];
+        let mut v = [Verdict::Tx; crate::io::MAX_BURST];
+        pipeline.run_observed(
+            t,
+            learned_next_hop,
+            &mut pkts,
+            &mut meta[..n],
+            &mut v[..n],
+            &mut o,
+        );
+        for i in 0..n {
+            let f = crate::observe::facts(t, &o, &meta[i], i, v[i], 0);
+            let r = crate::observe::Record {
+                worker: 0,
+                ts_ns,
+                point: crate::observe::Point::Trace,
+                orig_len: o.rx_len[i],
+                data: pkts[i].data().to_vec(),
+                steps: crate::observe::steps(t, &o, &meta[i], i, v[i], pkts[i].data()),
+                verdict: crate::observe::verdict_name(v[i]).to_string(),
+                service: f.service.map(str::to_string),
+                backend: f.backend,
+            };
+            each(n0 + i, &r);
+        }
+        n0 += n;
     }
 }

@@ -111,6 +111,8 @@ pub struct Acl {
     miss_out: [u32; MAX_BURST],
     /// What the result cache did, for telemetry (drained by the worker).
     pub cache_counts: AclCacheCounters,
+    /// Keys classified in the last burst (`keys`, `pos`, `out`), for tracing.
+    last: usize,
 }
 
 /// A two-way set-associative cache of classification results by exact key: the packets
@@ -245,6 +247,7 @@ impl Default for Acl {
             slot_of: [0; MAX_BURST],
             miss_out: [acl::NO_MATCH; MAX_BURST],
             cache_counts: AclCacheCounters::default(),
+            last: 0,
         }
     }
 }
@@ -305,6 +308,12 @@ impl Acl {
         }
     }
 
+    /// The last burst's classifications: (position in the burst, matched rule
+    /// index or `acl::NO_MATCH`).
+    pub fn last_results(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        (0..self.last).map(|j| (self.pos[j] as usize, self.out[j]))
+    }
+
     /// Moves the hit counts into `into` (rule counter id → packets), zeroing them.
     pub fn drain_hits(&mut self, t: &Tables, into: &mut std::collections::HashMap<u32, u64>) {
         if let Some(a) = &t.acl {
@@ -331,6 +340,7 @@ impl Stage for Acl {
         meta: &mut [Meta],
         v: &mut [Verdict],
     ) {
+        self.last = 0;
         let Some(a) = &t.acl else { return };
         if self.hits_generation != t.generation {
             // New rule set: counts of the old one were drained by the worker.
@@ -347,6 +357,7 @@ impl Stage for Acl {
             proto: k.proto,
             v6: k.v6,
         });
+        self.last = n;
         if n == 0 {
             return;
         }
@@ -394,6 +405,8 @@ pub struct Lb {
     pub unresolved: bool,
     icmp_too_big: u64,
     live_scanned_at: u64,
+    /// Keys looked up in the last burst (`pos`, `out`), for tracing.
+    last: usize,
 }
 
 impl Default for Lb {
@@ -411,6 +424,7 @@ impl Default for Lb {
             unresolved: false,
             icmp_too_big: 0,
             live_scanned_at: 0,
+            last: 0,
         }
     }
 }
@@ -454,7 +468,13 @@ impl Lb {
         }
     }
 
-    fn now_ms(&self) -> u64 {
+    /// The last burst's answers: (position in the burst, verdict).
+    pub fn last_results(&self) -> impl Iterator<Item = (usize, lb::LbVerdict)> + '_ {
+        (0..self.last).map(|j| (self.pos[j] as usize, self.out[j]))
+    }
+
+    /// Milliseconds on this worker's flow-table clock.
+    pub fn now_ms(&self) -> u64 {
         self.epoch.map_or(0, |e| e.elapsed().as_millis() as u64)
     }
 
@@ -487,6 +507,7 @@ impl Stage for Lb {
         meta: &mut [Meta],
         v: &mut [Verdict],
     ) {
+        self.last = 0;
         if t.lb.is_empty() {
             if t.non_vip == NonVip::Drop {
                 for x in v.iter_mut() {
@@ -511,6 +532,7 @@ impl Stage for Lb {
             return;
         }
         let now = self.now_ms();
+        self.last = n;
         let Some(flows) = self.flows.as_mut() else {
             return;
         };

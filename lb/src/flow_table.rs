@@ -459,22 +459,48 @@ impl FlowTable {
 
     /// The live flows (for `dpgwctl flows`); scans the whole table.
     pub fn iter(&self, now: u64) -> impl Iterator<Item = FlowInfo> + '_ {
+        self.iter_sets(0..self.meta.len(), now)
+    }
+
+    /// Number of sets (of [`WAYS`] entries each) in the table.
+    pub fn sets(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// The set a flow whose [`flow_hash`](crate::flow_hash) is `hash` lives in.
+    pub fn set_of(&self, hash: u64) -> usize {
+        hash as usize & self.mask
+    }
+
+    /// The live flows of the sets in `range` (clamped to the table): a scan in
+    /// bounded steps (`dpgwctl flows list` on a running worker).
+    pub fn iter_sets(
+        &self,
+        range: std::ops::Range<usize>,
+        now: u64,
+    ) -> impl Iterator<Item = FlowInfo> + '_ {
         let now32 = now as u32;
-        self.meta.iter().enumerate().flat_map(move |(set, meta)| {
-            (0..WAYS).filter_map(move |w| {
-                let t = meta.tags[w];
-                let idle = now32.wrapping_sub(meta.seen[w]);
-                if t == 0 || idle > self.timeout(t) {
-                    return None;
-                }
-                let e = &self.entries[set * WAYS + w];
-                Some(FlowInfo {
-                    key: e.key(),
-                    pinned: e.pinned(),
-                    idle,
+        let end = range.end.min(self.meta.len());
+        let start = range.start.min(end);
+        self.meta[start..end]
+            .iter()
+            .enumerate()
+            .map(move |(i, m)| (start + i, m))
+            .flat_map(move |(set, meta)| {
+                (0..WAYS).filter_map(move |w| {
+                    let t = meta.tags[w];
+                    let idle = now32.wrapping_sub(meta.seen[w]);
+                    if t == 0 || idle > self.timeout(t) {
+                        return None;
+                    }
+                    let e = &self.entries[set * WAYS + w];
+                    Some(FlowInfo {
+                        key: e.key(),
+                        pinned: e.pinned(),
+                        idle,
+                    })
                 })
             })
-        })
     }
 
     /// Clears expired entries in the next `sets` sets (round robin over calls);

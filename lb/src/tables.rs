@@ -144,14 +144,19 @@ impl Service {
         &self.table
     }
 
-    /// The backend a new flow with this hash would get.
+    /// The Maglev table entry (bucket) a flow with this hash falls in.
     #[inline]
-    pub fn pick(&self, hash: u64) -> Option<BackendIdx> {
+    pub fn bucket(&self, hash: u64) -> usize {
         // Lemire's multiply-shift reduction of the high 32 bits onto [0, M): no
         // division on the fast path, and independent of the low bits the flow
         // table uses for its set index.
-        let i = ((hash >> 32) * self.table.len() as u64) >> 32;
-        self.table.get(i as usize).copied()
+        (((hash >> 32) * self.table.len() as u64) >> 32) as usize
+    }
+
+    /// The backend a new flow with this hash would get.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<BackendIdx> {
+        self.table.get(self.bucket(hash)).copied()
     }
 
     #[inline]

@@ -50,12 +50,74 @@ enum Cmd {
         #[arg(long, value_name = "SECS")]
         watch: Option<f64>,
     },
-    /// Flow-table use per worker and flow counts per service and backend.
+    /// Flow tables: `flows count` (the default) summarises them, `flows list`
+    /// prints their entries.
     Flows {
+        #[command(subcommand)]
+        sub: Option<FlowsCmd>,
         #[arg(long)]
         service: Option<String>,
         #[arg(long)]
         limit: Option<usize>,
+    },
+    /// Walks one packet through the live tables, stage by stage: decap, ACL
+    /// rule, service, Maglev bucket and backend (or an existing flow entry),
+    /// encapsulation, next hop and MTU.
+    Explain {
+        /// VNI of the overlay packet.
+        #[arg(long)]
+        vni: u32,
+        /// Inner source, `IP:PORT`, `[IPv6]:PORT` or `IP`.
+        #[arg(long)]
+        src: String,
+        /// Inner destination, same forms.
+        #[arg(long)]
+        dst: String,
+        /// tcp (a SYN), udp or icmp (an echo request).
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// Payload bytes (for the MTU verdict).
+        #[arg(long, default_value_t = 0)]
+        payload: usize,
+    },
+    /// Prints the next packets matching a filter, with each stage's decision
+    /// (the daemon's workers record them). Ends after --count packets or
+    /// --timeout seconds.
+    ///
+    /// FILTER (shared with `capture`): primitives `vni N`, `[src|dst] host IP`,
+    /// `[src|dst] net CIDR`, `[src|dst] port N[-M]`, `tcp`, `udp`, `icmp`,
+    /// `icmp6`, `ip`, `ip6`, `drop`, `reason NAME`, `service NAME`,
+    /// `backend IP`, `worker N`, combined with `and`/`&&`, `or`/`||`,
+    /// `not`/`!` and parentheses (`and` binds tighter than `or`). Addresses,
+    /// ports and protocols are the tenant's (inner) packet's.
+    Trace {
+        /// Filter expression (default: every packet).
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Packets to trace.
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+    },
+    /// Copies packets matching a filter (see `trace --help`) into a pcapng
+    /// file (`-w -`: standard output, e.g. `| tshark -r -`), one interface per
+    /// worker, each packet commented with its direction, worker and drop
+    /// reason. Ends after --count packets or --timeout seconds; packets the
+    /// daemon could not hand over (reader too slow) are counted at the end.
+    Capture {
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Where: rx (as received), tx (as sent), drop (dropped, as received), all.
+        #[arg(long = "where", value_enum, default_value = "rx")]
+        at: WhereArg,
+        /// Packets to capture.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Bytes kept of each packet.
+        #[arg(long, default_value_t = 262)]
+        snaplen: u32,
+        /// Output file, `-` for standard output.
+        #[arg(short = 'w', value_name = "FILE")]
+        write: PathBuf,
     },
     /// The running configuration.
     #[command(subcommand)]
@@ -67,6 +129,33 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum FlowsCmd {
+    /// Flow-table use per worker and flow counts per service and backend.
+    Count,
+    /// The entries of every worker's flow table (read at burst boundaries,
+    /// without stopping the workers).
+    List {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        backend: Option<IpAddr>,
+        #[arg(long)]
+        vni: Option<u32>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WhereArg {
+    Rx,
+    Tx,
+    Drop,
+    All,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -376,7 +465,69 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         },
-        Cmd::Flows { service, limit } => Command::Flows { service, limit },
+        Cmd::Flows {
+            sub:
+                Some(FlowsCmd::List {
+                    service,
+                    backend,
+                    vni,
+                    limit,
+                }),
+            ..
+        } => Command::FlowsList {
+            service,
+            backend,
+            vni,
+            limit: Some(limit),
+        },
+        Cmd::Flows { service, limit, .. } => Command::Flows { service, limit },
+        Cmd::Explain {
+            vni,
+            src,
+            dst,
+            proto,
+            payload,
+        } => {
+            let (src, sport) = endpoint(&src, "--src")?;
+            let (dst, dport) = endpoint(&dst, "--dst")?;
+            Command::Explain {
+                packet: ctl::ExplainPacket {
+                    vni,
+                    src,
+                    sport,
+                    dst,
+                    dport,
+                    proto,
+                    payload,
+                },
+            }
+        }
+        Cmd::Trace { filter, count } => {
+            return watch(&cli.socket, cli.timeout, cli.json, filter, count, None)
+        }
+        Cmd::Capture {
+            filter,
+            at,
+            count,
+            snaplen,
+            write,
+        } => {
+            let at = match at {
+                WhereArg::Rx => ctl::CapturePoint::Rx,
+                WhereArg::Tx => ctl::CapturePoint::Tx,
+                WhereArg::Drop => ctl::CapturePoint::Drop,
+                WhereArg::All => ctl::CapturePoint::All,
+            };
+            let spec = ctl::CaptureSpec { at, snaplen };
+            return watch(
+                &cli.socket,
+                cli.timeout,
+                cli.json,
+                filter,
+                count,
+                Some((spec, write)),
+            );
+        }
         Cmd::Config(c) => match c {
             ConfigCmd::Dump => Command::ConfigDump,
             ConfigCmd::Save { path } => {
@@ -416,6 +567,158 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     print!("{}", human(&cmd, &r));
     Ok(())
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or a bare address (port 0).
+fn endpoint(s: &str, what: &str) -> Result<(IpAddr, u16), String> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok((a.ip(), a.port()));
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| (ip, 0))
+        .map_err(|_| format!("{what}: {s:?} is not IP, IP:PORT or [IPv6]:PORT"))
+}
+
+/// Clock time of a timestamp, UTC, to the nanosecond.
+fn clock(ts_ns: u64) -> String {
+    let s = ts_ns / 1_000_000_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:09}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        ts_ns % 1_000_000_000
+    )
+}
+
+/// `trace` and `capture`: arm a watch, read it until it ends or `timeout`
+/// seconds pass, print (trace) or write pcapng (capture).
+fn watch(
+    socket: &std::path::Path,
+    timeout: u64,
+    json: bool,
+    filter: String,
+    count: u64,
+    capture: Option<(ctl::CaptureSpec, PathBuf)>,
+) -> Result<(), String> {
+    let mut client = connect(socket, 10)?;
+    let spec = capture.as_ref().map(|c| c.0);
+    let r = client
+        .call(Command::WatchStart {
+            filter,
+            count,
+            capture: spec,
+        })
+        .map_err(|e| e.to_string())?;
+    if !r.ok {
+        return Err(r.error.unwrap_or_else(|| "request failed".into()));
+    }
+    let Some(Data::WatchStarted { id, workers }) = r.data else {
+        return Err("unexpected answer to watch_start".into());
+    };
+    let mut out: Box<dyn Write> = match &capture {
+        Some((_, p)) if p.as_os_str() == "-" => Box::new(std::io::stdout().lock()),
+        Some((_, p)) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    if let Some((spec, _)) = &capture {
+        let names: Vec<String> = (0..workers).map(|w| format!("dpgw worker {w}")).collect();
+        ctl::pcapng::write_header(&mut out, &names, spec.snaplen).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout.max(1));
+    let mut n = 0u64;
+    let mut stop = false;
+    loop {
+        let cmd = if stop {
+            Command::WatchStop { id }
+        } else {
+            Command::WatchRead { id }
+        };
+        let r = client.call(cmd).map_err(|e| e.to_string())?;
+        if !r.ok {
+            return Err(r.error.unwrap_or_else(|| "request failed".into()));
+        }
+        let Some(Data::Watch(rep)) = r.data else {
+            return Err("unexpected answer to watch_read".into());
+        };
+        let mut failed = None;
+        for rec in &rep.records {
+            n += 1;
+            let res = if capture.is_some() {
+                let data = ctl::pcapng::unhex(&rec.data)?;
+                let comment = match &rec.reason {
+                    Some(reason) => format!("{} {} worker {}", rec.point, reason, rec.worker),
+                    None => format!("{} worker {}", rec.point, rec.worker),
+                };
+                ctl::pcapng::write_packet(
+                    &mut out,
+                    rec.worker as u32,
+                    rec.ts_ns,
+                    &data,
+                    rec.len,
+                    &comment,
+                )
+            } else if json {
+                writeln!(out, "{}", serde_json::to_string(rec).unwrap_or_default())
+            } else {
+                let to = match (&rec.service, &rec.backend) {
+                    (Some(s), Some(b)) => format!(" (service {s}, backend {b})"),
+                    (Some(s), None) => format!(" (service {s})"),
+                    _ => String::new(),
+                };
+                let mut t = format!(
+                    "#{n} {} worker {} len {}: {}{to}\n",
+                    clock(rec.ts_ns),
+                    rec.worker,
+                    rec.len,
+                    rec.verdict
+                );
+                for s in &rec.steps {
+                    t.push_str("    ");
+                    t.push_str(s);
+                    t.push('\n');
+                }
+                out.write_all(t.as_bytes())
+            };
+            if let Err(e) = res {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Err(e) = out.flush() {
+            failed = Some(e);
+        }
+        if let Some(e) = failed {
+            // The reader went away (e.g. `| head`): stop the watch and end.
+            let _ = client.call(Command::WatchStop { id });
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(format!("writing output: {e}"));
+        }
+        if rep.done {
+            let what = if capture.is_some() {
+                "captured"
+            } else {
+                "traced"
+            };
+            eprintln!(
+                "dpgwctl: {n} packet(s) {what}, {} matched, {} lost to full rings (reader too slow)",
+                rep.matched, rep.lost
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            stop = true;
+            continue;
+        }
+        if rep.records.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn connect(socket: &std::path::Path, timeout: u64) -> Result<Client, String> {
@@ -575,6 +878,68 @@ fn human(cmd: &Command, r: &Response) -> String {
             s
         }
         (Some(Data::Config { toml }), _) => toml.clone(),
+        (Some(Data::FlowList(f)), _) => {
+            let rows: Vec<Vec<String>> = f
+                .entries
+                .iter()
+                .map(|e| {
+                    let ep = |ip: &IpAddr, p: u16| match ip {
+                        IpAddr::V4(a) => format!("{a}:{p}"),
+                        IpAddr::V6(a) => format!("[{a}]:{p}"),
+                    };
+                    vec![
+                        e.worker.to_string(),
+                        e.vni.to_string(),
+                        e.proto.clone(),
+                        ep(&e.src, e.sport),
+                        ep(&e.dst, e.dport),
+                        e.service.clone().unwrap_or_else(|| "-".into()),
+                        e.backend.to_string(),
+                        format!("{:.1}s", e.idle_ms as f64 / 1e3),
+                    ]
+                })
+                .collect();
+            let mut s = table(
+                &[
+                    "WORKER", "VNI", "PROTO", "CLIENT", "VIP", "SERVICE", "BACKEND", "IDLE",
+                ],
+                &rows,
+            );
+            s.push_str(&format!(
+                "{} flow(s) from {} worker(s){}\n",
+                f.entries.len(),
+                f.workers,
+                if f.truncated {
+                    " (more match: raise --limit)"
+                } else {
+                    ""
+                }
+            ));
+            s
+        }
+        (Some(Data::Explanation(e)), _) => {
+            let mut s = format!("generation {}\n", e.generation);
+            for l in &e.steps {
+                s.push_str(l);
+                s.push('\n');
+            }
+            for f in &e.flows {
+                s.push_str(&format!(
+                    "flow table: worker {} has this flow pinned to {} (idle {:.1}s)\n",
+                    f.worker,
+                    f.backend,
+                    f.idle_ms as f64 / 1e3
+                ));
+            }
+            if e.service.is_some() && e.flows.is_empty() {
+                s.push_str(
+                    "flow table: no worker has this flow (a new flow gets the backend above)\n",
+                );
+            }
+            s
+        }
+        (Some(Data::WatchStarted { id, .. }), _) => format!("watch {id} started\n"),
+        (Some(Data::Watch(w)), _) => format!("{} record(s)\n", w.records.len()),
         (Some(Data::Saved { path, bytes }), _) => format!("saved {bytes} bytes to {path}\n"),
         (None, _) => format!("ok{gen}\n"),
     }

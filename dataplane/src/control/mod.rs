@@ -22,6 +22,7 @@ pub mod metrics;
 mod server;
 pub use server::decode_request;
 pub mod state;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};

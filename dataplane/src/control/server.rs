@@ -217,6 +217,7 @@ pub struct Server {
     config_dir: PathBuf,
     sampler: Sampler,
     buf: Vec<u8>,
+    watches: super::watch::Watches,
 }
 
 enum Outcome {
@@ -259,6 +260,7 @@ impl Server {
             config_dir,
             sampler: Sampler::new(),
             buf: vec![0u8; 64 << 10],
+            watches: super::watch::Watches::default(),
         })
     }
 
@@ -291,6 +293,7 @@ impl Server {
                 }
             }
             self.sampler.tick(&self.shared);
+            self.watches.tick(&self.shared);
             self.resolve_pending();
             // Serve the connections that are ready now; those that still have
             // input after their budget go to the back of the queue.
@@ -570,6 +573,24 @@ impl Server {
                     .map_err(|e| (ErrorCode::NotFound, e))
             }
             Command::ConfigSave { path } => self.save(path.as_deref()).map(Some),
+            Command::WatchStart {
+                filter,
+                count,
+                capture,
+            } => self
+                .watches
+                .start(&self.shared, filter, *count, *capture)
+                .map(Some),
+            Command::WatchRead { id } => self.watches.read(&self.shared, *id, false).map(Some),
+            Command::WatchStop { id } => self.watches.read(&self.shared, *id, true).map(Some),
+            Command::FlowsList {
+                service,
+                backend,
+                vni,
+                limit,
+            } => super::watch::flows_list(&self.shared, service.clone(), *backend, *vni, *limit)
+                .map(Some),
+            Command::Explain { packet } => super::watch::explain(&self.shared, packet).map(Some),
             other => match self.desired.list(other) {
                 Some(r) => r.map(Some).map_err(|e| (e.code(), e.to_string())),
                 None => Err((
