@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod man;
 pub mod pcapng;
 mod proto;
 

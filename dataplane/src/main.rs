@@ -53,6 +53,35 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Validate a config file (and the rule files it names) without running:
+    /// prints the table digest (`dpgwctl stats` shows the running one), or
+    /// every problem found (exit status 2).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print, for each packet of a capture, what every stage decides under a
+    /// config (the code the workers run, one worker, flow table included),
+    /// without running the daemon.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Input capture (pcap or pcapng).
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Only the first N packets.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object per packet instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the man pages (dpgw.8 and its subcommands) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Write a generated VXLAN capture.
     Gen {
         /// Output pcap file.
@@ -191,6 +220,88 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("dpgw: BUG: rx != tx + punted + drops");
                 return Ok(ExitCode::from(3));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { config } => {
+            let cfg = Config::load(&config)?;
+            match dataplane::tables::Tables::build(&cfg, 1) {
+                Ok(t) => {
+                    println!(
+                        "{}: ok, {} service(s), {} ACL rule(s), table digest {}",
+                        config.display(),
+                        t.lb.len(),
+                        t.acl.as_ref().map_or(0, |a| a.classifier.len()),
+                        t.digest()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("dpgw: {}: invalid:", config.display());
+                    for m in e.messages() {
+                        eprintln!("  - {m}");
+                    }
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Cmd::Explain {
+            config,
+            pcap,
+            limit,
+            json,
+        } => {
+            let cfg = Config::load(&config)?;
+            let t = dataplane::tables::Tables::build(&cfg, 1)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let cap = dataplane::pcapfile::read_file(&pcap)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", pcap.display()))?;
+            let frames: Vec<&[u8]> = cap
+                .iter()
+                .map(|(_, d)| d)
+                .take(limit.unwrap_or(usize::MAX))
+                .collect();
+            let mut pipeline = dataplane::pipeline::Pipeline::default();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            use std::io::Write as _;
+            let mut err = None;
+            dataplane::pipeline::explain_frames(&mut pipeline, &t, 0, &frames, 0, |i, r| {
+                let res = if json {
+                    let v = serde_json::json!({
+                        "packet": i + 1,
+                        "len": r.orig_len,
+                        "verdict": r.verdict,
+                        "service": r.service,
+                        "backend": r.backend,
+                        "steps": r.steps,
+                        // The frame as it would be sent (transmitted packets only).
+                        "out": (r.verdict == "tx").then(|| {
+                            r.data.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                        }),
+                    });
+                    writeln!(out, "{v}")
+                } else {
+                    let mut s = format!("#{} len {}: {}\n", i + 1, r.orig_len, r.verdict);
+                    for l in &r.steps {
+                        s.push_str("    ");
+                        s.push_str(l);
+                        s.push('\n');
+                    }
+                    out.write_all(s.as_bytes())
+                };
+                if let Err(e) = res {
+                    err.get_or_insert(e);
+                }
+            });
+            out.flush()?;
+            match err {
+                Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+                Some(e) => Err(e.into()),
+                None => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Cmd::Man { out } => {
+            ctl::man::write(&out, <Cli as clap::CommandFactory>::command(), "dpgw", "8")
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Gen {

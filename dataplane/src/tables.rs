@@ -245,3 +245,81 @@ impl Tables {
         })
     }
 }
+
+/// 64-bit FNV-1a: stable across builds and machines (unlike `DefaultHasher`).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for x in b {
+            self.0 ^= u64::from(*x);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator, so that ("ab", "c") and ("a", "bc") differ.
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+}
+
+impl Tables {
+    /// A digest of what decides where packets go: the decap addresses and
+    /// ports, every service with its backends' effective state and its
+    /// Maglev table, and the compiled ACL (rules in evaluation order with
+    /// their actions, and the defaults). Two gateways with the same digest
+    /// send the same packet to the same backend; the snapshot generation and
+    /// counters are not part of it. Printed by `dpgw check` and shown by
+    /// `dpgwctl stats` and the metrics.
+    pub fn digest(&self) -> String {
+        let mut h = Fnv::new();
+        h.str("dpgw-tables-v1");
+        h.str(&format!(
+            "{:?}|{:?}|{:?}|{:?}|{}|{}|{}",
+            self.decap.vtep_v4,
+            self.decap.vtep_v6,
+            self.decap.ports,
+            self.non_vip,
+            self.vxlan_dst_port,
+            self.gue_port,
+            self.mtu
+        ));
+        let mut services: Vec<_> = self.lb.services().collect();
+        services.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        for (_, s) in services {
+            h.str(&format!(
+                "svc|{}|{}|{}|{:?}|{:?}|{:?}|{}",
+                s.name, s.vip, s.port, s.proto, s.vni, s.encap, s.table_size
+            ));
+            for b in s.backends() {
+                h.str(&format!(
+                    "be|{}|{}|{:?}|{:?}|{}",
+                    b.ip,
+                    b.weight,
+                    b.state,
+                    b.mac,
+                    b.eligible()
+                ));
+            }
+            let table: Vec<u8> = s.table().iter().flat_map(|i| i.to_le_bytes()).collect();
+            h.bytes(&table);
+        }
+        match (&self.acl, &self.acl_spec) {
+            (Some(a), Some(spec)) => {
+                h.str(&format!("acl|{:?}|{:?}", spec.default, spec.vni));
+                for r in a.classifier.rules() {
+                    h.str(&format!(
+                        "rule|{:?}|{:?}|{}|{}|{}|{}|{}|{:?}",
+                        r.id, r.vni, r.src, r.dst, r.proto, r.src_ports, r.dst_ports, r.action
+                    ));
+                }
+            }
+            _ => h.str("acl|none"),
+        }
+        format!("{:016x}", h.0)
+    }
+}

@@ -124,6 +124,12 @@ enum Cmd {
     Config(ConfigCmd),
     /// Checks that the daemon answers.
     Ping,
+    /// Writes the man pages (dpgwctl.1 and its subcommands) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Prints a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -326,6 +332,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut c = Cli::command();
             clap_complete::generate(shell, &mut c, "dpgwctl", &mut std::io::stdout());
             return Ok(());
+        }
+        Cmd::Man { out } => {
+            return ctl::man::write(&out, Cli::command(), "dpgwctl", "1")
+                .map_err(|e| format!("{}: {e}", out.display()));
         }
         Cmd::Stats { watch: Some(secs) } => {
             if !(secs.is_finite() && secs > 0.0) {
