@@ -81,7 +81,7 @@ pub fn write_packet(
 
 /// Decodes the lowercase hex of a `WatchRecord`'s `data`.
 pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..s.len())

@@ -660,6 +660,11 @@ pub struct FlowTableCounters {
 pub struct StatsReport {
     /// Generation of the published snapshot.
     pub generation: u64,
+    /// Digest of the forwarding tables of that snapshot (services, backends
+    /// with their effective state, Maglev tables, ACL): equal on two gateways
+    /// means they send every packet to the same place.
+    #[serde(default)]
+    pub digest: String,
     /// Seconds since the control server started.
     pub uptime_s: f64,
     /// Length of the window the Mpps figures are computed over, seconds.

@@ -26,6 +26,7 @@ pub mod pcapfile;
 pub mod pipeline;
 pub mod punt;
 pub mod runner;
+pub mod sdnotify;
 pub mod slowpath;
 pub mod stages;
 pub mod stats;

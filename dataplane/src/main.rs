@@ -156,6 +156,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run { config } => {
             let cfg = Config::load(&config)?;
             let stop = stop_on_signals()?;
+            // SIGHUP re-reads the config (the control server handles it);
+            // without a [control] section it is ignored rather than fatal.
+            signal_hook::flag::register(
+                signal_hook::consts::SIGHUP,
+                Arc::new(AtomicBool::new(false)),
+            )?;
             eprintln!(
                 "dpgw: running {} worker(s) on {:?} I/O; SIGINT/SIGTERM to stop",
                 cfg.dataplane.workers, cfg.dataplane.io
@@ -168,6 +174,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!("dpgw: metrics on http://{m}/metrics");
                 }
             }
+            dataplane::sdnotify::spawn(shared.clone());
             let result = runner::run_prepared(&cfg, &RunOptions { progress: false }, stop, shared);
             if let Some(c) = ctl {
                 c.stop();

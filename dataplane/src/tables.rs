@@ -30,6 +30,8 @@ pub struct Tables {
     pub vxlan_dst_port: u16,
     pub gue_port: u16,
     pub mtu: u16,
+    /// [`Tables::digest`], computed on first use.
+    pub digest: std::sync::OnceLock<String>,
 }
 
 /// The compiled ACL and what the counters need to name its rules.
@@ -242,6 +244,7 @@ impl Tables {
             vxlan_dst_port: g.vxlan_ports.first().copied().unwrap_or(4789),
             gue_port: g.gue_port,
             mtu: g.mtu,
+            digest: std::sync::OnceLock::new(),
         })
     }
 }
@@ -265,6 +268,12 @@ impl Fnv {
     fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
+    /// Mixes 8 bytes at once (the Maglev tables are large).
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0 ^ w)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
 }
 
 impl Tables {
@@ -274,8 +283,13 @@ impl Tables {
     /// their actions, and the defaults). Two gateways with the same digest
     /// send the same packet to the same backend; the snapshot generation and
     /// counters are not part of it. Printed by `dpgw check` and shown by
-    /// `dpgwctl stats` and the metrics.
-    pub fn digest(&self) -> String {
+    /// `dpgwctl stats` and the metrics. Rule ids are not part of it (they
+    /// name rules, they do not decide). Computed once per snapshot.
+    pub fn digest(&self) -> &str {
+        self.digest.get_or_init(|| self.compute_digest())
+    }
+
+    fn compute_digest(&self) -> String {
         let mut h = Fnv::new();
         h.str("dpgw-tables-v1");
         h.str(&format!(
@@ -305,16 +319,23 @@ impl Tables {
                     b.eligible()
                 ));
             }
-            let table: Vec<u8> = s.table().iter().flat_map(|i| i.to_le_bytes()).collect();
-            h.bytes(&table);
+            let t = s.table();
+            h.word(t.len() as u64);
+            for c in t.chunks(4) {
+                let mut w = 0u64;
+                for (k, i) in c.iter().enumerate() {
+                    w |= u64::from(*i) << (16 * k);
+                }
+                h.word(w);
+            }
         }
         match (&self.acl, &self.acl_spec) {
             (Some(a), Some(spec)) => {
                 h.str(&format!("acl|{:?}|{:?}", spec.default, spec.vni));
                 for r in a.classifier.rules() {
                     h.str(&format!(
-                        "rule|{:?}|{:?}|{}|{}|{}|{}|{}|{:?}",
-                        r.id, r.vni, r.src, r.dst, r.proto, r.src_ports, r.dst_ports, r.action
+                        "rule|{:?}|{}|{}|{}|{}|{}|{:?}",
+                        r.vni, r.src, r.dst, r.proto, r.src_ports, r.dst_ports, r.action
                     ));
                 }
             }

@@ -485,3 +485,128 @@ fn test_offline_explain_agrees_with_replay() {
         assert!(["10.9.0.1", "10.9.0.2", "10.9.0.3"].contains(&b), "{l}");
     }
 }
+
+/// SIGHUP re-reads the config as one snapshot (a bad file changes nothing),
+/// `dpgw check` prints the digest the daemon reports for the same file, and
+/// the daemon speaks systemd's notify protocol (READY, WATCHDOG, RELOADING).
+#[test]
+fn test_sighup_reload_check_digest_and_sd_notify() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = demo(dir.path(), 0, 1, true);
+    let sock = dir.path().join("dpgw.sock");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let err = dir.path().join("run.stderr");
+    let child = Proc::new(DPGW)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _d = Daemon(Some(child), err.clone());
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    let recv_until = |want: &str, seen: &mut String, buf: &mut [u8]| {
+        let t0 = Instant::now();
+        while !seen.contains(want) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no {want} in {seen:?}"
+            );
+            let n = notify.recv(buf).expect("notify datagram");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    };
+    recv_until("READY=1", &mut seen, &mut buf);
+    seen.clear();
+    recv_until("WATCHDOG=1", &mut seen, &mut buf);
+
+    let check = |path: &Path| -> String {
+        let o = Proc::new(DPGW)
+            .args(["check", "--config"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let s = String::from_utf8_lossy(&o.stdout).to_string();
+        s.rsplit(' ').next().unwrap().trim().to_string()
+    };
+    let mut c = Client::connect(&sock, Duration::from_secs(30)).unwrap();
+    let stats = |c: &mut Client| {
+        let Data::Stats(s) = call(c, Command::Stats) else {
+            panic!()
+        };
+        s
+    };
+    let s0 = stats(&mut c);
+    assert_eq!(s0.digest, check(&cfg), "same file, same digest");
+
+    // A fourth backend by SIGHUP.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let more = text.replace(
+        "[[service.backend]]\nip = \"10.9.0.3\"",
+        "[[service.backend]]\nip = \"10.9.0.3\"\n\n[[service.backend]]\nip = \"10.9.0.4\"",
+    );
+    assert_ne!(more, text);
+    std::fs::write(&cfg, &more).unwrap();
+    let hup = || {
+        assert!(Proc::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    hup();
+    let t0 = Instant::now();
+    let s1 = loop {
+        let s = stats(&mut c);
+        if s.generation > s0.generation {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "reload not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(s1.generation, s0.generation + 1);
+    assert_ne!(s1.digest, s0.digest);
+    assert_eq!(s1.digest, check(&cfg));
+    let Data::Backends { backends } = call(&mut c, Command::BackendList { service: None }) else {
+        panic!()
+    };
+    assert_eq!(backends.len(), 4);
+    seen.clear();
+    recv_until("RELOADING=1", &mut seen, &mut buf);
+    recv_until("READY=1", &mut seen, &mut buf);
+
+    // A broken file changes nothing and says why.
+    std::fs::write(&cfg, more.replace("[[service]]", "[[service]\n")).unwrap();
+    hup();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&err)
+        .unwrap_or_default()
+        .contains("failed, running state kept")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no reload error logged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s2 = stats(&mut c);
+    assert_eq!(
+        (s2.generation, s2.digest.clone()),
+        (s1.generation, s1.digest.clone())
+    );
+    let Data::Backends { backends } = call(&mut c, Command::BackendList { service: None }) else {
+        panic!()
+    };
+    assert_eq!(backends.len(), 4);
+}

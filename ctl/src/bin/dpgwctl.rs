@@ -990,8 +990,8 @@ fn flow_tables(per: &[ctl::FlowTableCounters], total: &ctl::FlowTableCounters) -
 
 fn format_stats(s: &StatsReport) -> String {
     let mut out = format!(
-        "generation {}, up {:.1} s, rates over the last {:.1} s\n",
-        s.generation, s.uptime_s, s.rate_window_s
+        "generation {}, table digest {}, up {:.1} s, rates over the last {:.1} s\n",
+        s.generation, s.digest, s.uptime_s, s.rate_window_s
     );
     let row = |name: String, w: &ctl::WorkerCounters| {
         vec![

@@ -184,7 +184,10 @@ pub fn collect(
         }
         workers.push(w);
     }
-    let generation = shared.tables.load().generation;
+    let snapshot = shared.tables.load();
+    let generation = snapshot.generation;
+    let digest = snapshot.digest().to_string();
+    drop(snapshot);
     let mut t = worker_counters(None, &total);
     t.running = workers.iter().any(|w| w.running);
     t.generation = generation;
@@ -253,6 +256,7 @@ pub fn collect(
         .collect();
     StatsReport {
         generation,
+        digest,
         uptime_s: sampler.start.elapsed().as_secs_f64(),
         rate_window_s: sampler.window_s,
         workers,
@@ -449,6 +453,18 @@ const FAMILIES: &[Family] = &[
         help: "Generation of the published table snapshot.",
         optional: false,
         samples: |s| vec![sample(vec![], s.report.generation)],
+    },
+    Family {
+        name: "dpgw_tables_info",
+        kind: Kind::Gauge,
+        help: "The published snapshot's table digest (label) and generation (value): gateways with the same digest forward alike.",
+        optional: false,
+        samples: |s| {
+            vec![sample(
+                vec![("digest", s.report.digest.clone())],
+                s.report.generation,
+            )]
+        },
     },
     Family {
         name: "dpgw_worker_generation",

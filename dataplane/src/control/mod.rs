@@ -19,6 +19,7 @@
 //!   daemon was started with (default: that file), atomically.
 
 pub mod metrics;
+mod reload;
 mod server;
 pub use server::decode_request;
 pub mod state;
@@ -143,6 +144,9 @@ pub fn start(
     };
     let metrics_addr = metrics.as_ref().and_then(|m| m.local_addr().ok());
     let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| ControlError::Other(format!("SIGHUP handler: {e}")))?;
     let mut srv = server::Server::new(
         listener,
         metrics,
@@ -150,6 +154,7 @@ pub fn start(
         desired,
         config_path,
         stop.clone(),
+        reload,
     )
     .map_err(|e| ControlError::Other(format!("event loop: {e}")))?;
     let waker = srv.waker();

@@ -218,6 +218,8 @@ pub struct Server {
     sampler: Sampler,
     buf: Vec<u8>,
     watches: super::watch::Watches,
+    /// Set by SIGHUP: re-read the config file.
+    reload: Arc<AtomicBool>,
 }
 
 enum Outcome {
@@ -233,6 +235,7 @@ impl Server {
         desired: Desired,
         config_path: PathBuf,
         stop: Arc<AtomicBool>,
+        reload: Arc<AtomicBool>,
     ) -> std::io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -261,6 +264,7 @@ impl Server {
             sampler: Sampler::new(),
             buf: vec![0u8; 64 << 10],
             watches: super::watch::Watches::default(),
+            reload,
         })
     }
 
@@ -294,6 +298,9 @@ impl Server {
             }
             self.sampler.tick(&self.shared);
             self.watches.tick(&self.shared);
+            if self.reload.swap(false, Ordering::AcqRel) {
+                self.reload_config();
+            }
             self.resolve_pending();
             // Serve the connections that are ready now; those that still have
             // input after their budget go to the back of the queue.
@@ -643,6 +650,42 @@ impl Server {
             resp,
             _retired: retired,
         })
+    }
+
+    /// SIGHUP: the config file's services, ACL and gateway become the
+    /// running state in one snapshot, or nothing changes (see `reload`).
+    fn reload_config(&mut self) {
+        crate::sdnotify::notify("RELOADING=1");
+        match super::reload::prepare(&self.desired, &self.config_path) {
+            Err(e) => eprintln!(
+                "dpgw: reload of {} failed, running state kept: {e}",
+                self.config_path.display()
+            ),
+            Ok(r) => {
+                let prev = self.shared.tables.load_full();
+                let generation = prev.generation + 1;
+                match Tables::rebuild(r.next.config(), r.next.services(), &prev, generation) {
+                    Err(e) => eprintln!(
+                        "dpgw: reload of {} failed, running state kept: {e}",
+                        self.config_path.display()
+                    ),
+                    Ok(t) => {
+                        let digest = t.digest().to_string();
+                        self.shared.tables.store(Arc::new(t));
+                        self.desired = r.next;
+                        eprintln!(
+                            "dpgw: reload of {}: generation {generation}, {}, digest {digest}",
+                            self.config_path.display(),
+                            r.summary
+                        );
+                        for s in r.ignored {
+                            eprintln!("dpgw: reload: [{s}] differs from the running one; it takes effect at the next restart");
+                        }
+                    }
+                }
+            }
+        }
+        crate::sdnotify::notify("READY=1");
     }
 
     /// `config save`: only into the directory of the daemon's config file.
