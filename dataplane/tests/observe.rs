@@ -610,3 +610,85 @@ fn test_sighup_reload_check_digest_and_sd_notify() {
     };
     assert_eq!(backends.len(), 4);
 }
+
+/// Every metric the Grafana dashboard queries exists in a live `/metrics`.
+#[test]
+fn test_grafana_dashboard_queries_live_metrics() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = demo(dir.path(), 0, 2, true);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("metrics = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&cfg, text).unwrap();
+    let _d = Daemon::start(&cfg, &dir.path().join("dpgw.sock"));
+    // Optional families (the burst histogram) appear once they have samples.
+    let t0 = Instant::now();
+    let body = loop {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        if body.contains("# TYPE dpgw_burst_duration_seconds ")
+            || t0.elapsed() > Duration::from_secs(20)
+        {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let live: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(live.contains("dpgw_rx_packets_total"), "{body}");
+    let dash = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/grafana/dpgw.json"),
+    )
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&dash).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"].as_str() {
+            exprs.push(q.to_string());
+        }
+    }
+    for e in &exprs {
+        let b = e.as_bytes();
+        let mut i = 0;
+        while let Some(at) = e[i..].find("dpgw_") {
+            let st = i + at;
+            let mut j = st;
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                j += 1;
+            }
+            let name = &e[st..j];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|n| live.contains(n)))
+                .unwrap_or(name);
+            queried.insert(base.to_string());
+            i = j;
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    let missing: Vec<_> = queried
+        .iter()
+        .filter(|q| !live.contains(q.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics lacks: {missing:?}"
+    );
+}
