@@ -21,6 +21,7 @@ pub mod filter;
 pub mod gen;
 pub mod icmp;
 pub mod io;
+pub mod log;
 pub mod observe;
 pub mod pcapfile;
 pub mod pipeline;

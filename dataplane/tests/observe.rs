@@ -582,6 +582,14 @@ fn test_sighup_reload_check_digest_and_sd_notify() {
         panic!()
     };
     assert_eq!(backends.len(), 4);
+    let log = std::fs::read_to_string(&err).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("event=config_change") && l.contains("cmd=reload"))
+        .unwrap_or_else(|| panic!("no reload event in {log}"));
+    assert!(line.starts_with("ts=") && line.contains(" level=info "), "{line}");
+    assert!(line.contains(&format!("generation={}", s1.generation)), "{line}");
+    assert!(line.contains("services +0 -0 ~1"), "{line}");
     seen.clear();
     recv_until("RELOADING=1", &mut seen, &mut buf);
     recv_until("READY=1", &mut seen, &mut buf);

@@ -16,6 +16,7 @@ use super::metrics::{self, Sampler};
 use super::state::Desired;
 use super::WAIT_BOUND;
 use crate::engine::Shared;
+use crate::log::{self, Level};
 use crate::tables::Tables;
 
 const LISTENER: Token = Token(0);
@@ -631,6 +632,7 @@ impl Server {
         };
         let retired = self.shared.tables.swap(Arc::new(tables));
         self.desired = change.next;
+        log_change(cmd, generation);
         let mut resp = Response::ok(change.data);
         resp.generation = Some(generation);
         // A busy worker picks the snapshot up at its next burst (microseconds):
@@ -657,29 +659,49 @@ impl Server {
     fn reload_config(&mut self) {
         crate::sdnotify::notify("RELOADING=1");
         match super::reload::prepare(&self.desired, &self.config_path) {
-            Err(e) => eprintln!(
-                "dpgw: reload of {} failed, running state kept: {e}",
-                self.config_path.display()
+            Err(e) => log::event(
+                Level::Error,
+                "reload_failed",
+                &[
+                    ("file", &self.config_path.display()),
+                    ("error", &e),
+                    ("result", &"failed, running state kept"),
+                ],
             ),
             Ok(r) => {
                 let prev = self.shared.tables.load_full();
                 let generation = prev.generation + 1;
                 match Tables::rebuild(r.next.config(), r.next.services(), &prev, generation) {
-                    Err(e) => eprintln!(
-                        "dpgw: reload of {} failed, running state kept: {e}",
-                        self.config_path.display()
+                    Err(e) => log::event(
+                        Level::Error,
+                        "reload_failed",
+                        &[
+                            ("file", &self.config_path.display()),
+                            ("error", &e),
+                            ("result", &"failed, running state kept"),
+                        ],
                     ),
                     Ok(t) => {
                         let digest = t.digest().to_string();
                         self.shared.tables.store(Arc::new(t));
                         self.desired = r.next;
-                        eprintln!(
-                            "dpgw: reload of {}: generation {generation}, {}, digest {digest}",
-                            self.config_path.display(),
-                            r.summary
+                        log::event(
+                            Level::Info,
+                            "config_change",
+                            &[
+                                ("generation", &generation),
+                                ("cmd", &"reload"),
+                                ("file", &self.config_path.display()),
+                                ("summary", &r.summary),
+                                ("digest", &digest),
+                            ],
                         );
                         for s in r.ignored {
-                            eprintln!("dpgw: reload: [{s}] differs from the running one; it takes effect at the next restart");
+                            log::event(
+                                Level::Warn,
+                                "reload_needs_restart",
+                                &[("section", &s), ("result", &"differs from the running one; takes effect at the next restart")],
+                            );
                         }
                     }
                 }
@@ -773,4 +795,29 @@ pub fn decode_request(line: &[u8]) -> Result<Command, String> {
     let req: Request =
         serde_json::from_value(value).map_err(|e| format!("invalid request: {e}"))?;
     Ok(req.cmd)
+}
+
+/// The `config_change` event of a control mutation: its command and
+/// arguments (a rule file's text is summarised by its size).
+fn log_change(cmd: &Command, generation: u64) {
+    if !log::enabled(Level::Info) {
+        return;
+    }
+    let mut v = serde_json::to_value(cmd).unwrap_or_default();
+    let name = v
+        .get("cmd")
+        .and_then(|c| c.as_str())
+        .unwrap_or("?")
+        .to_string();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("cmd");
+        if let Some(c) = m.get("content").and_then(|c| c.as_str()).map(str::len) {
+            m.insert("content".into(), format!("{c} bytes").into());
+        }
+    }
+    log::event(
+        Level::Info,
+        "config_change",
+        &[("generation", &generation), ("cmd", &name), ("args", &v)],
+    );
 }
