@@ -95,8 +95,7 @@ fn timestamp() -> String {
 
 fn logfmt_value(out: &mut String, v: &str) {
     let plain = !v.is_empty()
-        && v
-            .chars()
+        && v.chars()
             .all(|c| !c.is_whitespace() && c != '"' && c != '=' && !c.is_control());
     if plain {
         out.push_str(v);
@@ -177,12 +176,22 @@ mod tests {
             l,
             "ts=T level=info event=config_change generation=7 summary=\"backend add \\\"x\\\"=1\"\n"
         );
-        let j = format_event(true, "T", Level::Warn, "reload_failed", &[("error", &"bad\nfile")]);
+        let j = format_event(
+            true,
+            "T",
+            Level::Warn,
+            "reload_failed",
+            &[("error", &"bad\nfile")],
+        );
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["level"], "warn");
         assert_eq!(v["error"], "bad\nfile");
         assert!(Level::Error < Level::Debug);
         assert_eq!(Level::parse("WARNING"), Some(Level::Warn));
-        assert!(timestamp().ends_with('Z') && timestamp().len() == 24, "{}", timestamp());
+        assert!(
+            timestamp().ends_with('Z') && timestamp().len() == 24,
+            "{}",
+            timestamp()
+        );
     }
 }

@@ -317,6 +317,22 @@ fn test_trace_capture_flows_explain_live() {
     assert!(o.status.success());
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "25");
 
+    // top, not on a terminal: one snapshot per interval.
+    let o = Proc::new(dpgwctl())
+        .arg("--socket")
+        .arg(&sock)
+        .args(["top", "-n", "2", "--interval", "0.3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let top = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(top.matches("WORKER  RUNNING").count(), 2, "{top}");
+    assert!(
+        !top.contains('\x1b'),
+        "no screen control codes off a terminal: {top}"
+    );
+    assert!(top.contains("acl_deny") && top.contains("web"), "{top}");
+
     // A reader that never reads: the workers keep going, the loss is counted.
     let rx = |c: &mut Client| {
         let Data::Stats(s) = call(c, Command::Stats) else {
@@ -587,8 +603,14 @@ fn test_sighup_reload_check_digest_and_sd_notify() {
         .lines()
         .find(|l| l.contains("event=config_change") && l.contains("cmd=reload"))
         .unwrap_or_else(|| panic!("no reload event in {log}"));
-    assert!(line.starts_with("ts=") && line.contains(" level=info "), "{line}");
-    assert!(line.contains(&format!("generation={}", s1.generation)), "{line}");
+    assert!(
+        line.starts_with("ts=") && line.contains(" level=info "),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("generation={}", s1.generation)),
+        "{line}"
+    );
     assert!(line.contains("services +0 -0 ~1"), "{line}");
     seen.clear();
     recv_until("RELOADING=1", &mut seen, &mut buf);

@@ -60,6 +60,21 @@ enum Cmd {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// A live view, refreshed every --interval seconds: packet rates per
+    /// worker, service, backend and drop reason, with the change since the
+    /// last refresh. On a terminal the screen is redrawn; otherwise one
+    /// snapshot is printed per interval.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after N refreshes (default: until interrupted).
+        #[arg(long, short = 'n')]
+        iterations: Option<u64>,
+        /// Rows per table.
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+    },
     /// Walks one packet through the live tables, stage by stage: decap, ACL
     /// rule, service, Maglev bucket and backend (or an existing flow entry),
     /// encapsulation, next hop and MTU.
@@ -359,6 +374,11 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Cmd::Stats { watch: None } => Command::Stats,
+        Cmd::Top {
+            interval,
+            iterations,
+            rows,
+        } => return top(&cli.socket, cli.timeout, interval, iterations, rows),
         Cmd::Ping => Command::Ping,
         Cmd::Service(s) => match s {
             ServiceCmd::Add {
@@ -577,6 +597,207 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     print!("{}", human(&cmd, &r));
     Ok(())
+}
+
+/// `dpgwctl top`: rates between two `stats` answers.
+fn top(
+    socket: &std::path::Path,
+    timeout: u64,
+    interval: f64,
+    iterations: Option<u64>,
+    rows: usize,
+) -> Result<(), String> {
+    use std::collections::BTreeMap;
+    use std::io::IsTerminal;
+    if !(interval.is_finite() && interval > 0.0) {
+        return Err(format!(
+            "--interval: {interval} is not a positive number of seconds"
+        ));
+    }
+    let tty = std::io::stdout().is_terminal();
+    let mut client = connect(socket, timeout)?;
+    let get = |c: &mut Client| -> Result<(StatsReport, std::time::Instant), String> {
+        match c.request(Command::Stats).map_err(|e| e.to_string())?.data {
+            Some(Data::Stats(s)) => Ok((*s, std::time::Instant::now())),
+            _ => Err("unexpected answer to stats".into()),
+        }
+    };
+    let (mut prev, mut t_prev) = get(&mut client)?;
+    let mut last_rates: BTreeMap<String, f64> = BTreeMap::new();
+    let mut n = 0u64;
+    loop {
+        std::thread::sleep(Duration::from_secs_f64(interval));
+        let (cur, t) = get(&mut client)?;
+        let dt = t.duration_since(t_prev).as_secs_f64().max(1e-9);
+        let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+        let mut rates: BTreeMap<String, f64> = BTreeMap::new();
+        let mut out = String::new();
+        if tty {
+            out.push_str("\x1b[H\x1b[2J");
+        }
+        let total_rx = rate(cur.total.rx, prev.total.rx);
+        let total_tx = rate(cur.total.tx, prev.total.tx);
+        out.push_str(&format!(
+            "dpgw: generation {} digest {}, up {:.0} s, every {interval} s; rx {} pps, tx {} pps, drops {} pps\n\n",
+            cur.generation,
+            cur.digest,
+            cur.uptime_s,
+            si(total_rx),
+            si(total_tx),
+            si(rate(cur.total.total_drops(), prev.total.total_drops()))
+        ));
+        let delta = |key: &str, v: f64, rates: &mut BTreeMap<String, f64>| {
+            rates.insert(key.to_string(), v);
+            match last_rates.get(key) {
+                Some(p) if (v - p).abs() >= 0.5 => {
+                    format!("{}{}", if v > *p { "+" } else { "" }, si(v - p))
+                }
+                Some(_) => "=".to_string(),
+                None => "new".to_string(),
+            }
+        };
+        // Workers: rate, share of the packets.
+        let mut w_rows = Vec::new();
+        for w in &cur.workers {
+            let p = prev.workers.iter().find(|x| x.worker == w.worker);
+            let r = rate(w.rx, p.map_or(0, |p| p.rx));
+            let key = format!("w{}", w.worker.unwrap_or(0));
+            w_rows.push(vec![
+                w.worker.map_or("-".into(), |x| x.to_string()),
+                if w.running { "yes".into() } else { "NO".into() },
+                si(r),
+                format!(
+                    "{:.0}%",
+                    if total_rx > 0.0 {
+                        r * 100.0 / total_rx
+                    } else {
+                        0.0
+                    }
+                ),
+                delta(&key, r, &mut rates),
+            ]);
+        }
+        out.push_str(&table(
+            &["WORKER", "RUNNING", "RX PPS", "SHARE", "CHANGE"],
+            &w_rows,
+        ));
+        // Drops by reason.
+        let mut d: Vec<(String, f64)> = cur
+            .total
+            .drops
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    rate(*v, prev.total.drops.get(k).copied().unwrap_or(0)),
+                )
+            })
+            .filter(|(_, r)| *r > 0.0)
+            .collect();
+        d.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let d_rows: Vec<Vec<String>> = d
+            .iter()
+            .take(rows)
+            .map(|(k, r)| vec![k.clone(), si(*r), delta(&format!("d{k}"), *r, &mut rates)])
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["DROP REASON", "PPS", "CHANGE"], &d_rows));
+        // Services.
+        let mut sv: Vec<(String, f64, f64)> = cur
+            .services
+            .iter()
+            .map(|x| {
+                let p = prev.services.iter().find(|p| p.name == x.name);
+                (
+                    x.name.clone(),
+                    rate(x.packets, p.map_or(0, |p| p.packets)),
+                    rate(x.new_flows, p.map_or(0, |p| p.new_flows)),
+                )
+            })
+            .collect();
+        sv.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let s_rows: Vec<Vec<String>> = sv
+            .iter()
+            .take(rows)
+            .map(|(k, r, f)| {
+                vec![
+                    k.clone(),
+                    si(*r),
+                    si(*f),
+                    delta(&format!("s{k}"), *r, &mut rates),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &["SERVICE", "PPS", "NEW FLOWS/S", "CHANGE"],
+            &s_rows,
+        ));
+        // Backends.
+        let mut bv: Vec<(String, String, f64)> = cur
+            .backends
+            .iter()
+            .map(|x| {
+                let p = prev
+                    .backends
+                    .iter()
+                    .find(|p| p.service == x.service && p.ip == x.ip);
+                (
+                    x.service.clone(),
+                    x.ip.to_string(),
+                    rate(x.packets, p.map_or(0, |p| p.packets)),
+                )
+            })
+            .collect();
+        bv.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let b_rows: Vec<Vec<String>> = bv
+            .iter()
+            .take(rows)
+            .map(|(s, ip, r)| {
+                vec![
+                    s.clone(),
+                    ip.clone(),
+                    si(*r),
+                    delta(&format!("b{s}/{ip}"), *r, &mut rates),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["SERVICE", "BACKEND", "PPS", "CHANGE"], &b_rows));
+        if !tty {
+            out.push('\n');
+        }
+        let mut so = std::io::stdout().lock();
+        if so
+            .write_all(out.as_bytes())
+            .and_then(|_| so.flush())
+            .is_err()
+        {
+            return Ok(()); // the reader went away
+        }
+        drop(so);
+        last_rates = rates;
+        prev = cur;
+        t_prev = t;
+        n += 1;
+        if iterations.is_some_and(|max| n >= max) {
+            return Ok(());
+        }
+    }
+}
+
+/// A rate with an SI suffix: 950, 12.3k, 4.56M.
+fn si(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if a >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, or a bare address (port 0).
