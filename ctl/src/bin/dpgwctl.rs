@@ -26,7 +26,7 @@ struct Cli {
     /// Print the daemon's JSON response instead of tables.
     #[arg(long, global = true)]
     json: bool,
-    /// Seconds to wait for an answer.
+    /// Seconds to wait for an answer (trace and capture: the longest they run).
     #[arg(long, default_value_t = 30, global = true)]
     timeout: u64,
     #[command(subcommand)]
