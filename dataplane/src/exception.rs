@@ -37,6 +37,24 @@ pub enum Exception {
     Icmpv6Echo,
     /// Neighbour solicitation for one of our addresses, or any neighbour advertisement.
     Ndp,
+    /// TCP or UDP to one of our addresses at a port of [`PROBE_PORTS`]: the
+    /// answer to one of the health checker's probes ([`crate::health`]).
+    ProbeReply,
+}
+
+/// The source ports the health checker's probes use (and the destination
+/// ports of their answers): 61440..=65535, recognised by one compare.
+pub const PROBE_PORT_BASE: u16 = 0xF000;
+/// Number of probe ports.
+pub const PROBE_PORTS: usize = 0x1_0000 - PROBE_PORT_BASE as usize;
+
+/// Destination port of a TCP/UDP segment `l4`, if it is a probe port.
+#[inline]
+fn probe_port(l4: Option<&[u8]>) -> bool {
+    match l4 {
+        Some([_, _, hi, lo, ..]) => u16::from_be_bytes([*hi, *lo]) >= PROBE_PORT_BASE,
+        _ => false,
+    }
 }
 
 /// Classifies an untagged Ethernet frame against our addresses (IPv4 as `u32`,
@@ -75,7 +93,14 @@ pub fn classify_with(
         }
         ethertype::IPV4 => {
             let ip = Ipv4Packet::new_checked(l3).ok()?;
-            if ip.protocol() != proto::ICMP || ip.is_fragment() {
+            if ip.is_fragment() {
+                return None;
+            }
+            if ip.protocol() == proto::TCP || ip.protocol() == proto::UDP {
+                return (probe_port(ip.payload().get(..4)) && ours_v4(u32::from(ip.dst_addr())))
+                    .then_some(Exception::ProbeReply);
+            }
+            if ip.protocol() != proto::ICMP {
                 return None;
             }
             let msg = IcmpPacket::new_checked(l3.get(ip.header_len()..)?).ok()?;
@@ -84,6 +109,11 @@ pub fn classify_with(
         }
         ethertype::IPV6 => {
             let ip = Ipv6Packet::new_checked(l3).ok()?;
+            if ip.next_header() == proto::TCP || ip.next_header() == proto::UDP {
+                return (probe_port(l3.get(ipv6::HEADER_LEN..ipv6::HEADER_LEN + 4))
+                    && ours_v6(u128::from(ip.dst_addr())))
+                .then_some(Exception::ProbeReply);
+            }
             if ip.next_header() != proto::ICMPV6 {
                 return None;
             }
@@ -105,11 +135,12 @@ pub fn classify_with(
 }
 
 /// True for frames the slow path handles: ARP for our addresses, ICMP/ICMPv6
-/// echo requests to them, neighbour solicitations for them and neighbour
-/// advertisements. "Our addresses" are the snapshot's VTEP addresses
+/// echo requests to them, neighbour solicitations for them, neighbour
+/// advertisements, and answers to health probes (TCP/UDP to our addresses at
+/// a probe port). "Our addresses" are the snapshot's VTEP addresses
 /// (`t.decap.vtep_v4` / `vtep_v6`) and underlay source addresses
 /// (`t.underlay_v4` / `underlay_v6`). Meant for frames that fail decap with
-/// `NotIp` or `NotUdp`; cheap (a few compares), never panics.
+/// `NotIp`, `NotUdp` or `NotVxlan`; cheap (a few compares), never panics.
 #[inline]
 pub fn is_exception(frame: &[u8], t: &Tables) -> bool {
     let u4 = t.underlay_v4.map(u32::from);

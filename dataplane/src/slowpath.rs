@@ -11,6 +11,10 @@
 //! from any ARP or NDP frame that carries it, and publishes it in
 //! [`Shared::learned_next_hop`] (encoding in [`NextHop`]). Without a reply for
 //! three refresh periods the next hop counts as unresolved again.
+//!
+//! The same thread runs the backend health checker ([`crate::health::Prober`]):
+//! it sends the probes through the same sink and takes their answers from the
+//! punt queue before smoltcp sees them.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -560,6 +564,7 @@ fn slow_loop(
     let mut ifaces = interfaces(&sc, &mut dev, now_s(Instant::now()));
     let mut sockets = SocketSet::new(Vec::new());
     let mut resolver = Resolver::new(&sc, Instant::now());
+    let mut prober = crate::health::Prober::new();
     while !stop.load(Ordering::Acquire) {
         while let Some(b) = q.full.pop() {
             let n = b.len.min(PUNT_FRAME);
@@ -568,6 +573,12 @@ fn slow_loop(
             let _ = q.free.push(b);
             counters.handled.fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
+            if prober.handle(&dev.frame, &shared, now) {
+                for f in prober.out.drain(..) {
+                    dev.send(&f);
+                }
+                continue;
+            }
             if let Some(r) = resolver.as_mut() {
                 if let Some(mac) = mac_of(&dev.frame, r.target) {
                     r.learned = Some(mac);
@@ -589,7 +600,10 @@ fn slow_loop(
             dev.pending = false;
         }
         let now = Instant::now();
-        let mut wait = Duration::from_millis(100);
+        let mut wait = Duration::from_millis(100).min(prober.poll(&shared, now));
+        for f in prober.out.drain(..) {
+            dev.send(&f);
+        }
         if let Some(r) = resolver.as_mut() {
             if let Some(c) = r.confirmed {
                 if r.learned.is_some() && now.duration_since(c) > 3 * r.refresh {

@@ -228,7 +228,10 @@ impl HealthSpec {
             HealthKind::Http | HealthKind::Tcp if udp => {
                 return Err((
                     "health.kind",
-                    format!("a {} check needs a TCP service (this one is UDP)", self.kind),
+                    format!(
+                        "a {} check needs a TCP service (this one is UDP)",
+                        self.kind
+                    ),
                 ))
             }
             HealthKind::Udp if !udp => {
@@ -252,10 +255,7 @@ impl HealthSpec {
             ));
         }
         if self.payload.len() > MAX_PROBE_TEXT {
-            return Err((
-                "health.payload",
-                format!("at most {MAX_PROBE_TEXT} bytes"),
-            ));
+            return Err(("health.payload", format!("at most {MAX_PROBE_TEXT} bytes")));
         }
         if let Some(s) = self.expect_status {
             if !(100..=599).contains(&s) {
@@ -337,14 +337,26 @@ mod tests {
             (tcp("rise = 0"), false, "health.rise"),
             (tcp("fall = 0"), false, "health.fall"),
             (tcp("timeout_ms = 1000"), false, "health.timeout_ms"),
-            (tcp("interval_ms = 300\ntimeout_ms = 400"), false, "health.timeout_ms"),
+            (
+                tcp("interval_ms = 300\ntimeout_ms = 400"),
+                false,
+                "health.timeout_ms",
+            ),
             (tcp("port = 0"), false, "health.port"),
             (tcp("vni = 16777216"), false, "health.vni"),
             (tcp(""), true, "health.kind"),
             (parse("kind = \"http\"").unwrap(), true, "health.kind"),
             (parse("kind = \"udp\"").unwrap(), false, "health.kind"),
-            (parse("kind = \"http\"\npath = \"x\"").unwrap(), false, "health.path"),
-            (parse("kind = \"http\"\npath = \"/a b\"").unwrap(), false, "health.path"),
+            (
+                parse("kind = \"http\"\npath = \"x\"").unwrap(),
+                false,
+                "health.path",
+            ),
+            (
+                parse("kind = \"http\"\npath = \"/a b\"").unwrap(),
+                false,
+                "health.path",
+            ),
             (
                 parse("kind = \"http\"\nexpect_status = 42").unwrap(),
                 false,

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::flow_table::{FlowTable, Pinned, Probe};
-use crate::maglev::{self, BackendIdx, Permutation, WeightedBackend};
 use crate::health::{Health, HealthMap, OnDown};
+use crate::maglev::{self, BackendIdx, Permutation, WeightedBackend};
 use crate::spec::{BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services};
 use crate::{flow_hash, fold_mul, FlowKey};
 

@@ -65,7 +65,10 @@ fn test_unhealthy_rehome_and_keep() {
     for on_down in [OnDown::Rehome, OnDown::Keep] {
         let s = services(on_down);
         let t0 = LbTables::rebuild_with_health(&LbTables::empty(), &s, &HealthMap::new()).unwrap();
-        assert!(t0.service(t0.service_by_name("web").unwrap()).unwrap().healthy());
+        assert!(t0
+            .service(t0.service_by_name("web").unwrap())
+            .unwrap()
+            .healthy());
         let mut flows = FlowTable::new(FlowTableConfig::default());
         let before = pick_all(&t0, &mut flows, 600);
         assert!(before.iter().any(|b| *b == Some(ip(B[0]))));

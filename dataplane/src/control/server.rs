@@ -571,6 +571,19 @@ impl Server {
             }
             Command::ConfigSave { path } => self.save(path.as_deref()).map(Some),
             other => match self.desired.list(other) {
+                Some(Ok(Data::Backends { mut backends })) => {
+                    // The checker's view beside the admin state.
+                    let board = self.shared.health.lock().unwrap_or_else(|p| p.into_inner());
+                    let report = board.report();
+                    for row in &mut backends {
+                        row.health = report
+                            .backends
+                            .iter()
+                            .find(|h| h.service == row.service && h.ip == row.backend.ip)
+                            .cloned();
+                    }
+                    Ok(Some(Data::Backends { backends }))
+                }
                 Some(r) => r.map(Some).map_err(|e| (e.code(), e.to_string())),
                 None => Err((
                     ErrorCode::BadRequest,
@@ -594,14 +607,15 @@ impl Server {
             Ok(c) => c,
             Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
         };
-        let prev = self.shared.tables.load_full();
-        let generation = prev.generation + 1;
         let next = &change.next;
-        let tables = match Tables::rebuild(next.config(), next.services(), &prev, generation) {
-            Ok(t) => t,
+        let mut generation = 0;
+        let retired = match self.shared.publish_with(|prev, g| {
+            generation = g;
+            Tables::rebuild(next.config(), next.services(), prev, g)
+        }) {
+            Ok(r) => r,
             Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
         };
-        let retired = self.shared.tables.swap(Arc::new(tables));
         self.desired = change.next;
         let mut resp = Response::ok(change.data);
         resp.generation = Some(generation);

@@ -137,6 +137,9 @@ impl Desired {
         let mut data = None;
         match cmd {
             Command::ServiceAdd { service } => next.services.add_service(service.clone())?,
+            Command::ServiceHealth { name, health } => {
+                next.services.set_health(name, health.clone())?
+            }
             Command::ServiceDel { name } => {
                 next.services.del_service(name)?;
             }
@@ -277,6 +280,7 @@ impl Desired {
                         .map(|b| BackendRow {
                             service: s.name.clone(),
                             backend: b.clone(),
+                            health: None,
                         })
                         .collect::<Vec<_>>()
                 };
