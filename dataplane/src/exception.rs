@@ -302,6 +302,63 @@ mod tests {
         assert_eq!(c(&icmp6(na, all_nodes, None)), None);
     }
 
+    /// A TCP or UDP segment to `dst:dport` in IPv4.
+    fn l4v4(p: u8, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        let mut seg = vec![0u8; 20];
+        seg[2..4].copy_from_slice(&dport.to_be_bytes());
+        let mut b = vec![0u8; 20];
+        Ipv4Repr {
+            src: PEER4,
+            dst,
+            protocol: p,
+            payload_len: seg.len(),
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: 0,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+        }
+        .emit(&mut b)
+        .unwrap();
+        b.extend_from_slice(&seg);
+        eth(ethertype::IPV4, &b)
+    }
+
+    #[test]
+    fn test_probe_replies() {
+        for p in [proto::TCP, proto::UDP] {
+            assert_eq!(
+                c(&l4v4(p, OUR4, PROBE_PORT_BASE)),
+                Some(Exception::ProbeReply)
+            );
+            assert_eq!(c(&l4v4(p, OUR4, 0xffff)), Some(Exception::ProbeReply));
+            assert_eq!(c(&l4v4(p, OUR4, PROBE_PORT_BASE - 1)), None);
+            assert_eq!(c(&l4v4(p, PEER4, PROBE_PORT_BASE)), None);
+            let f = l4v4(p, OUR4, PROBE_PORT_BASE);
+            for n in 0..f.len() {
+                let _ = c(&f[..n]);
+            }
+            assert_eq!(c(&f[..14 + 20 + 3]), None);
+        }
+        let mut b = vec![0u8; 40];
+        Ipv6Repr {
+            src: PEER6,
+            dst: OUR6,
+            next_header: proto::TCP,
+            payload_len: 20,
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 0,
+        }
+        .emit(&mut b)
+        .unwrap();
+        let mut seg = vec![0u8; 20];
+        seg[2..4].copy_from_slice(&0xF123u16.to_be_bytes());
+        b.extend_from_slice(&seg);
+        assert_eq!(c(&eth(ethertype::IPV6, &b)), Some(Exception::ProbeReply));
+    }
+
     #[test]
     fn test_truncated_never_panics() {
         for f in [

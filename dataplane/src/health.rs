@@ -907,3 +907,269 @@ fn parse_reply(frame: &[u8]) -> Option<Reply> {
         l4,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    const UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+    const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+    fn setup(kind: &str, mode: &str, encap: &str) -> Arc<Shared> {
+        let cfg = Config::parse(&format!(
+            "[pcap]\ninput = [\"x.pcap\"]\n\
+             [gateway]\nvtep_ips = [\"{UNDERLAY}\"]\nunderlay_ips = [\"{UNDERLAY}\"]\n\
+             local_mac = \"02:00:00:00:00:01\"\nnext_hop_mac = \"02:00:00:00:00:fe\"\n\
+             [[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\nencap = \"{encap}\"\n\
+             [service.health]\nkind = \"{kind}\"\nmode = \"{mode}\"\nvni = 100\npath = \"/hz\"\n\
+             interval_ms = 100\ntimeout_ms = 50\nrise = 2\nfall = 2\n\
+             [[service.backend]]\nip = \"{BACKEND}\"\nmac = \"02:00:00:00:01:01\"\n"
+        ))
+        .unwrap();
+        Shared::new(Tables::build(&cfg, 1).unwrap(), 1)
+    }
+
+    /// The inner IPv4 packet of a probe frame (checked: outer headers as the
+    /// LB stage writes them for this backend, valid checksums).
+    fn inner_ip(f: &[u8], encap: EncapKind, direct: bool) -> Vec<u8> {
+        assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 0xfe], "to the next hop");
+        assert_eq!(&f[6..12], &[2, 0, 0, 0, 0, 1]);
+        let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.src_addr(), UNDERLAY);
+        if direct {
+            assert_eq!(ip.dst_addr(), BACKEND);
+            return f[14..].to_vec();
+        }
+        assert_eq!(ip.dst_addr(), BACKEND);
+        let inner = match encap {
+            EncapKind::Vxlan => {
+                let d = vxlan::decap(
+                    f,
+                    &vxlan::DecapConfig {
+                        vtep_v4: vec![u32::from(BACKEND)],
+                        vtep_v6: vec![],
+                        ports: vec![4789],
+                    },
+                )
+                .unwrap();
+                assert_eq!(d.vni, 100);
+                let e = &f[d.inner_offset..d.inner_offset + d.inner_len];
+                assert_eq!(&e[0..6], &[2, 0, 0, 0, 1, 1], "to the backend's MAC");
+                e[14..].to_vec()
+            }
+            EncapKind::Ipip => {
+                assert_eq!(ip.protocol(), 4);
+                ip.payload().to_vec()
+            }
+            EncapKind::Gue => {
+                assert_eq!(ip.protocol(), proto::UDP);
+                ip.payload()[UDP_HDR..].to_vec()
+            }
+        };
+        let i = Ipv4Packet::new_checked(&inner[..]).unwrap();
+        assert!(i.verify_checksum());
+        assert_eq!((i.src_addr(), i.dst_addr()), (UNDERLAY, VIP), "to the VIP");
+        inner
+    }
+
+    /// (sport, dport, seq, flags, payload) of a TCP probe packet, checksum checked.
+    fn tcp(ip: &[u8]) -> (u16, u16, u32, u8, Vec<u8>) {
+        let p = Ipv4Packet::new_checked(ip).unwrap();
+        let s = p.payload();
+        assert_eq!(
+            checksum::l4_checksum_v4(p.src_addr().octets(), p.dst_addr().octets(), 6, s),
+            0,
+            "TCP checksum"
+        );
+        (
+            u16::from_be_bytes([s[0], s[1]]),
+            u16::from_be_bytes([s[2], s[3]]),
+            u32::from_be_bytes([s[4], s[5], s[6], s[7]]),
+            s[13],
+            s[TCP_HDR..].to_vec(),
+        )
+    }
+
+    /// A plain answer from `src:80` to the probe port (what the backend sends by DSR).
+    fn answer(src: Ipv4Addr, dport: u16, seq: u32, ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
+        let seg = tcp_segment(80, dport, seq, ack, flags, data);
+        let ip = ip_packet(IpAddr::V4(src), IpAddr::V4(UNDERLAY), proto::TCP, seg).unwrap();
+        ether(
+            [2, 0, 0, 0, 0, 0xfe],
+            [2, 0, 0, 0, 0, 1],
+            ethertype::IPV4,
+            &ip,
+        )
+        .unwrap()
+    }
+
+    fn health_of(shared: &Shared) -> Health {
+        let t = shared.tables.load();
+        t.lb.backends(t.lb.service_by_name("web").unwrap())[0].health
+    }
+
+    /// The next probe: `poll` with the clock `now` moved on in 5 ms steps
+    /// until it sends one (within one interval, 100 ms).
+    fn probe(p: &mut Prober, shared: &Shared, now: &mut Instant) -> Vec<u8> {
+        for _ in 0..=20 {
+            p.poll(shared, *now);
+            if !p.out.is_empty() {
+                assert_eq!(p.out.len(), 1, "one probe per backend per interval");
+                return p.out.pop().unwrap();
+            }
+            *now += Duration::from_millis(5);
+        }
+        panic!("no probe within an interval");
+    }
+
+    #[test]
+    fn test_tcp_inband_rise_and_fall() {
+        for encap in [EncapKind::Vxlan, EncapKind::Ipip, EncapKind::Gue] {
+            let shared = setup("tcp", "inband", &encap.to_string());
+            let mut p = Prober::new();
+            let mut now = Instant::now() + Duration::from_millis(200);
+            for round in 0..2 {
+                let f = probe(&mut p, &shared, &mut now);
+                let (sport, dport, iss, flags, _) = tcp(&inner_ip(&f, encap, false));
+                assert!(sport >= PROBE_PORT_BASE && dport == 80 && flags == TCP_SYN);
+                let a = answer(
+                    VIP,
+                    sport,
+                    7777,
+                    iss.wrapping_add(1),
+                    TCP_SYN | TCP_ACK,
+                    &[],
+                );
+                // The workers punt it: the exception check knows it.
+                assert!(crate::exception::is_exception(&a, &shared.tables.load()));
+                assert!(p.handle(&a, &shared, now + Duration::from_millis(1)));
+                // The connection is closed with an RST, encapsulated the same way.
+                let rst = p.out.pop().expect("an RST");
+                let (_, _, seq, flags, _) = tcp(&inner_ip(&rst, encap, false));
+                assert_eq!((seq, flags), (iss.wrapping_add(1), TCP_RST));
+                let want = if round == 0 {
+                    Health::Unknown
+                } else {
+                    Health::Healthy
+                };
+                assert_eq!(p.checks[0].health, want);
+            }
+            // Refused twice (fall = 2): unhealthy, published in the snapshot.
+            let g0 = shared.tables.load().generation;
+            for _ in 0..2 {
+                let f = probe(&mut p, &shared, &mut now);
+                let (sport, _, iss, _, _) = tcp(&inner_ip(&f, encap, false));
+                let rst = answer(VIP, sport, 0, iss.wrapping_add(1), TCP_RST | TCP_ACK, &[]);
+                assert!(p.handle(&rst, &shared, now));
+            }
+            assert_eq!(health_of(&shared), Health::Unhealthy);
+            assert!(shared.tables.load().generation > g0);
+            let board = shared.health.lock().unwrap();
+            assert_eq!(board.results["refused"], 2);
+            assert_eq!(board.results["ok"], 2);
+            assert_eq!(board.unhealthy_services, vec!["web".to_string()]);
+            let row = &board.rows[&("web".to_string(), IpAddr::V4(BACKEND))];
+            assert_eq!(row.last.as_deref(), Some("refused"));
+        }
+    }
+
+    #[test]
+    fn test_timeout_and_wrong_source() {
+        let shared = setup("tcp", "inband", "vxlan");
+        let mut p = Prober::new();
+        let mut now = Instant::now() + Duration::from_millis(200);
+        for _ in 0..2 {
+            let f = probe(&mut p, &shared, &mut now);
+            let (sport, _, iss, _, _) = tcp(&inner_ip(&f, EncapKind::Vxlan, false));
+            // An answer from the backend's own address is not the in-band answer.
+            let a = answer(
+                BACKEND,
+                sport,
+                1,
+                iss.wrapping_add(1),
+                TCP_SYN | TCP_ACK,
+                &[],
+            );
+            assert!(p.handle(&a, &shared, now));
+            assert!(p.out.is_empty());
+            now += Duration::from_millis(60);
+            p.poll(&shared, now); // timed out
+        }
+        assert_eq!(health_of(&shared), Health::Unhealthy);
+        assert_eq!(shared.health.lock().unwrap().results["timeout"], 2);
+        // Not a probe answer: left to the rest of the slow path.
+        let other = answer(VIP, 1234, 1, 1, TCP_ACK, &[]);
+        let mut other = other;
+        other[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&80u16.to_be_bytes());
+        assert!(!p.handle(&other, &shared, now));
+    }
+
+    #[test]
+    fn test_http_direct_status() {
+        let shared = setup("http", "direct", "vxlan");
+        let mut p = Prober::new();
+        let mut now = Instant::now() + Duration::from_millis(200);
+        for (status, ok) in [(200, true), (302, true), (503, false), (503, false)] {
+            let f = probe(&mut p, &shared, &mut now);
+            let (sport, _, iss, _, _) = tcp(&inner_ip(&f, EncapKind::Vxlan, true));
+            let a = answer(
+                BACKEND,
+                sport,
+                500,
+                iss.wrapping_add(1),
+                TCP_SYN | TCP_ACK,
+                &[],
+            );
+            assert!(p.handle(&a, &shared, now));
+            let req = p.out.pop().expect("the request");
+            let (_, _, seq, flags, data) = tcp(&inner_ip(&req, EncapKind::Vxlan, true));
+            assert_eq!(seq, iss.wrapping_add(1));
+            assert_eq!(flags, TCP_ACK | TCP_PSH);
+            assert!(data.starts_with(b"GET /hz HTTP/1.1\r\n"), "{data:?}");
+            // The status line split over two segments.
+            let head = format!("HTTP/1.1 {status} X\r\n\r\n");
+            let (a1, a2) = head.as_bytes().split_at(5);
+            let s1 = answer(BACKEND, sport, 501, seq + data.len() as u32, TCP_ACK, a1);
+            assert!(p.handle(&s1, &shared, now));
+            assert!(p.out.is_empty() && p.checks[0].inflight.is_some());
+            let s2 = answer(BACKEND, sport, 501 + 5, 0, TCP_ACK | TCP_FIN, a2);
+            assert!(p.handle(&s2, &shared, now));
+            assert!(p.checks[0].inflight.is_none());
+            let rst = p.out.pop().expect("an RST");
+            assert_eq!(tcp(&inner_ip(&rst, EncapKind::Vxlan, true)).3, TCP_RST);
+            let last = shared.health.lock().unwrap().rows
+                [&("web".to_string(), IpAddr::V4(BACKEND))]
+                .last
+                .clone();
+            assert_eq!(
+                last,
+                Some(if ok {
+                    "ok".into()
+                } else {
+                    format!("http {status}")
+                })
+            );
+        }
+        assert_eq!(health_of(&shared), Health::Unhealthy);
+    }
+
+    #[test]
+    fn test_http_status_parse() {
+        assert_eq!(http_status(b"HTTP/1.1 204 No"), Some(Ok(204)));
+        assert_eq!(http_status(b"HTTP/1.0 500"), Some(Ok(500)));
+        assert_eq!(http_status(b"HTTP/1."), None);
+        assert_eq!(http_status(b"HTTP/1.1 2"), None);
+        assert_eq!(http_status(b"SSH-2.0"), Some(Err(())));
+        assert_eq!(http_status(b"HTTP/1.1 2x4"), Some(Err(())));
+        // Truncations of a reply never panic.
+        let f = answer(VIP, 0xF001, 1, 1, TCP_ACK, b"HTTP/1.1 200 OK\r\n");
+        for n in 0..f.len() {
+            let _ = parse_reply(&f[..n]);
+        }
+    }
+}

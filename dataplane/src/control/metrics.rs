@@ -961,6 +961,20 @@ mod tests {
             },
         ];
         r.rules = vec![RuleCounters { id: 10, hits: 9 }];
+        r.health = ctl::HealthReport {
+            backends: vec![ctl::HealthRow {
+                service: "web".into(),
+                ip: "192.168.1.1".parse().unwrap(),
+                health: ctl::Health::Unhealthy,
+                last: Some("http 503".into()),
+                latency_us: None,
+                since_ms: 10,
+                checks: 4,
+            }],
+            results: [("ok".to_string(), 3), ("http_status".to_string(), 4)].into(),
+            transitions: 2,
+            unhealthy_services: vec!["web".into()],
+        };
         r.flow_tables = tel
             .iter()
             .enumerate()
@@ -1044,6 +1058,31 @@ mod tests {
         }
         for (fam, series, v) in [
             ("dpgw_generation", "dpgw_generation", 7.0),
+            (
+                "dpgw_backend_healthy",
+                "dpgw_backend_healthy{service=\"web\",backend=\"192.168.1.1\"}",
+                0.0,
+            ),
+            (
+                "dpgw_health_checks_total",
+                "dpgw_health_checks_total{result=\"http_status\"}",
+                4.0,
+            ),
+            (
+                "dpgw_health_checks_total",
+                "dpgw_health_checks_total{result=\"timeout\"}",
+                0.0,
+            ),
+            (
+                "dpgw_health_transitions_total",
+                "dpgw_health_transitions_total",
+                2.0,
+            ),
+            (
+                "dpgw_service_healthy",
+                "dpgw_service_healthy{service=\"web\"}",
+                0.0,
+            ),
             (
                 "dpgw_worker_running",
                 "dpgw_worker_running{worker=\"1\"}",
