@@ -110,9 +110,8 @@ pub fn classify_with(
         ethertype::IPV6 => {
             let ip = Ipv6Packet::new_checked(l3).ok()?;
             if ip.next_header() == proto::TCP || ip.next_header() == proto::UDP {
-                return (probe_port(l3.get(ipv6::HEADER_LEN..ipv6::HEADER_LEN + 4))
-                    && ours_v6(u128::from(ip.dst_addr())))
-                .then_some(Exception::ProbeReply);
+                return (probe_port(ip.payload().get(..4)) && ours_v6(u128::from(ip.dst_addr())))
+                    .then_some(Exception::ProbeReply);
             }
             if ip.next_header() != proto::ICMPV6 {
                 return None;
