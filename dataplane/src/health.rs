@@ -118,11 +118,12 @@ impl Target {
     }
 }
 
+/// What an attempt has sent last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
-    SynSent,
-    RequestSent,
-    UdpSent,
+    Syn,
+    Request,
+    Datagram,
 }
 
 #[derive(Debug)]
@@ -281,9 +282,11 @@ impl Prober {
         board.rows = rows;
         drop(board);
         self.next_wake = now;
-        // A removed check may leave a stale entry in the snapshot's map.
+        // A removed or restarted check may leave a stale entry (perhaps an
+        // unhealthy one, which the workers see) in the snapshot's map.
         if self.health_map() != *t.health {
             self.dirty = true;
+            self.urgent = true;
         }
     }
 
@@ -395,13 +398,13 @@ impl Prober {
         let timeout = Duration::from_millis(u64::from(c.t.spec.timeout_ms));
         let (stage, l4proto, seg) = if c.t.spec.kind == HealthKind::Udp {
             (
-                Stage::UdpSent,
+                Stage::Datagram,
                 proto::UDP,
                 udp_segment(port, c.t.port, c.t.spec.payload.as_bytes()),
             )
         } else {
             (
-                Stage::SynSent,
+                Stage::Syn,
                 proto::TCP,
                 tcp_segment(port, c.t.port, iss, 0, TCP_SYN, &[]),
             )
@@ -498,12 +501,12 @@ impl Prober {
             return true;
         }
         let outcome = match (a.stage, r.l4) {
-            (Stage::UdpSent, L4::Udp) => Some(Outcome::Ok),
-            (Stage::SynSent, L4::Tcp { flags, .. }) if flags & TCP_RST != 0 => {
+            (Stage::Datagram, L4::Udp) => Some(Outcome::Ok),
+            (Stage::Syn, L4::Tcp { flags, .. }) if flags & TCP_RST != 0 => {
                 Some(Outcome::Refused)
             }
             (
-                Stage::SynSent,
+                Stage::Syn,
                 L4::Tcp {
                     flags, seq, ack, ..
                 },
@@ -529,7 +532,7 @@ impl Prober {
                     let target = c.t.clone();
                     self.send_tcp(&t, shared, &target, seg);
                     if let Some(a) = self.checks[ci].inflight.as_mut() {
-                        a.stage = Stage::RequestSent;
+                        a.stage = Stage::Request;
                         a.rcv_next = rcv_next;
                         a.req_len = req.len() as u32;
                     }
@@ -542,7 +545,7 @@ impl Prober {
                 }
             }
             (
-                Stage::RequestSent,
+                Stage::Request,
                 L4::Tcp {
                     flags,
                     seq,

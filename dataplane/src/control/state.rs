@@ -523,7 +523,10 @@ ip = "192.168.0.1"
             .unwrap();
         // The change is in the config (dump and save keep it).
         let text = c.next.config().to_toml();
-        assert!(text.contains("[service.health]") && text.contains("kind = \"tcp\""), "{text}");
+        assert!(
+            text.contains("[service.health]") && text.contains("kind = \"tcp\""),
+            "{text}"
+        );
         let again = Config::parse(&text).unwrap();
         assert_eq!(again.service[0].health, Some(tcp));
         // A config with a bad section names the key.
