@@ -502,9 +502,7 @@ impl Prober {
         }
         let outcome = match (a.stage, r.l4) {
             (Stage::Datagram, L4::Udp) => Some(Outcome::Ok),
-            (Stage::Syn, L4::Tcp { flags, .. }) if flags & TCP_RST != 0 => {
-                Some(Outcome::Refused)
-            }
+            (Stage::Syn, L4::Tcp { flags, .. }) if flags & TCP_RST != 0 => Some(Outcome::Refused),
             (
                 Stage::Syn,
                 L4::Tcp {

@@ -95,8 +95,8 @@ fn health_checks_inband_through_the_data_path() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    topo.stop_server(0);
     let t_kill = unix_now();
+    topo.stop_server(0);
     let during = timed_output(client);
     let h = health(&sock);
     assert_eq!(h[&ip(0)].0, Health::Unhealthy, "{h:?}\n{}", topo.log());
@@ -237,6 +237,43 @@ fn health_checks_inband_through_the_data_path() {
         vec!["backend1"],
         "{resumed:?}"
     );
+    // (5) on_down: the keep-alive connections of a backend that goes unhealthy
+    // (new SYNs dropped, established connections still served) stay with
+    // `keep` and are re-selected to another backend with `rehome` (which
+    // resets them: it has no such connection).
+    nft_clear(&topo.backends[1]);
+    nft_clear(&topo.backends[2]);
+    for on_down in [ctl::OnDown::Keep, ctl::OnDown::Rehome] {
+        set_check(
+            &topo,
+            HealthSpec {
+                on_down,
+                ..http_check()
+            },
+        );
+        for i in 0..3 {
+            wait_health(&topo, i, Health::Healthy, rise_window);
+        }
+        let flag = topo.dir.path().join(format!("go-{on_down}"));
+        let (mut long, mut out, first) = long_start(&topo, &flag);
+        assert!(first.iter().any(|n| n == "backend2"), "{first:?}");
+        nft(&topo.backends[1], "tcp flags syn drop");
+        wait_health(&topo, 1, Health::Unhealthy, fall_window);
+        let second = long_finish(&mut long, &mut out, &flag);
+        for (a, b) in first.iter().zip(&second) {
+            match (a.as_str(), on_down) {
+                ("backend2", ctl::OnDown::Keep) => {
+                    assert_eq!(b, "backend2", "{on_down}: {second:?}")
+                }
+                ("backend2", ctl::OnDown::Rehome) => {
+                    assert_ne!(b, "backend2", "{on_down}: {first:?} -> {second:?}")
+                }
+                _ => assert_eq!(a, b, "{on_down}: {first:?} -> {second:?}"),
+            }
+        }
+        nft_clear(&topo.backends[1]);
+    }
+
     let s = stats(&sock);
     assert!(s.health.transitions >= 10, "{:?}", s.health);
     for r in ["ok", "timeout", "refused", "http_status"] {
@@ -254,4 +291,46 @@ fn health_checks_inband_through_the_data_path() {
         .count();
     assert_eq!(lines as u64, s.health.transitions, "{log}");
     println!("health test took {:.1}s", t_start.elapsed().as_secs_f64());
+}
+
+type LongOut = std::io::BufReader<std::process::ChildStdout>;
+
+/// Starts [`PY_LONG`] with 24 connections; their first answers.
+fn long_start(topo: &Topo, flag: &std::path::Path) -> (std::process::Child, LongOut, Vec<String>) {
+    let mut long = topo
+        .client
+        .command("python3")
+        .args(["-", "24"])
+        .arg(flag)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("long-lived client");
+    {
+        use std::io::Write;
+        long.stdin
+            .take()
+            .unwrap()
+            .write_all(PY_LONG.as_bytes())
+            .unwrap();
+    }
+    let mut out = std::io::BufReader::new(long.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let first = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    (long, out, first)
+}
+
+/// Lets the [`long_start`] client ask again; the second answers.
+fn long_finish(
+    long: &mut std::process::Child,
+    out: &mut LongOut,
+    flag: &std::path::Path,
+) -> Vec<String> {
+    std::fs::write(flag, b"go").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(out, &mut line).unwrap();
+    let _ = long.wait();
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"))
 }
