@@ -52,8 +52,10 @@ const TCP_HDR: usize = 20;
 const UDP_HDR: usize = 8;
 /// Bytes of an HTTP answer kept while looking for its status line.
 const HTTP_HEAD: usize = 256;
-/// The checker looks at its timers at most this often.
-const TICK: Duration = Duration::from_millis(2);
+/// The checker looks at its timers at most this often (probes and timeouts
+/// are up to this late). 10 ms rather than 2 ms: 65 → 55 ms of checker CPU
+/// per second at 1000 checks/s (health_bench), fewer wake-ups.
+const TICK: Duration = Duration::from_millis(10);
 /// Health changes the workers do not see (unknown → healthy) are published
 /// together, at most this often.
 const PUBLISH_BATCH: Duration = Duration::from_millis(200);
@@ -154,6 +156,11 @@ struct Check {
 /// and the frames to send. Owned by the slow-path thread.
 pub struct Prober {
     checks: Vec<Check>,
+    /// When check `i` next needs the timers (its attempt's deadline, else its
+    /// next due time): a compact array, so that a timer pass over 1000 checks
+    /// touches 16 KB rather than every check (health_bench, 1000 checks/s,
+    /// 2 ms tick: 80 → 65 ms of checker CPU per second).
+    wake_at: Vec<Instant>,
     /// Probe port - [`PROBE_PORT_BASE`] → (check index, attempt id).
     ports: Vec<Option<(u32, u32)>>,
     cursor: usize,
@@ -191,6 +198,7 @@ impl Prober {
         let now = Instant::now();
         Prober {
             checks: Vec::new(),
+            wake_at: Vec::new(),
             ports: vec![None; PROBE_PORTS],
             cursor: 0,
             next_id: 1,
@@ -260,6 +268,7 @@ impl Prober {
                 }
             }
         }
+        self.wake_at = self.checks.iter().map(wake_of).collect();
         // Ports follow the checks' new indices; dropped checks free theirs.
         self.ports.iter_mut().for_each(|p| *p = None);
         for (i, c) in self.checks.iter().enumerate() {
@@ -310,6 +319,10 @@ impl Prober {
                 .mac(t.next_hop_mac);
             let mut wake = now + Duration::from_secs(1);
             for i in 0..self.checks.len() {
+                if self.wake_at[i] > now {
+                    wake = wake.min(self.wake_at[i]);
+                    continue;
+                }
                 if let Some(a) = &self.checks[i].inflight {
                     if now >= a.deadline {
                         self.finish(i, Outcome::Timeout, now, shared);
@@ -327,11 +340,8 @@ impl Prober {
                         self.start(i, &t, mac, now);
                     }
                 }
-                let c = &self.checks[i];
-                wake = wake.min(c.next_due);
-                if let Some(a) = &c.inflight {
-                    wake = wake.min(a.deadline);
-                }
+                self.wake_at[i] = wake_of(&self.checks[i]);
+                wake = wake.min(self.wake_at[i]);
             }
             self.next_wake = wake.max(now + TICK);
         }
@@ -432,6 +442,8 @@ impl Prober {
         let c = &mut self.checks[i];
         let Some(a) = c.inflight.take() else { return };
         self.ports[usize::from(a.port - PROBE_PORT_BASE)] = None;
+        self.wake_at[i] = c.next_due;
+        self.next_wake = self.next_wake.min(c.next_due);
         let old = c.health;
         if o == Outcome::Ok {
             c.ok_run += 1;
@@ -619,6 +631,11 @@ impl Prober {
             self.out.push(f);
         }
     }
+}
+
+/// When a check next needs the timers.
+fn wake_of(c: &Check) -> Instant {
+    c.inflight.as_ref().map_or(c.next_due, |a| a.deadline)
 }
 
 fn host(vip: IpAddr) -> String {
