@@ -895,6 +895,54 @@ mod tests {
     }
 
     #[test]
+    fn test_health_flags() {
+        let health = |args: &[&str]| -> Result<Option<HealthSpec>, String> {
+            let mut v = vec!["dpgwctl", "service", "health", "web"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).map_err(|e| e.to_string())?.cmd {
+                Cmd::Service(ServiceCmd::Health { health, .. }) => health.spec(),
+                _ => unreachable!(),
+            }
+        };
+        let h = health(&[
+            "--kind",
+            "http",
+            "--mode",
+            "direct",
+            "--path",
+            "/hz",
+            "--interval-ms",
+            "200",
+            "--timeout-ms",
+            "100",
+            "--fall",
+            "2",
+            "--on-down",
+            "keep",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.kind, HealthKind::Http);
+        assert_eq!(h.mode, HealthMode::Direct);
+        assert_eq!(h.on_down, OnDown::Keep);
+        assert_eq!(
+            (h.path.as_str(), h.interval_ms, h.timeout_ms, h.rise, h.fall),
+            ("/hz", 200, 100, 2, 2)
+        );
+        assert_eq!(health(&["--kind", "none"]).unwrap(), None);
+        assert_eq!(health(&[]).unwrap(), None);
+        for (args, key) in [
+            (&["--kind", "tpc"][..], "health.kind"),
+            (&["--kind", "tcp", "--mode", "x"][..], "health.mode"),
+            (&["--kind", "tcp", "--on-down", "x"][..], "health.on_down"),
+            (&["--rise", "2"][..], "--kind"),
+        ] {
+            let e = health(args).unwrap_err();
+            assert!(e.contains(key), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn test_table_aligns() {
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "1".into()]]);
         assert_eq!(t, "A    BB\nxxx  1\n");
