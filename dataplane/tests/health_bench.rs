@@ -189,8 +189,7 @@ fn health_checker_cpu_1000_backends() {
         "ip link set b0 up && ip addr add 198.18.0.254/24 dev b0 && ip -batch {} && \
          ip link add vxlan0 type vxlan id 100 dstport 4789 dev b0 && ip link set vxlan0 address 02:00:00:00:01:01 && \
          ip link set vxlan0 up && ip addr add {VIP}/32 dev lo && \
-         sysctl -qw net.ipv4.conf.vxlan0.rp_filter=0 net.ipv4.conf.b0.rp_filter=0 net.core.somaxconn=4096 && \
-         sysctl -qw net.ipv4.conf.all.arp_announce=2 net.ipv4.conf.b0.arp_announce=2",
+         sysctl -qw net.ipv4.conf.vxlan0.rp_filter=0 net.ipv4.conf.b0.rp_filter=0 net.core.somaxconn=4096",
         dir.path().join("addrs").display()
     ));
     let mut listener = be
