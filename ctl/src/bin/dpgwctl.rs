@@ -581,12 +581,18 @@ fn human(cmd: &Command, r: &Response) -> String {
                         s.encap.to_string(),
                         s.table_size.to_string(),
                         s.backends.len().to_string(),
+                        s.health
+                            .as_ref()
+                            .filter(|h| h.enabled())
+                            .map_or("-".into(), |h| {
+                                format!("{} {} {}ms", h.kind, h.mode, h.interval_ms)
+                            }),
                     ]
                 })
                 .collect();
             table(
                 &[
-                    "NAME", "VNI", "VIP", "PORT", "PROTO", "ENCAP", "TABLE", "BACKENDS",
+                    "NAME", "VNI", "VIP", "PORT", "PROTO", "ENCAP", "TABLE", "BACKENDS", "CHECKS",
                 ],
                 &rows,
             )
