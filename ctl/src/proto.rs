@@ -6,7 +6,10 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub use acl::{Action, FileSpec, RuleSpec};
-pub use lb::{BackendSpec, BackendState, EncapKind, MacAddr, Proto, ServiceSpec};
+pub use lb::{
+    BackendSpec, BackendState, EncapKind, Health, HealthKind, HealthMode, HealthSpec, MacAddr,
+    OnDown, Proto, ServiceSpec,
+};
 
 /// The protocol version this crate speaks (the `v` field of every message).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -67,6 +70,15 @@ pub enum Command {
     ServiceAdd {
         /// The service, as in `[[service]]`.
         service: ServiceSpec,
+    },
+    /// Sets (or, with `health` absent, removes) a service's health checks
+    /// (`[service.health]`); the checks' state restarts at unknown.
+    ServiceHealth {
+        /// Service name.
+        name: String,
+        /// The checks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        health: Option<HealthSpec>,
     },
     /// Removes a service and its backends.
     ServiceDel {
@@ -261,6 +273,7 @@ impl Command {
         matches!(
             self,
             Command::ServiceAdd { .. }
+                | Command::ServiceHealth { .. }
                 | Command::ServiceDel { .. }
                 | Command::BackendAdd { .. }
                 | Command::BackendDel { .. }
@@ -549,6 +562,43 @@ pub struct BackendRow {
     pub service: String,
     /// The backend.
     pub backend: BackendSpec,
+    /// Its health checks' state (absent when the service has no checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthRow>,
+}
+
+/// The health checker's view of one backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRow {
+    /// Service name.
+    pub service: String,
+    /// Backend address.
+    pub ip: IpAddr,
+    /// `unknown`, `healthy` or `unhealthy`.
+    pub health: Health,
+    /// The last check's result: `ok`, `timeout`, `refused`, `http 503`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    /// The last successful check's round trip, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    /// Milliseconds since the last change of `health` (or since checks began).
+    pub since_ms: u64,
+    /// Checks completed.
+    pub checks: u64,
+}
+
+/// The health checker's state and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// Every checked backend.
+    pub backends: Vec<HealthRow>,
+    /// Completed checks by result class (`ok`, `timeout`, `refused`, `http_status`, `reset`, `bad_response`).
+    pub results: BTreeMap<String, u64>,
+    /// Health changes since the daemon started.
+    pub transitions: u64,
+    /// Services with checks whose every backend is unhealthy (new flows are dropped as `no_backend`).
+    pub unhealthy_services: Vec<String>,
 }
 
 /// Packet counters of one worker (or of all, `worker == None`).
@@ -686,6 +736,9 @@ pub struct StatsReport {
     /// Counters of the DPDK ports (empty unless the daemon runs on DPDK).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortCounters>,
+    /// Backend health checks.
+    #[serde(default)]
+    pub health: HealthReport,
 }
 
 /// Counters of one DPDK port, as the driver keeps them (`rte_eth_stats`):

@@ -21,7 +21,9 @@ use crate::io::{Burst, Packet, Queue, MAX_BURST};
 use crate::observe::Observed;
 use crate::pipeline::Pipeline;
 use crate::punt::Punt;
-use crate::stats::{wire_bytes, BurstHistogram, DropReason, Published, Telemetry, WorkerStats};
+use crate::stats::{
+    wire_bytes, BurstHistogram, DropReason, HealthBoard, Published, Telemetry, WorkerStats,
+};
 use crate::tables::Tables;
 
 /// State shared between the workers and the control side.
@@ -50,6 +52,13 @@ pub struct Shared {
     pub armed: crate::observe::Armed,
     /// Per-worker `flows list` requests.
     pub flow_query: Vec<crate::observe::FlowQuery>,
+    /// Held by whoever builds and swaps in a new snapshot (the control thread
+    /// for changes, the health checker for health changes), so that neither
+    /// publishes a snapshot built from one the other has replaced. Never taken
+    /// by a worker.
+    pub publish: Mutex<()>,
+    /// The health checker's results (never touched by a worker).
+    pub health: Mutex<HealthBoard>,
 }
 
 pub use crate::io::PortSource;
@@ -71,6 +80,8 @@ impl Shared {
             flow_query: (0..workers)
                 .map(|_| crate::observe::FlowQuery::default())
                 .collect(),
+            publish: Mutex::new(()),
+            health: Mutex::new(HealthBoard::default()),
         })
     }
 
@@ -85,6 +96,19 @@ impl Shared {
     pub fn port_counters(&self) -> Vec<ctl::PortCounters> {
         let g = self.port_source.lock().unwrap_or_else(|p| p.into_inner());
         g.as_ref().map(|f| f()).unwrap_or_default()
+    }
+
+    /// Builds the snapshot that follows the current one with `build(current,
+    /// next_generation)` and publishes it, under [`Shared::publish`]. Returns
+    /// the replaced snapshot (drop it off the fast path), or `build`'s error.
+    pub fn publish_with<E>(
+        &self,
+        build: impl FnOnce(&Tables, u64) -> Result<Tables, E>,
+    ) -> Result<Arc<Tables>, E> {
+        let _g = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        let prev = self.tables.load_full();
+        let next = build(&prev, prev.generation + 1)?;
+        Ok(self.tables.swap(Arc::new(next)))
     }
 
     /// Sum of all workers' published counters.

@@ -37,6 +37,24 @@ pub enum Exception {
     Icmpv6Echo,
     /// Neighbour solicitation for one of our addresses, or any neighbour advertisement.
     Ndp,
+    /// TCP or UDP to one of our addresses at a port of [`PROBE_PORTS`]: the
+    /// answer to one of the health checker's probes ([`crate::health`]).
+    ProbeReply,
+}
+
+/// The source ports the health checker's probes use (and the destination
+/// ports of their answers): 61440..=65535, recognised by one compare.
+pub const PROBE_PORT_BASE: u16 = 0xF000;
+/// Number of probe ports.
+pub const PROBE_PORTS: usize = 0x1_0000 - PROBE_PORT_BASE as usize;
+
+/// Destination port of a TCP/UDP segment `l4`, if it is a probe port.
+#[inline]
+fn probe_port(l4: Option<&[u8]>) -> bool {
+    match l4 {
+        Some([_, _, hi, lo, ..]) => u16::from_be_bytes([*hi, *lo]) >= PROBE_PORT_BASE,
+        _ => false,
+    }
 }
 
 /// Classifies an untagged Ethernet frame against our addresses (IPv4 as `u32`,
@@ -75,7 +93,14 @@ pub fn classify_with(
         }
         ethertype::IPV4 => {
             let ip = Ipv4Packet::new_checked(l3).ok()?;
-            if ip.protocol() != proto::ICMP || ip.is_fragment() {
+            if ip.is_fragment() {
+                return None;
+            }
+            if ip.protocol() == proto::TCP || ip.protocol() == proto::UDP {
+                return (probe_port(ip.payload().get(..4)) && ours_v4(u32::from(ip.dst_addr())))
+                    .then_some(Exception::ProbeReply);
+            }
+            if ip.protocol() != proto::ICMP {
                 return None;
             }
             let msg = IcmpPacket::new_checked(l3.get(ip.header_len()..)?).ok()?;
@@ -84,6 +109,10 @@ pub fn classify_with(
         }
         ethertype::IPV6 => {
             let ip = Ipv6Packet::new_checked(l3).ok()?;
+            if ip.next_header() == proto::TCP || ip.next_header() == proto::UDP {
+                return (probe_port(ip.payload().get(..4)) && ours_v6(u128::from(ip.dst_addr())))
+                    .then_some(Exception::ProbeReply);
+            }
             if ip.next_header() != proto::ICMPV6 {
                 return None;
             }
@@ -105,11 +134,12 @@ pub fn classify_with(
 }
 
 /// True for frames the slow path handles: ARP for our addresses, ICMP/ICMPv6
-/// echo requests to them, neighbour solicitations for them and neighbour
-/// advertisements. "Our addresses" are the snapshot's VTEP addresses
+/// echo requests to them, neighbour solicitations for them, neighbour
+/// advertisements, and answers to health probes (TCP/UDP to our addresses at
+/// a probe port). "Our addresses" are the snapshot's VTEP addresses
 /// (`t.decap.vtep_v4` / `vtep_v6`) and underlay source addresses
 /// (`t.underlay_v4` / `underlay_v6`). Meant for frames that fail decap with
-/// `NotIp` or `NotUdp`; cheap (a few compares), never panics.
+/// `NotIp`, `NotUdp` or `NotVxlan`; cheap (a few compares), never panics.
 #[inline]
 pub fn is_exception(frame: &[u8], t: &Tables) -> bool {
     let u4 = t.underlay_v4.map(u32::from);
@@ -269,6 +299,63 @@ mod tests {
         assert_eq!(c(&icmp6(na, OUR6, Some(PEER6))), Some(Exception::Ndp));
         assert_eq!(c(&icmp6(na, PEER6, Some(PEER6))), None);
         assert_eq!(c(&icmp6(na, all_nodes, None)), None);
+    }
+
+    /// A TCP or UDP segment to `dst:dport` in IPv4.
+    fn l4v4(p: u8, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        let mut seg = vec![0u8; 20];
+        seg[2..4].copy_from_slice(&dport.to_be_bytes());
+        let mut b = vec![0u8; 20];
+        Ipv4Repr {
+            src: PEER4,
+            dst,
+            protocol: p,
+            payload_len: seg.len(),
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: 0,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+        }
+        .emit(&mut b)
+        .unwrap();
+        b.extend_from_slice(&seg);
+        eth(ethertype::IPV4, &b)
+    }
+
+    #[test]
+    fn test_probe_replies() {
+        for p in [proto::TCP, proto::UDP] {
+            assert_eq!(
+                c(&l4v4(p, OUR4, PROBE_PORT_BASE)),
+                Some(Exception::ProbeReply)
+            );
+            assert_eq!(c(&l4v4(p, OUR4, 0xffff)), Some(Exception::ProbeReply));
+            assert_eq!(c(&l4v4(p, OUR4, PROBE_PORT_BASE - 1)), None);
+            assert_eq!(c(&l4v4(p, PEER4, PROBE_PORT_BASE)), None);
+            let f = l4v4(p, OUR4, PROBE_PORT_BASE);
+            for n in 0..f.len() {
+                let _ = c(&f[..n]);
+            }
+            assert_eq!(c(&f[..14 + 20 + 3]), None);
+        }
+        let mut b = vec![0u8; 40];
+        Ipv6Repr {
+            src: PEER6,
+            dst: OUR6,
+            next_header: proto::TCP,
+            payload_len: 20,
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 0,
+        }
+        .emit(&mut b)
+        .unwrap();
+        let mut seg = vec![0u8; 20];
+        seg[2..4].copy_from_slice(&0xF123u16.to_be_bytes());
+        b.extend_from_slice(&seg);
+        assert_eq!(c(&eth(ethertype::IPV6, &b)), Some(Exception::ProbeReply));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod exception;
 pub mod filter;
 pub mod gen;
+pub mod health;
 pub mod icmp;
 pub mod io;
 pub mod log;

@@ -11,6 +11,10 @@
 //! from any ARP or NDP frame that carries it, and publishes it in
 //! [`Shared::learned_next_hop`] (encoding in [`NextHop`]). Without a reply for
 //! three refresh periods the next hop counts as unresolved again.
+//!
+//! The same thread runs the backend health checker ([`crate::health::Prober`]):
+//! it sends the probes through the same sink and takes their answers from the
+//! punt queue before smoltcp sees them.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -468,6 +472,58 @@ fn mac_of(frame: &[u8], ip: IpAddr) -> Option<[u8; 6]> {
 
 /// Answers a unicast neighbour solicitation for one of our addresses (smoltcp
 /// only answers the multicast ones; Linux probes reachability with unicast).
+/// The reply to an ARP request for one of our addresses from a sender outside
+/// our subnets, which smoltcp ignores. A DSR backend on our link asks that way
+/// (Linux takes the sender address from the packet it wants to send: the VIP
+/// of a health probe's answer), and Linux hosts answer such requests.
+fn off_subnet_arp_reply(frame: &[u8], sc: &SlowPathConfig) -> Option<Vec<u8>> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Arp {
+        return None;
+    }
+    let ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr,
+        source_protocol_addr,
+        target_protocol_addr,
+        ..
+    } = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok()?
+    else {
+        return None;
+    };
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(sc.prefix_len_v4))
+        .unwrap_or(0);
+    let on_link = sc
+        .v4
+        .iter()
+        .any(|a| u32::from(*a) & mask == u32::from(source_protocol_addr) & mask);
+    if !sc.v4.contains(&target_protocol_addr)
+        || on_link
+        || !source_hardware_addr.is_unicast()
+        || source_protocol_addr.is_unspecified()
+    {
+        return None;
+    }
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: EthernetAddress(sc.mac),
+        source_protocol_addr: target_protocol_addr,
+        target_hardware_addr: source_hardware_addr,
+        target_protocol_addr: source_protocol_addr,
+    };
+    let mut buf = vec![0u8; ETH_HDR + arp.buffer_len()];
+    let mut out = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(sc.mac),
+        dst_addr: source_hardware_addr,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut out);
+    arp.emit(&mut ArpPacket::new_unchecked(out.payload_mut()));
+    Some(buf)
+}
+
 fn unicast_ns_reply(frame: &[u8], sc: &SlowPathConfig) -> Option<Vec<u8>> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     if eth.ethertype() != EthernetProtocol::Ipv6 {
@@ -560,6 +616,7 @@ fn slow_loop(
     let mut ifaces = interfaces(&sc, &mut dev, now_s(Instant::now()));
     let mut sockets = SocketSet::new(Vec::new());
     let mut resolver = Resolver::new(&sc, Instant::now());
+    let mut prober = crate::health::Prober::new();
     while !stop.load(Ordering::Acquire) {
         while let Some(b) = q.full.pop() {
             let n = b.len.min(PUNT_FRAME);
@@ -568,6 +625,12 @@ fn slow_loop(
             let _ = q.free.push(b);
             counters.handled.fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
+            if prober.handle(&dev.frame, &shared, now) {
+                for f in prober.out.drain(..) {
+                    dev.send(&f);
+                }
+                continue;
+            }
             if let Some(r) = resolver.as_mut() {
                 if let Some(mac) = mac_of(&dev.frame, r.target) {
                     r.learned = Some(mac);
@@ -577,6 +640,10 @@ fn slow_loop(
                         .learned_next_hop
                         .store(NextHop::Learned(mac).encode(), Ordering::Release);
                 }
+            }
+            if let Some(reply) = off_subnet_arp_reply(&dev.frame, &sc) {
+                dev.send(&reply);
+                continue;
             }
             if let Some(reply) = unicast_ns_reply(&dev.frame, &sc) {
                 dev.send(&reply);
@@ -589,7 +656,10 @@ fn slow_loop(
             dev.pending = false;
         }
         let now = Instant::now();
-        let mut wait = Duration::from_millis(100);
+        let mut wait = Duration::from_millis(100).min(prober.poll(&shared, now));
+        for f in prober.out.drain(..) {
+            dev.send(&f);
+        }
         if let Some(r) = resolver.as_mut() {
             if let Some(c) = r.confirmed {
                 if r.learned.is_some() && now.duration_since(c) > 3 * r.refresh {
@@ -825,6 +895,36 @@ mod tests {
         assert_eq!(st.punted, 2);
         assert_eq!(st.handled, 2);
         assert_eq!(st.sent, 2);
+    }
+
+    #[test]
+    fn test_arp_from_off_subnet_sender() {
+        let (sp, rx, _) = start(None);
+        let mut punt = sp.punt();
+        let vip = Ipv4Addr::new(10, 96, 0, 100);
+        punt.punt(&arp_request(PEER_MAC, vip, OUR4));
+        let reply = recv(&rx);
+        let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+        assert_eq!(eth.dst_addr().0, PEER_MAC);
+        match ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap() {
+            ArpRepr::EthernetIpv4 {
+                operation,
+                source_hardware_addr,
+                source_protocol_addr,
+                target_protocol_addr,
+                ..
+            } => {
+                assert_eq!(operation, ArpOperation::Reply);
+                assert_eq!(source_hardware_addr.0, OUR_MAC);
+                assert_eq!((source_protocol_addr, target_protocol_addr), (OUR4, vip));
+            }
+            _ => panic!("not an Ethernet/IPv4 ARP reply"),
+        }
+        // On-link senders are still answered once (by smoltcp).
+        punt.punt(&arp_request(PEER_MAC, PEER4, OUR4));
+        recv(&rx);
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        sp.stop();
     }
 
     fn parse_na(frame: &[u8]) -> (Ipv6Addr, Ipv6Addr, Ipv6Addr) {

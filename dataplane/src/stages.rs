@@ -53,9 +53,11 @@ impl Stage for Decap {
                     meta[i].outer_len = d.inner_offset as u16;
                     meta[i].finished = false;
                 }
-                Err(vxlan::DecapError::NotIp | vxlan::DecapError::NotUdp)
-                    if crate::exception::is_exception(pkts[i].data(), t) =>
-                {
+                Err(
+                    vxlan::DecapError::NotIp
+                    | vxlan::DecapError::NotUdp
+                    | vxlan::DecapError::NotVxlan,
+                ) if crate::exception::is_exception(pkts[i].data(), t) => {
                     v[i] = Verdict::Punt;
                 }
                 Err(e) => v[i] = Verdict::Drop(e.into()),

@@ -418,3 +418,56 @@ mod tests {
         assert_eq!(worker.flow_capacity, 64, "kept: the worker reads it");
     }
 }
+
+/// The health checker's results, written by the checker
+/// ([`crate::health`], on the slow-path thread) and read by the control side
+/// (`backend list`, `stats`, metrics). Behind a mutex: neither side is a worker.
+#[derive(Debug, Default)]
+pub struct HealthBoard {
+    pub rows: std::collections::BTreeMap<(String, std::net::IpAddr), BoardRow>,
+    /// Completed checks by result class.
+    pub results: std::collections::BTreeMap<&'static str, u64>,
+    pub transitions: u64,
+    /// Services with checks whose every backend is unhealthy.
+    pub unhealthy_services: Vec<String>,
+}
+
+/// One checked backend on the [`HealthBoard`].
+#[derive(Clone, Debug)]
+pub struct BoardRow {
+    pub health: lb::Health,
+    pub last: Option<String>,
+    pub latency: Option<std::time::Duration>,
+    /// Last change of `health` (or when checks began).
+    pub since: std::time::Instant,
+    pub checks: u64,
+}
+
+impl HealthBoard {
+    /// The board as the control protocol reports it.
+    pub fn report(&self) -> ctl::HealthReport {
+        let now = std::time::Instant::now();
+        ctl::HealthReport {
+            backends: self
+                .rows
+                .iter()
+                .map(|((s, ip), r)| ctl::HealthRow {
+                    service: s.clone(),
+                    ip: *ip,
+                    health: r.health,
+                    last: r.last.clone(),
+                    latency_us: r.latency.map(|d| d.as_micros() as u64),
+                    since_ms: now.saturating_duration_since(r.since).as_millis() as u64,
+                    checks: r.checks,
+                })
+                .collect(),
+            results: self
+                .results
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            transitions: self.transitions,
+            unhealthy_services: self.unhealthy_services.clone(),
+        }
+    }
+}

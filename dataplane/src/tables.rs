@@ -22,6 +22,9 @@ pub struct Tables {
     pub lb: lb::LbTables,
     /// The desired service state the `lb` snapshot was built from.
     pub services: lb::Services,
+    /// The backends' health the `lb` snapshot was built with (written by the
+    /// health checker, [`crate::health`]; carried over by control changes).
+    pub health: Arc<lb::HealthMap>,
     pub flow_cfg: lb::flow_table::FlowTableConfig,
     /// Entries of each worker's ACL result cache (0 = none).
     pub acl_cache: usize,
@@ -156,7 +159,7 @@ impl Tables {
         }
         let services = lb::Services::from_specs(cfg.service.iter().cloned())
             .map_err(|e| BuildError(vec![BuildProblem::Service(e)]))?;
-        Self::build_from(cfg, &services, None, generation)
+        Self::build_from(cfg, &services, None, Arc::default(), generation)
     }
 
     /// Builds the snapshot that follows `prev` after a control change. `cfg` and
@@ -171,13 +174,46 @@ impl Tables {
         prev: &Tables,
         generation: u64,
     ) -> Result<Tables, BuildError> {
-        Self::build_from(cfg, services, Some(prev), generation)
+        Self::build_from(cfg, services, Some(prev), prev.health.clone(), generation)
+    }
+
+    /// The snapshot that follows `self` when only the backends' health changed:
+    /// everything is shared or copied but the `lb` tables, which are rebuilt
+    /// (reusing every Maglev table whose eligible backends did not change).
+    pub fn with_health(
+        &self,
+        health: lb::HealthMap,
+        generation: u64,
+    ) -> Result<Tables, BuildError> {
+        let lb = lb::LbTables::rebuild_with_health(&self.lb, &self.services, &health)
+            .map_err(|e| BuildError(vec![BuildProblem::Service(e)]))?;
+        Ok(Tables {
+            generation,
+            decap: self.decap.clone(),
+            local_mac: self.local_mac,
+            next_hop_mac: self.next_hop_mac,
+            non_vip: self.non_vip,
+            acl: self.acl.clone(),
+            acl_spec: self.acl_spec.clone(),
+            lb,
+            services: self.services.clone(),
+            health: Arc::new(health),
+            flow_cfg: self.flow_cfg,
+            acl_cache: self.acl_cache,
+            underlay_v4: self.underlay_v4,
+            underlay_v6: self.underlay_v6,
+            vxlan_dst_port: self.vxlan_dst_port,
+            gue_port: self.gue_port,
+            mtu: self.mtu,
+            digest: std::sync::OnceLock::new(),
+        })
     }
 
     fn build_from(
         cfg: &Config,
         services: &lb::Services,
         prev: Option<&Tables>,
+        health: Arc<lb::HealthMap>,
         generation: u64,
     ) -> Result<Tables, BuildError> {
         let g = &cfg.gateway;
@@ -197,7 +233,7 @@ impl Tables {
         };
         let empty = lb::LbTables::empty();
         let prev_lb = prev.map_or(&empty, |p| &p.lb);
-        let lb = match lb::LbTables::rebuild(prev_lb, services) {
+        let lb = match lb::LbTables::rebuild_with_health(prev_lb, services, &health) {
             Ok(t) => t,
             Err(e) => {
                 problems.push(BuildProblem::Service(e));
@@ -233,6 +269,7 @@ impl Tables {
             acl_spec: cfg.acl.clone(),
             lb,
             services: services.clone(),
+            health,
             flow_cfg: lb::flow_table::FlowTableConfig {
                 capacity: cfg.dataplane.flow_capacity,
                 tcp_timeout: cfg.dataplane.tcp_timeout_s.saturating_mul(1000),
@@ -311,10 +348,11 @@ impl Tables {
             ));
             for b in s.backends() {
                 h.str(&format!(
-                    "be|{}|{}|{:?}|{:?}|{}",
+                    "be|{}|{}|{:?}|{:?}|{:?}|{}",
                     b.ip,
                     b.weight,
                     b.state,
+                    b.health,
                     b.mac,
                     b.eligible()
                 ));

@@ -449,7 +449,7 @@ fn walk_v6(pkt: &[u8]) -> V6Walk {
 /// The documented fate of `f` under [`config`].
 fn reference(f: &[u8]) -> Expect {
     match front_reference(f) {
-        Expect::Drop("not_ip" | "not_udp") if for_the_gateway(f) => Expect::Punt,
+        Expect::Drop("not_ip" | "not_udp" | "not_vxlan") if for_the_gateway(f) => Expect::Punt,
         e => e,
     }
 }
@@ -457,13 +457,31 @@ fn reference(f: &[u8]) -> Expect {
 /// The exception path (README `exception`; `dataplane::exception` docs):
 /// untagged ARP for one of our addresses, ICMP / ICMPv6 echo requests to
 /// them, neighbour solicitations for them, and neighbour advertisements (to
-/// us or to a multicast group). Our addresses: VTEPs and underlay sources.
+/// us or to a multicast group), and answers to health probes (TCP or UDP to
+/// one of them at a destination port of 61440 or above, within the IP
+/// length). Our addresses: VTEPs and underlay sources.
 fn for_the_gateway(f: &[u8]) -> bool {
     if f.len() < 14 {
         return false;
     }
     let l3 = &f[14..];
+    let probe = |l4: Option<&[u8]>| l4.is_some_and(|p| p.len() >= 4 && be16(p, 2) >= 0xF000);
     match be16(f, 12) {
+        0x0800 if l3.len() >= 20 && matches!(l3[9], 6 | 17) => {
+            let hl = usize::from(l3[0] & 15) * 4;
+            let total = usize::from(be16(l3, 2));
+            l3[0] >> 4 == 4
+                && hl >= 20
+                && total >= hl
+                && total <= l3.len()
+                && be16(l3, 6) & 0x3fff == 0
+                && l3[16..20] == VTEP4
+                && probe(l3.get(hl..total))
+        }
+        0x86dd if l3.len() >= 40 && matches!(l3[6], 6 | 17) => {
+            let end = 40 + usize::from(be16(l3, 4));
+            l3[0] >> 4 == 6 && end <= l3.len() && l3[24..40] == VTEP6 && probe(l3.get(40..end))
+        }
         0x0806 => {
             l3.len() >= 28
                 && be16(l3, 0) == 1

@@ -52,11 +52,13 @@
 #![warn(missing_docs)]
 
 pub mod flow_table;
+pub mod health;
 pub mod maglev;
 pub mod spec;
 mod tables;
 
 pub use flow_table::{FlowStats, FlowTable, FlowTableConfig};
+pub use health::{Health, HealthKind, HealthMap, HealthMode, HealthSpec, OnDown};
 pub use maglev::BackendIdx;
 pub use spec::{
     BackendSpec, BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services,

@@ -25,6 +25,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::health::{HealthMode, HealthSpec};
 use crate::maglev::{self, MAX_BACKENDS};
 
 /// The transport protocol of a service.
@@ -226,6 +227,9 @@ pub struct ServiceSpec {
     /// Maglev table size `M` (prime, default 65537).
     #[serde(default = "default_table_size")]
     pub table_size: u32,
+    /// Health checks of the backends (`[service.health]`; absent = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
     /// The backends.
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendSpec>,
@@ -242,6 +246,7 @@ impl ServiceSpec {
             vni: None,
             encap: EncapKind::Ipip,
             table_size: maglev::DEFAULT_TABLE_SIZE,
+            health: None,
             backends: Vec::new(),
         }
     }
@@ -271,6 +276,20 @@ impl ServiceSpec {
         }
         if let Err(e) = maglev::check_table_size(self.table_size) {
             return Err(inv("table_size", e.to_string()));
+        }
+        if let Some(h) = self.health.as_ref().filter(|h| h.enabled()) {
+            if let Err((field, reason)) = h.check(self.proto == Proto::Udp) {
+                return Err(inv(field, reason));
+            }
+            if h.mode == HealthMode::Inband
+                && self.encap == EncapKind::Vxlan
+                && h.vni.or(self.vni).is_none()
+            {
+                return Err(inv(
+                    "health.vni",
+                    "required for in-band checks of a vxlan service without a vni".into(),
+                ));
+            }
         }
         let n = self.backends.len();
         if n > MAX_BACKENDS || n > self.table_size as usize {
@@ -522,6 +541,16 @@ impl Services {
     /// Sets a backend's weight (0 = no new flows).
     pub fn set_weight(&mut self, service: &str, ip: IpAddr, weight: u32) -> Result<(), LbError> {
         self.service_mut(service)?.backend_mut(ip)?.weight = weight;
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, removes) a service's health checks.
+    pub fn set_health(&mut self, service: &str, health: Option<HealthSpec>) -> Result<(), LbError> {
+        let svc = self.service_mut(service)?;
+        let mut next = svc.clone();
+        next.health = health;
+        next.validate()?;
+        *svc = next;
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::flow_table::{FlowTable, Pinned, Probe};
+use crate::health::{Health, HealthMap, OnDown};
 use crate::maglev::{self, BackendIdx, Permutation, WeightedBackend};
 use crate::spec::{BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services};
 use crate::{flow_hash, fold_mul, FlowKey};
@@ -84,6 +85,11 @@ pub struct Backend {
     pub state: BackendState,
     /// MAC, if configured.
     pub mac: Option<MacAddr>,
+    /// Health the snapshot was built with (separate from the admin `state`).
+    pub health: Health,
+    /// Whether flows pinned to it stay: not `Down`, and not unhealthy under
+    /// `on_down = "rehome"`.
+    keeps_flows: bool,
     /// Number of Maglev table entries it owns (its share of new flows is
     /// `slots / table_size`).
     pub slots: u32,
@@ -96,9 +102,15 @@ impl Backend {
         self.r
     }
 
-    /// Whether it may be given new flows.
+    /// Whether it may be given new flows: admin-active, positive weight, not
+    /// unhealthy (unknown counts as healthy).
     pub fn eligible(&self) -> bool {
-        self.state == BackendState::Active && self.weight > 0
+        self.state == BackendState::Active && self.weight > 0 && self.health != Health::Unhealthy
+    }
+
+    /// Whether flows pinned to it keep it.
+    pub fn keeps_flows(&self) -> bool {
+        self.keeps_flows
     }
 }
 
@@ -119,6 +131,8 @@ pub struct Service {
     pub encap: EncapKind,
     /// Maglev table size.
     pub table_size: u32,
+    /// True if the service has health checks.
+    pub checked: bool,
     /// Backends sorted by Maglev key (the canonical IP text).
     backends: Vec<Backend>,
     /// (addr, v6, index) sorted, for finding a pinned backend after a rebuild.
@@ -142,6 +156,12 @@ impl Service {
     /// The Maglev table (backend indices); empty if no backend is eligible.
     pub fn table(&self) -> &[BackendIdx] {
         &self.table
+    }
+
+    /// False when the service has backends and every one is unhealthy (new
+    /// flows are dropped as `no_backend`); true otherwise.
+    pub fn healthy(&self) -> bool {
+        self.backends.is_empty() || self.backends.iter().any(|b| b.health != Health::Unhealthy)
     }
 
     /// The Maglev table entry (bucket) a flow with this hash falls in.
@@ -232,6 +252,15 @@ impl LbTables {
     /// (Maglev needs no diffing for "only what changed moves": a table depends
     /// only on the backend set, and changing the set moves few entries.)
     pub fn rebuild(prev: &LbTables, services: &Services) -> Result<LbTables, LbError> {
+        Self::rebuild_with_health(prev, services, &HealthMap::new())
+    }
+
+    /// [`rebuild`](Self::rebuild) with the backends' health (absent = unknown).
+    pub fn rebuild_with_health(
+        prev: &LbTables,
+        services: &Services,
+        health: &HealthMap,
+    ) -> Result<LbTables, LbError> {
         let mut out = Vec::with_capacity(services.len());
         // By name, so that a change among 1000 services does not compare
         // 1000 × 1000 names.
@@ -239,7 +268,7 @@ impl LbTables {
             prev.services.iter().map(|s| (s.name.as_str(), s)).collect();
         for spec in services.iter() {
             let prev_svc = by_name.get(spec.name.as_str()).copied();
-            out.push(build_service(spec, prev_svc)?);
+            out.push(build_service(spec, prev_svc, health)?);
         }
         let (vips, scoped) = build_vip_map(&out);
         Ok(LbTables {
@@ -467,7 +496,7 @@ fn select_in(
             // The backend list changed since the flow was pinned: find its
             // backend by address.
             if let Some(idx) = s.find(p.addr, p.v6) {
-                if s.backends[usize::from(idx)].state != BackendState::Down {
+                if s.backends[usize::from(idx)].keeps_flows {
                     flows.repin(
                         slot,
                         Pinned {
@@ -523,8 +552,14 @@ fn next_gen() -> u32 {
     }
 }
 
-fn build_service(spec: &ServiceSpec, prev: Option<&Service>) -> Result<Service, LbError> {
+fn build_service(
+    spec: &ServiceSpec,
+    prev: Option<&Service>,
+    health_map: &HealthMap,
+) -> Result<Service, LbError> {
     spec.validate()?;
+    let hs = spec.health.as_ref().filter(|h| h.enabled());
+    let rehome = hs.is_none_or(|h| h.on_down == OnDown::Rehome);
     let mut keyed: Vec<(String, &crate::spec::BackendSpec)> = spec
         .backends
         .iter()
@@ -536,11 +571,22 @@ fn build_service(spec: &ServiceSpec, prev: Option<&Service>) -> Result<Service, 
         .enumerate()
         .map(|(i, (_, b))| {
             let (addr, v6) = addr_bits(b.ip);
+            let health = if hs.is_some() {
+                health_map
+                    .get(&(spec.name.clone(), b.ip))
+                    .copied()
+                    .unwrap_or_default()
+            } else {
+                Health::Unknown
+            };
             Backend {
                 ip: b.ip,
                 weight: b.weight,
                 state: b.state,
                 mac: b.mac,
+                health,
+                keeps_flows: b.state != BackendState::Down
+                    && !(rehome && health == Health::Unhealthy),
                 slots: 0,
                 r: BackendRef {
                     addr,
@@ -606,6 +652,7 @@ fn build_service(spec: &ServiceSpec, prev: Option<&Service>) -> Result<Service, 
         vni: spec.vni,
         encap: spec.encap,
         table_size: spec.table_size,
+        checked: hs.is_some(),
         backends,
         by_addr,
         table,
@@ -614,13 +661,11 @@ fn build_service(spec: &ServiceSpec, prev: Option<&Service>) -> Result<Service, 
     })
 }
 
-/// Same addresses at the same indices, and the same ones down.
+/// Same addresses at the same indices, and the same ones keeping their flows.
 fn same_backend_list(a: &[Backend], b: &[Backend]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
-            x.r.addr == y.r.addr
-                && x.r.v6 == y.r.v6
-                && (x.state == BackendState::Down) == (y.state == BackendState::Down)
+            x.r.addr == y.r.addr && x.r.v6 == y.r.v6 && x.keeps_flows == y.keeps_flows
         })
 }
 

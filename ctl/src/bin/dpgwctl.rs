@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use ctl::{
-    Action, BackendSpec, BackendState, Client, ClientError, Command, Data, EncapKind, MacAddr,
-    Proto, Response, RuleFormat, RuleSpec, ServiceSpec, StatsReport, DEFAULT_SOCKET,
+    Action, BackendSpec, BackendState, Client, ClientError, Command, Data, EncapKind, HealthKind,
+    HealthMode, HealthSpec, MacAddr, OnDown, Proto, Response, RuleFormat, RuleSpec, ServiceSpec,
+    StatsReport, DEFAULT_SOCKET,
 };
 
 #[derive(Parser)]
@@ -232,11 +233,103 @@ enum ServiceCmd {
         /// Maglev table size (prime).
         #[arg(long)]
         table_size: Option<u32>,
+        #[command(flatten)]
+        health: HealthArgs,
+    },
+    /// Sets a service's health checks (`--kind none` removes them); their
+    /// state restarts at unknown.
+    Health {
+        name: String,
+        #[command(flatten)]
+        health: HealthArgs,
     },
     /// Removes a service and its backends.
     Del { name: String },
     /// Lists services.
     List,
+}
+
+/// The keys of `[service.health]` (defaults as there).
+#[derive(clap::Args, Default)]
+struct HealthArgs {
+    /// tcp, http, udp or none.
+    #[arg(long = "kind", id = "health_kind")]
+    kind: Option<String>,
+    /// inband or direct.
+    #[arg(long = "mode", id = "health_mode")]
+    mode: Option<String>,
+    /// HTTP path.
+    #[arg(long = "path", id = "health_path")]
+    path: Option<String>,
+    /// HTTP status that counts as success (default: any 2xx/3xx).
+    #[arg(long = "expect-status", id = "health_expect_status")]
+    expect_status: Option<u16>,
+    /// UDP payload.
+    #[arg(long = "payload", id = "health_payload")]
+    payload: Option<String>,
+    /// Port probed (default: the service port).
+    #[arg(long = "check-port", id = "health_port")]
+    port: Option<u16>,
+    /// VNI of in-band probes to vxlan backends (default: the service's).
+    #[arg(long = "check-vni", id = "health_vni")]
+    vni: Option<u32>,
+    #[arg(long = "interval-ms", id = "health_interval")]
+    interval_ms: Option<u32>,
+    #[arg(long = "timeout-ms", id = "health_timeout")]
+    timeout_ms: Option<u32>,
+    /// Consecutive successes to become healthy.
+    #[arg(long = "rise", id = "health_rise")]
+    rise: Option<u32>,
+    /// Consecutive failures to become unhealthy.
+    #[arg(long = "fall", id = "health_fall")]
+    fall: Option<u32>,
+    /// rehome or keep.
+    #[arg(long = "on-down", id = "health_on_down")]
+    on_down: Option<String>,
+}
+
+impl HealthArgs {
+    /// The section these flags describe (`None`: no checks).
+    fn spec(self) -> Result<Option<HealthSpec>, String> {
+        let kind = match self.kind {
+            None if self.mode.is_none()
+                && self.path.is_none()
+                && self.interval_ms.is_none()
+                && self.timeout_ms.is_none()
+                && self.rise.is_none()
+                && self.fall.is_none() =>
+            {
+                return Ok(None)
+            }
+            None => return Err("--kind: required with the other health flags".into()),
+            Some(k) => HealthKind::try_from(k)?,
+        };
+        if kind == HealthKind::None {
+            return Ok(None);
+        }
+        let mut h = HealthSpec {
+            kind,
+            ..HealthSpec::default()
+        };
+        if let Some(m) = self.mode {
+            h.mode = HealthMode::try_from(m)?;
+        }
+        if let Some(o) = self.on_down {
+            h.on_down = OnDown::try_from(o)?;
+        }
+        if let Some(p) = self.path {
+            h.path = p;
+        }
+        h.expect_status = self.expect_status;
+        h.payload = self.payload.unwrap_or_default();
+        h.port = self.port;
+        h.vni = self.vni;
+        h.interval_ms = self.interval_ms.unwrap_or(h.interval_ms);
+        h.timeout_ms = self.timeout_ms.unwrap_or(h.timeout_ms);
+        h.rise = self.rise.unwrap_or(h.rise);
+        h.fall = self.fall.unwrap_or(h.fall);
+        Ok(Some(h))
+    }
 }
 
 #[derive(Subcommand)]
@@ -389,6 +482,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 vni,
                 encap,
                 table_size,
+                health,
             } => {
                 let proto = match proto {
                     ProtoArg::Tcp => Proto::Tcp,
@@ -404,8 +498,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 if let Some(m) = table_size {
                     spec.table_size = m;
                 }
+                spec.health = health.spec()?;
                 Command::ServiceAdd { service: spec }
             }
+            ServiceCmd::Health { name, health } => Command::ServiceHealth {
+                name,
+                health: health.spec()?,
+            },
             ServiceCmd::Del { name } => Command::ServiceDel { name },
             ServiceCmd::List => Command::ServiceList,
         },
@@ -1016,12 +1115,18 @@ fn human(cmd: &Command, r: &Response) -> String {
                         s.encap.to_string(),
                         s.table_size.to_string(),
                         s.backends.len().to_string(),
+                        s.health
+                            .as_ref()
+                            .filter(|h| h.enabled())
+                            .map_or("-".into(), |h| {
+                                format!("{} {} {}ms", h.kind, h.mode, h.interval_ms)
+                            }),
                     ]
                 })
                 .collect();
             table(
                 &[
-                    "NAME", "VNI", "VIP", "PORT", "PROTO", "ENCAP", "TABLE", "BACKENDS",
+                    "NAME", "VNI", "VIP", "PORT", "PROTO", "ENCAP", "TABLE", "BACKENDS", "CHECKS",
                 ],
                 &rows,
             )
@@ -1030,16 +1135,27 @@ fn human(cmd: &Command, r: &Response) -> String {
             let rows: Vec<Vec<String>> = backends
                 .iter()
                 .map(|b| {
+                    let h = b.health.as_ref();
                     vec![
                         b.service.clone(),
                         b.backend.ip.to_string(),
                         b.backend.weight.to_string(),
                         b.backend.state.to_string(),
                         b.backend.mac.map_or("-".into(), |m| m.to_string()),
+                        h.map_or("-".into(), |h| h.health.to_string()),
+                        h.and_then(|h| h.last.clone()).unwrap_or_else(|| "-".into()),
+                        h.and_then(|h| h.latency_us)
+                            .map_or("-".into(), |us| format!("{:.1}ms", us as f64 / 1e3)),
+                        h.map_or("-".into(), |h| format!("{:.1}s", h.since_ms as f64 / 1e3)),
                     ]
                 })
                 .collect();
-            table(&["SERVICE", "IP", "WEIGHT", "STATE", "MAC"], &rows)
+            table(
+                &[
+                    "SERVICE", "IP", "WEIGHT", "STATE", "MAC", "HEALTH", "LAST", "LATENCY", "SINCE",
+                ],
+                &rows,
+            )
         }
         (
             Some(Data::Rules {
@@ -1378,6 +1494,54 @@ mod tests {
         ));
         assert!(Cli::try_parse_from(["dpgwctl", "backend", "add", "web", "10.0.0.300"]).is_err());
         assert!(Cli::try_parse_from(["dpgwctl", "rule", "add", "--src", "10.0.0.0/8"]).is_err());
+    }
+
+    #[test]
+    fn test_health_flags() {
+        let health = |args: &[&str]| -> Result<Option<HealthSpec>, String> {
+            let mut v = vec!["dpgwctl", "service", "health", "web"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).map_err(|e| e.to_string())?.cmd {
+                Cmd::Service(ServiceCmd::Health { health, .. }) => health.spec(),
+                _ => unreachable!(),
+            }
+        };
+        let h = health(&[
+            "--kind",
+            "http",
+            "--mode",
+            "direct",
+            "--path",
+            "/hz",
+            "--interval-ms",
+            "200",
+            "--timeout-ms",
+            "100",
+            "--fall",
+            "2",
+            "--on-down",
+            "keep",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.kind, HealthKind::Http);
+        assert_eq!(h.mode, HealthMode::Direct);
+        assert_eq!(h.on_down, OnDown::Keep);
+        assert_eq!(
+            (h.path.as_str(), h.interval_ms, h.timeout_ms, h.rise, h.fall),
+            ("/hz", 200, 100, 2, 2)
+        );
+        assert_eq!(health(&["--kind", "none"]).unwrap(), None);
+        assert_eq!(health(&[]).unwrap(), None);
+        for (args, key) in [
+            (&["--kind", "tpc"][..], "health.kind"),
+            (&["--kind", "tcp", "--mode", "x"][..], "health.mode"),
+            (&["--kind", "tcp", "--on-down", "x"][..], "health.on_down"),
+            (&["--rise", "2"][..], "--kind"),
+        ] {
+            let e = health(args).unwrap_err();
+            assert!(e.contains(key), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -270,6 +270,11 @@ pub fn collect(
         flow_tables,
         flow_total,
         ports: shared.port_counters(),
+        health: shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .report(),
     }
 }
 
@@ -447,6 +452,66 @@ fn per_flow_table(s: &Sources, f: fn(&FlowTableCounters) -> u64) -> Vec<Sample> 
 
 /// Every family of `/metrics`, in output order.
 const FAMILIES: &[Family] = &[
+    Family {
+        name: "dpgw_backend_healthy",
+        kind: Kind::Gauge,
+        help: "1 unless the backend's health checks found it unhealthy (unknown counts as healthy), per checked backend.",
+        optional: true,
+        samples: |s| {
+            s.report
+                .health
+                .backends
+                .iter()
+                .map(|h| {
+                    sample(
+                        vec![("service", h.service.clone()), ("backend", h.ip.to_string())],
+                        u64::from(h.health != ctl::Health::Unhealthy),
+                    )
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "dpgw_health_checks_total",
+        kind: Kind::Counter,
+        help: "Completed backend health checks by result (ok, timeout, refused, http_status, reset, bad_response).",
+        optional: false,
+        samples: |s| {
+            let h = &s.report.health.results;
+            ["ok", "timeout", "refused", "http_status", "reset", "bad_response"]
+                .iter()
+                .map(|r| {
+                    sample(
+                        vec![("result", r.to_string())],
+                        h.get(*r).copied().unwrap_or(0),
+                    )
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "dpgw_health_transitions_total",
+        kind: Kind::Counter,
+        help: "Changes of a backend's health state.",
+        optional: false,
+        samples: |s| vec![sample(vec![], s.report.health.transitions)],
+    },
+    Family {
+        name: "dpgw_service_healthy",
+        kind: Kind::Gauge,
+        help: "0 for a checked service whose every backend is unhealthy (new flows dropped as no_backend), else 1.",
+        optional: true,
+        samples: |s| {
+            let bad = &s.report.health.unhealthy_services;
+            let mut names: Vec<&String> =
+                s.report.health.backends.iter().map(|h| &h.service).collect();
+            names.dedup();
+            names
+                .into_iter()
+                .map(|n| sample(vec![("service", n.clone())], u64::from(!bad.contains(n))))
+                .collect()
+        },
+    },
     Family {
         name: "dpgw_generation",
         kind: Kind::Gauge,
@@ -912,6 +977,20 @@ mod tests {
             },
         ];
         r.rules = vec![RuleCounters { id: 10, hits: 9 }];
+        r.health = ctl::HealthReport {
+            backends: vec![ctl::HealthRow {
+                service: "web".into(),
+                ip: "192.168.1.1".parse().unwrap(),
+                health: ctl::Health::Unhealthy,
+                last: Some("http 503".into()),
+                latency_us: None,
+                since_ms: 10,
+                checks: 4,
+            }],
+            results: [("ok".to_string(), 3), ("http_status".to_string(), 4)].into(),
+            transitions: 2,
+            unhealthy_services: vec!["web".into()],
+        };
         r.flow_tables = tel
             .iter()
             .enumerate()
@@ -995,6 +1074,31 @@ mod tests {
         }
         for (fam, series, v) in [
             ("dpgw_generation", "dpgw_generation", 7.0),
+            (
+                "dpgw_backend_healthy",
+                "dpgw_backend_healthy{service=\"web\",backend=\"192.168.1.1\"}",
+                0.0,
+            ),
+            (
+                "dpgw_health_checks_total",
+                "dpgw_health_checks_total{result=\"http_status\"}",
+                4.0,
+            ),
+            (
+                "dpgw_health_checks_total",
+                "dpgw_health_checks_total{result=\"timeout\"}",
+                0.0,
+            ),
+            (
+                "dpgw_health_transitions_total",
+                "dpgw_health_transitions_total",
+                2.0,
+            ),
+            (
+                "dpgw_service_healthy",
+                "dpgw_service_healthy{service=\"web\"}",
+                0.0,
+            ),
             (
                 "dpgw_worker_running",
                 "dpgw_worker_running{worker=\"1\"}",

@@ -119,10 +119,11 @@ pub fn start(
     let desired = state::Desired::new(cfg).map_err(|e| ControlError::State(e.to_string()))?;
     // Rules that had no id got one: publish tables that count them by it.
     if desired.config().acl != cfg.acl {
-        let gen = shared.tables.load().generation + 1;
-        let t =
-            Tables::build(desired.config(), gen).map_err(|e| ControlError::State(e.to_string()))?;
-        shared.tables.store(Arc::new(t));
+        shared
+            .publish_with(|prev, gen| {
+                Tables::rebuild(desired.config(), desired.services(), prev, gen)
+            })
+            .map_err(|e| ControlError::State(e.to_string()))?;
     }
     let config_path = config_path
         .canonicalize()

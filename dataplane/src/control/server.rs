@@ -600,6 +600,19 @@ impl Server {
                 .map(Some),
             Command::Explain { packet } => super::watch::explain(&self.shared, packet).map(Some),
             other => match self.desired.list(other) {
+                Some(Ok(Data::Backends { mut backends })) => {
+                    // The checker's view beside the admin state.
+                    let board = self.shared.health.lock().unwrap_or_else(|p| p.into_inner());
+                    let report = board.report();
+                    for row in &mut backends {
+                        row.health = report
+                            .backends
+                            .iter()
+                            .find(|h| h.service == row.service && h.ip == row.backend.ip)
+                            .cloned();
+                    }
+                    Ok(Some(Data::Backends { backends }))
+                }
                 Some(r) => r.map(Some).map_err(|e| (e.code(), e.to_string())),
                 None => Err((
                     ErrorCode::BadRequest,
@@ -623,14 +636,15 @@ impl Server {
             Ok(c) => c,
             Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
         };
-        let prev = self.shared.tables.load_full();
-        let generation = prev.generation + 1;
         let next = &change.next;
-        let tables = match Tables::rebuild(next.config(), next.services(), &prev, generation) {
-            Ok(t) => t,
+        let mut generation = 0;
+        let retired = match self.shared.publish_with(|prev, g| {
+            generation = g;
+            Tables::rebuild(next.config(), next.services(), prev, g)
+        }) {
+            Ok(r) => r,
             Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
         };
-        let retired = self.shared.tables.swap(Arc::new(tables));
         self.desired = change.next;
         log_change(cmd, generation);
         let mut resp = Response::ok(change.data);
@@ -669,9 +683,16 @@ impl Server {
                 ],
             ),
             Ok(r) => {
-                let prev = self.shared.tables.load_full();
-                let generation = prev.generation + 1;
-                match Tables::rebuild(r.next.config(), r.next.services(), &prev, generation) {
+                let mut generation = 0;
+                let mut digest = String::new();
+                let next = &r.next;
+                let published = self.shared.publish_with(|prev, g| {
+                    generation = g;
+                    let t = Tables::rebuild(next.config(), next.services(), prev, g)?;
+                    digest = t.digest().to_string();
+                    Ok::<Tables, crate::tables::BuildError>(t)
+                });
+                match published {
                     Err(e) => log::event(
                         Level::Error,
                         "reload_failed",
@@ -681,9 +702,7 @@ impl Server {
                             ("result", &"failed, running state kept"),
                         ],
                     ),
-                    Ok(t) => {
-                        let digest = t.digest().to_string();
-                        self.shared.tables.store(Arc::new(t));
+                    Ok(_retired) => {
                         self.desired = r.next;
                         log::event(
                             Level::Info,

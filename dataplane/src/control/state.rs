@@ -137,6 +137,9 @@ impl Desired {
         let mut data = None;
         match cmd {
             Command::ServiceAdd { service } => next.services.add_service(service.clone())?,
+            Command::ServiceHealth { name, health } => {
+                next.services.set_health(name, health.clone())?
+            }
             Command::ServiceDel { name } => {
                 next.services.del_service(name)?;
             }
@@ -277,6 +280,7 @@ impl Desired {
                         .map(|b| BackendRow {
                             service: s.name.clone(),
                             backend: b.clone(),
+                            health: None,
                         })
                         .collect::<Vec<_>>()
                 };
@@ -463,6 +467,74 @@ ip = "192.168.0.1"
             let e = d.apply(&cmd).unwrap_err().to_string();
             assert!(e.contains(want), "{cmd:?}: {e}");
         }
+    }
+
+    #[test]
+    fn test_service_health() {
+        let d = Desired::new(&base()).unwrap();
+        let tcp = lb::HealthSpec {
+            kind: lb::HealthKind::Tcp,
+            ..lb::HealthSpec::default()
+        };
+        for (h, key) in [
+            (
+                lb::HealthSpec {
+                    rise: 0,
+                    ..tcp.clone()
+                },
+                "health.rise",
+            ),
+            (
+                lb::HealthSpec {
+                    timeout_ms: 1000,
+                    ..tcp.clone()
+                },
+                "health.timeout_ms",
+            ),
+            (
+                lb::HealthSpec {
+                    kind: lb::HealthKind::Udp,
+                    ..tcp.clone()
+                },
+                "health.kind",
+            ),
+        ] {
+            let e = d
+                .apply(&Command::ServiceHealth {
+                    name: "web".into(),
+                    health: Some(h),
+                })
+                .unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+            assert_eq!(e.code(), ErrorCode::Invalid);
+        }
+        let e = d
+            .apply(&Command::ServiceHealth {
+                name: "nope".into(),
+                health: Some(tcp.clone()),
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotFound);
+        let c = d
+            .apply(&Command::ServiceHealth {
+                name: "web".into(),
+                health: Some(tcp.clone()),
+            })
+            .unwrap();
+        // The change is in the config (dump and save keep it).
+        let text = c.next.config().to_toml();
+        assert!(
+            text.contains("[service.health]") && text.contains("kind = \"tcp\""),
+            "{text}"
+        );
+        let again = Config::parse(&text).unwrap();
+        assert_eq!(again.service[0].health, Some(tcp));
+        // A config with a bad section names the key.
+        let bad = text.replace("rise = 2", "rise = 0");
+        let e = crate::tables::Tables::build(&Config::parse(&bad).unwrap(), 1).unwrap_err();
+        assert!(e.to_string().contains("health.rise"), "{e}");
+        let e = Config::parse(&text.replace("kind = \"tcp\"", "kind = \"tpc\"")).unwrap_err();
+        assert!(e.to_string().contains("health.kind"), "{e}");
     }
 
     #[test]
