@@ -64,7 +64,8 @@ impl Stage for Decap {
     }
 }
 
-/// Inner Ethernet/IP/L4 → `FlowKey`.
+/// Inner Ethernet/IP/L4 → `FlowKey`; an inner IPv4 header with a wrong
+/// checksum is dropped (`inner_bad_checksum`, RFC 1812 §5.2.2).
 #[derive(Default)]
 pub struct InnerParse;
 
@@ -82,6 +83,9 @@ impl Stage for InnerParse {
                 continue;
             }
             match vxlan::parse_inner(pkts[i].data(), meta[i].vni) {
+                Ok(inner) if !vxlan::inner_checksum_ok(pkts[i].data(), &inner) => {
+                    v[i] = Verdict::Drop(DropReason::InnerBadChecksum);
+                }
                 Ok(inner) => {
                     meta[i].key = inner.key;
                     meta[i].l3_off = inner.l3_offset as u16;

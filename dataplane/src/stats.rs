@@ -34,6 +34,7 @@ drop_reasons! {
     InnerTruncated => "inner_truncated",
     InnerNotIp => "inner_not_ip",
     InnerBadHeader => "inner_bad_header",
+    InnerBadChecksum => "inner_bad_checksum",
     TtlExpired => "ttl_expired",
     NonVip => "non_vip",
     AclDeny => "acl_deny",

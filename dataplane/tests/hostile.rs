@@ -628,6 +628,10 @@ fn inner_reference(inner: &[u8]) -> Expect {
             if has_ports && total - hl < 4 {
                 return Drop("inner_truncated");
             }
+            // RFC 1812 §5.2.2: a bad inner header checksum is discarded.
+            if csum(&ip[..hl]) != 0 {
+                return Drop("inner_bad_checksum");
+            }
             let dport = if has_ports { be16(ip, hl + 2) } else { 0 };
             (
                 total,
@@ -693,17 +697,8 @@ fn inner_reference(inner: &[u8]) -> Expect {
     out[6..12].copy_from_slice(&LOCAL_MAC);
     out[l3 + ttl_at] -= 1;
     if !v6 {
-        let hl = usize::from(out[l3] & 15) * 4;
-        if csum(&ip[..hl]) == 0 {
-            fix_ipv4_csum(&mut out[l3..]);
-        } else {
-            // An invalid checksum stays invalid: RFC 1624 update of the
-            // TTL word (−0x0100), as a router that does not verify does.
-            let c = be16(&out, l3 + 10);
-            let s = u32::from(!c) + 0xfeff;
-            let s = (s & 0xffff) + (s >> 16);
-            out[l3 + 10..l3 + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
-        }
+        // The checksum was verified above.
+        fix_ipv4_csum(&mut out[l3..]);
     }
     Expect::Routed(out)
 }
@@ -1504,6 +1499,54 @@ fn hostile_ttl() {
     // which is not a service); to the service VIP: encapsulated regardless.
     assert_eq!(count(&got, "ttl_expired"), 2 * 3);
     assert_eq!(count(&got, "tx"), 16 - 6);
+}
+
+/// Inner IPv4 headers with a wrong checksum (RFC 1812 §5.2.2): every 16-bit
+/// word of the header, options included, off by one bit, routed and to the
+/// service VIP, plus the intact frames; over IPv4 and IPv6 outers.
+#[test]
+fn hostile_inner_bad_checksum() {
+    let mut frames = Vec::new();
+    let (mut bad, mut corrupted) = (0u64, 0u64);
+    for outer_v6 in [false, true] {
+        let o = OuterSpec {
+            v6: outer_v6,
+            ..Default::default()
+        };
+        for dst4 in [[192, 168, 50, 1], VIP] {
+            for opts in [Vec::new(), vec![1, 1, 1, 0]] {
+                let i = InnerSpec {
+                    dst4,
+                    dport: VIP_PORT,
+                    opts: opts.clone(),
+                    ..Default::default()
+                };
+                let good = inner_frame(&i);
+                frames.push(vxlan_frame(&o, &good));
+                let hl = 20 + opts.len();
+                for word in 0..hl / 2 {
+                    // Bit 0 of the word's low byte (TOS, length, id, offset,
+                    // TTL, checksum, addresses, options).
+                    let mut f = good.clone();
+                    f[14 + 2 * word + 1] ^= 1;
+                    if word != 1 {
+                        bad += 1;
+                    }
+                    corrupted += 1;
+                    frames.push(vxlan_frame(&o, &f));
+                }
+            }
+        }
+    }
+    let got = run_group("inner_csum", &frames);
+    // Hand count: every corruption but the total length's is a checksum
+    // error; a total length one byte longer than the frame is a bad header,
+    // one shorter parses and fails the checksum.
+    let csum = count(&got, "inner_bad_checksum");
+    assert!(csum >= bad, "{got:?}");
+    assert_eq!(csum + count(&got, "inner_bad_header"), corrupted, "{got:?}");
+    // The 8 intact frames go out (4 routed, 4 to the VIP).
+    assert_eq!(count(&got, "tx"), 8, "{got:?}");
 }
 
 /// Broadcast / multicast source MACs and addresses, outer and inner; outer

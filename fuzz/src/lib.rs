@@ -129,6 +129,9 @@ fn expected_front(frame: &[u8], t: &Tables) -> Result<(usize, usize, vxlan::Inne
     );
     let inner = &frame[d.inner_offset..d.inner_offset + d.inner_len];
     let p = vxlan::parse_inner(inner, d.vni).map_err(DropReason::from)?;
+    if !vxlan::inner_checksum_ok(inner, &p) {
+        return Err(DropReason::InnerBadChecksum);
+    }
     assert!(
         p.l3_offset + p.l3_len <= inner.len(),
         "parse_inner points past the frame"

@@ -68,7 +68,9 @@ pub use encap::{
     build_inner_frame, emit_gue, emit_ipip, emit_vxlan, gue_header_len, ipip_header_len,
     vxlan_header_len, InnerSpec, Outer,
 };
-pub use flow::{flow_src_port, parse_inner, symmetric_hash, FlowKey, Inner, InnerError};
+pub use flow::{
+    flow_src_port, inner_checksum_ok, parse_inner, symmetric_hash, FlowKey, Inner, InnerError,
+};
 pub use rewrite::{decrement_ttl, set_macs, TtlError};
 
 use core::fmt;
