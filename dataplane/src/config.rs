@@ -279,6 +279,10 @@ pub struct GatewaySection {
     /// UDP ports that carry VXLAN.
     #[serde(default = "default_vxlan_ports")]
     pub vxlan_ports: Vec<u16>,
+    /// UDP ports that carry Geneve (RFC 8926, IANA port 6081). Empty = no
+    /// Geneve decapsulation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub geneve_ports: Vec<u16>,
     /// Source MAC of everything we transmit.
     #[serde(default = "default_local_mac", with = "mac_serde")]
     pub local_mac: [u8; 6],
@@ -328,6 +332,7 @@ impl Default for GatewaySection {
         GatewaySection {
             vtep_ips: Vec::new(),
             vxlan_ports: default_vxlan_ports(),
+            geneve_ports: Vec::new(),
             local_mac: default_local_mac(),
             next_hop_mac: default_next_hop_mac(),
             non_vip: NonVip::Forward,
@@ -528,6 +533,14 @@ impl Config {
         if g.vxlan_ports.contains(&0) {
             p.push("gateway.vxlan_ports: port 0 is not a valid UDP port".into());
         }
+        if g.geneve_ports.contains(&0) {
+            p.push("gateway.geneve_ports: port 0 is not a valid UDP port".into());
+        }
+        for port in g.geneve_ports.iter().filter(|x| g.vxlan_ports.contains(x)) {
+            p.push(format!(
+                "gateway.geneve_ports: port {port} is also in gateway.vxlan_ports"
+            ));
+        }
         let v4 = g.underlay_ips.iter().filter(|a| a.is_ipv4()).count();
         let v6 = g.underlay_ips.len() - v4;
         if v4 > 1 || v6 > 1 {
@@ -670,6 +683,32 @@ mod tests {
         assert_eq!(c.dataplane.burst, 32);
         assert_eq!(c.gateway.vxlan_ports, vec![4789]);
         assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn test_geneve_ports() {
+        let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n").unwrap();
+        assert!(c.gateway.geneve_ports.is_empty(), "off by default");
+        let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n[gateway]\ngeneve_ports = [6081]\n")
+            .unwrap();
+        assert_eq!(c.gateway.geneve_ports, vec![6081]);
+        assert!(c.validate().is_empty());
+        let c =
+            Config::parse("[pcap]\ninput = [\"a.pcap\"]\n[gateway]\ngeneve_ports = [0, 4789]\n")
+                .unwrap();
+        let p = c.validate();
+        assert!(
+            p.iter()
+                .any(|s| s.starts_with("gateway.geneve_ports: port 0")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|s| s.contains("port 4789 is also in gateway.vxlan_ports")),
+            "{p:?}"
+        );
+        let e = Config::parse("[gateway]\ngeneve_ports = [\"x\"]\n").unwrap_err();
+        assert!(e.contains("geneve_ports") || e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl Stage for Decap {
                     p.adj(d.inner_offset);
                     meta[i].vni = d.vni;
                     meta[i].outer_len = d.inner_offset as u16;
+                    meta[i].geneve_len = d.geneve_len;
                     meta[i].finished = false;
                 }
                 Err(vxlan::DecapError::NotIp | vxlan::DecapError::NotUdp)
@@ -631,10 +632,11 @@ fn encap<P: Packet>(
     };
     let l3 = m.l3_off as usize;
     match b.encap {
-        lb::EncapKind::Vxlan => {
+        lb::EncapKind::Vxlan | lb::EncapKind::Geneve => {
             // The inner Ethernet frame goes to the backend's VTEP: its MACs become
             // gateway → backend (as Cilium's VTEP integration expects).
             let inner_len = p.data().len();
+            // Geneve without options is as long as VXLAN.
             let hl = vxlan::vxlan_header_len(&outer);
             if inner_len + hl - 14 > t.mtu as usize {
                 let room = (t.mtu as usize + 14).saturating_sub(hl + l3);
@@ -648,14 +650,12 @@ fn encap<P: Packet>(
                 return Err(DropReason::NoHeadroom);
             }
             let (hdr, inner) = p.data_mut().split_at_mut(hl);
-            vxlan::emit_vxlan(
-                &outer,
-                vxlan::flow_src_port(&m.key),
-                t.vxlan_dst_port,
-                m.vni,
-                inner,
-                hdr,
-            );
+            let sport = vxlan::flow_src_port(&m.key);
+            if b.encap == lb::EncapKind::Vxlan {
+                vxlan::emit_vxlan(&outer, sport, t.vxlan_dst_port, m.vni, inner, hdr);
+            } else {
+                vxlan::emit_geneve(&outer, sport, t.geneve_dst_port, m.vni, inner, hdr);
+            }
         }
         lb::EncapKind::Ipip | lb::EncapKind::Gue => {
             // The inner Ethernet header is replaced by the outer stack.

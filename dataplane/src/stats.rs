@@ -31,6 +31,10 @@ drop_reasons! {
     WrongVtep => "wrong_vtep",
     BadVxlanFlags => "bad_vxlan_flags",
     BadUdpLength => "bad_udp_length",
+    BadGeneveHeader => "bad_geneve_header",
+    GeneveControl => "geneve_control",
+    GeneveCritical => "geneve_critical",
+    GeneveProto => "geneve_proto",
     InnerTruncated => "inner_truncated",
     InnerNotIp => "inner_not_ip",
     InnerBadHeader => "inner_bad_header",
@@ -62,6 +66,10 @@ impl From<vxlan::DecapError> for DropReason {
             E::WrongVtep => DropReason::WrongVtep,
             E::BadVxlanFlags => DropReason::BadVxlanFlags,
             E::BadUdpLength => DropReason::BadUdpLength,
+            E::BadGeneveHeader => DropReason::BadGeneveHeader,
+            E::GeneveControl => DropReason::GeneveControl,
+            E::GeneveCritical => DropReason::GeneveCritical,
+            E::GeneveProto => DropReason::GeneveProto,
         }
     }
 }

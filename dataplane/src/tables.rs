@@ -28,6 +28,9 @@ pub struct Tables {
     pub underlay_v4: Option<std::net::Ipv4Addr>,
     pub underlay_v6: Option<std::net::Ipv6Addr>,
     pub vxlan_dst_port: u16,
+    /// UDP destination port of `geneve` encapsulation to backends: the first
+    /// of `geneve_ports`, else 6081.
+    pub geneve_dst_port: u16,
     pub gue_port: u16,
     pub mtu: u16,
 }
@@ -223,6 +226,7 @@ impl Tables {
                 vtep_v4: g.vtep_v4(),
                 vtep_v6: g.vtep_v6(),
                 ports: g.vxlan_ports.clone(),
+                geneve_ports: g.geneve_ports.clone(),
             },
             local_mac: g.local_mac,
             next_hop_mac: g.next_hop_mac,
@@ -240,6 +244,11 @@ impl Tables {
             underlay_v4,
             underlay_v6,
             vxlan_dst_port: g.vxlan_ports.first().copied().unwrap_or(4789),
+            geneve_dst_port: g
+                .geneve_ports
+                .first()
+                .copied()
+                .unwrap_or(vxlan::geneve::PORT),
             gue_port: g.gue_port,
             mtu: g.mtu,
         })

@@ -22,7 +22,7 @@ use dataplane::stats::DropReason;
 use dataplane::tables::Tables;
 
 /// The gateway the pipeline target runs against: two VTEPs (v4 and v6), two
-/// VXLAN ports, a tenant ACL with a VNI default, and four services covering
+/// VXLAN and Geneve ports, a tenant ACL with a VNI default, and five services covering
 /// every encapsulation and a service whose only backend is down.
 /// `{VTEPS}` is replaced by the VTEP list (strict, or empty = any destination).
 pub const FIXED_TOML: &str = r#"
@@ -33,6 +33,7 @@ input = ["fuzz.pcap"]
 [gateway]
 vtep_ips = [{VTEPS}]
 vxlan_ports = [4789, 8472]
+geneve_ports = [6081]
 underlay_ips = ["10.0.0.1", "fd00::1"]
 local_mac = "02:00:00:00:00:01"
 next_hop_mac = "02:00:00:00:00:fe"
@@ -90,6 +91,16 @@ table_size = 251
 [[service.backend]]
 ip = "fd09::1"
 mac = "02:be:00:00:00:01"
+[[service]]
+name = "gen"
+vip = "192.168.0.4"
+port = 8080
+proto = "tcp"
+encap = "geneve"
+table_size = 251
+[[service.backend]]
+ip = "10.9.0.5"
+mac = "02:be:00:00:00:02"
 [[service]]
 name = "dead"
 vip = "192.168.0.3"
@@ -319,7 +330,7 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
             let extra = match svc.encap {
                 lb::EncapKind::Ipip => 0,
                 lb::EncapKind::Gue => 8 + 4,
-                lb::EncapKind::Vxlan => 8 + 8 + l3,
+                lb::EncapKind::Vxlan | lb::EncapKind::Geneve => 8 + 8 + l3,
             };
             if ip_in.len() + outer_ip + extra > usize::from(t.mtu) {
                 check_too_big(out, frame);
@@ -441,11 +452,15 @@ fn check_encap(
                 "GUE payload does not end with the inner packet"
             );
         }
-        lb::EncapKind::Vxlan => {
+        lb::EncapKind::Vxlan | lb::EncapKind::Geneve => {
             assert_eq!(r.proto, 17);
             let ulen = usize::from(u16::from_be_bytes([payload[4], payload[5]]));
-            assert_eq!(ulen, payload.len(), "VXLAN UDP length");
-            assert_eq!(payload[8] & 0x08, 0x08, "VXLAN I flag");
+            assert_eq!(ulen, payload.len(), "VXLAN/Geneve UDP length");
+            if svc.encap == lb::EncapKind::Vxlan {
+                assert_eq!(payload[8] & 0x08, 0x08, "VXLAN I flag");
+            } else {
+                assert_eq!(&payload[8..12], &[0, 0, 0x65, 0x58], "Geneve v0, no options");
+            }
             let f = &payload[16..];
             assert_eq!(f.len(), l3 + ip_in.len());
             assert_eq!(&f[6..12], &t.local_mac, "inner src MAC");

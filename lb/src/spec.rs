@@ -11,7 +11,7 @@
 //!   and at least the number of backends; at most
 //!   [`MAX_BACKENDS`](crate::maglev::MAX_BACKENDS) backends;
 //! * backend IPs are unique within a service;
-//! * every backend of a `vxlan` service has a `mac`;
+//! * every backend of a `vxlan` or `geneve` service has a `mac`;
 //! * **address family**: a backend has the same family as its service's VIP. The
 //!   outer (encapsulation) header is addressed to the backend and the inner packet
 //!   keeps the VIP, so mixed families would need 4-in-6 / 6-in-4 encapsulation;
@@ -77,6 +77,8 @@ pub enum EncapKind {
     Gue,
     /// VXLAN (needs the backend's MAC for the inner Ethernet header).
     Vxlan,
+    /// Geneve (RFC 8926) without options, like VXLAN (needs the backend's MAC).
+    Geneve,
 }
 
 impl fmt::Display for EncapKind {
@@ -85,6 +87,7 @@ impl fmt::Display for EncapKind {
             EncapKind::Ipip => "ipip",
             EncapKind::Gue => "gue",
             EncapKind::Vxlan => "vxlan",
+            EncapKind::Geneve => "geneve",
         })
     }
 }
@@ -314,8 +317,11 @@ impl ServiceSpec {
         if b.ip.is_unspecified() || b.ip.is_multicast() {
             return Err(inv("ip", "must be a unicast address".into()));
         }
-        if self.encap == EncapKind::Vxlan && b.mac.is_none() {
-            return Err(inv("mac", "required for vxlan encapsulation".into()));
+        if matches!(self.encap, EncapKind::Vxlan | EncapKind::Geneve) && b.mac.is_none() {
+            return Err(inv(
+                "mac",
+                format!("required for {} encapsulation", self.encap),
+            ));
         }
         Ok(())
     }

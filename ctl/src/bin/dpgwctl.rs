@@ -80,6 +80,7 @@ enum EncapArg {
     Ipip,
     Gue,
     Vxlan,
+    Geneve,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -281,6 +282,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     EncapArg::Ipip => EncapKind::Ipip,
                     EncapArg::Gue => EncapKind::Gue,
                     EncapArg::Vxlan => EncapKind::Vxlan,
+                    EncapArg::Geneve => EncapKind::Geneve,
                 };
                 if let Some(m) = table_size {
                     spec.table_size = m;
