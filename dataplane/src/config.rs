@@ -90,6 +90,9 @@ pub struct DataplaneSection {
     /// Idle timeout of a UDP flow, seconds.
     #[serde(default = "default_udp_timeout")]
     pub udp_timeout_s: u32,
+    /// Idle timeout of a TCP flow once the client sent a FIN, seconds.
+    #[serde(default = "default_fin_timeout")]
+    pub fin_timeout_s: u32,
 }
 
 impl Default for DataplaneSection {
@@ -104,6 +107,7 @@ impl Default for DataplaneSection {
             acl_cache: default_acl_cache(),
             tcp_timeout_s: default_tcp_timeout(),
             udp_timeout_s: default_udp_timeout(),
+            fin_timeout_s: default_fin_timeout(),
         }
     }
 }
@@ -125,6 +129,9 @@ fn default_tcp_timeout() -> u32 {
 }
 fn default_udp_timeout() -> u32 {
     30
+}
+fn default_fin_timeout() -> u32 {
+    10
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

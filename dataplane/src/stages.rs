@@ -384,6 +384,9 @@ impl Stage for Acl {
 /// it; other traffic follows `non_vip`.
 pub struct Lb {
     keys: [lb::FlowKey; MAX_BURST],
+    /// TCP flags of each gathered packet (0 for others): FIN/RST/SYN end or
+    /// renew flow-table entries.
+    flags: [u8; MAX_BURST],
     pos: [u16; MAX_BURST],
     out: [lb::LbVerdict; MAX_BURST],
     pub flows: Option<lb::flow_table::FlowTable>,
@@ -405,6 +408,7 @@ impl Default for Lb {
     fn default() -> Self {
         Lb {
             keys: [lb::FlowKey::default(); MAX_BURST],
+            flags: [0; MAX_BURST],
             pos: [0; MAX_BURST],
             out: [lb::LbVerdict::NotService; MAX_BURST],
             flows: None,
@@ -515,12 +519,23 @@ impl Stage for Lb {
         if n == 0 {
             return;
         }
+        for j in 0..n {
+            let k = &self.keys[j];
+            // Non-first fragments have no ports (and no TCP header).
+            self.flags[j] = if k.proto == 6 && (k.sport | k.dport) != 0 {
+                let i = self.pos[j] as usize;
+                tcp_flags_of(pkts[i].data(), meta[i].l3_off as usize, k.v6)
+            } else {
+                0
+            };
+        }
         let now = self.now_ms();
         let Some(flows) = self.flows.as_mut() else {
             return;
         };
-        t.lb.process_burst_with(
+        t.lb.process_burst_flags_with(
             &self.keys[..n],
+            &self.flags[..n],
             flows,
             now,
             &mut self.out[..n],
@@ -571,6 +586,24 @@ impl Stage for Lb {
             }
         }
     }
+}
+
+/// The TCP flags byte of the packet whose IP header is at `l3` in `d` (0 if
+/// it cannot be read; over IPv6 only when TCP follows the fixed header,
+/// extension headers are not walked for this).
+#[inline(always)]
+fn tcp_flags_of(d: &[u8], l3: usize, v6: bool) -> u8 {
+    const FLAGS: usize = 13;
+    let l4 = if v6 {
+        if d.get(l3 + 6) != Some(&6) {
+            return 0;
+        }
+        l3 + 40
+    } else {
+        let Some(&b) = d.get(l3) else { return 0 };
+        l3 + usize::from(b & 0x0f) * 4
+    };
+    d.get(l4 + FLAGS).copied().unwrap_or(0)
 }
 
 /// What became of a packet sent to a backend.
@@ -895,5 +928,55 @@ mod tests {
             "{}",
             cached.cache_counts.hits
         );
+    }
+
+    /// The LB stage reads TCP flags from the packets: a client RST removes
+    /// the flow's entry, a FIN marks it closing, other packets keep it.
+    #[test]
+    fn test_lb_stage_reads_tcp_flags() {
+        let text = "[pcap]\ninput = [\"x.pcap\"]\n[gateway]\nunderlay_ips = [\"10.0.0.1\"]\n\
+                    [[service]]\nname = \"web\"\nvip = \"192.168.0.1\"\nport = 80\nproto = \"tcp\"\n\
+                    [[service.backend]]\nip = \"10.9.0.1\"\n";
+        let cfg = Config::parse(text).unwrap();
+        let t = Tables::build(&cfg, 1).unwrap();
+        let mut lb = Lb::default();
+        let mut inner = InnerParse;
+        let send = |lb: &mut Lb, inner: &mut InnerParse, src: u8, flags: u8| {
+            let mut f = Vec::new();
+            vxlan::build_inner_frame(
+                &vxlan::InnerSpec {
+                    src_mac: [2, 0, 0, 0, 0, 2],
+                    dst_mac: [2, 0, 0, 0, 0, 1],
+                    src: std::net::Ipv4Addr::new(10, 1, 0, src).into(),
+                    dst: std::net::Ipv4Addr::new(192, 168, 0, 1).into(),
+                    proto: 6,
+                    sport: 40000,
+                    dport: 80,
+                    ttl: 64,
+                    frame_len: 80,
+                },
+                &mut f,
+            );
+            f[14 + 20 + 13] = flags; // TCP flags (the checksum is not looked at)
+            let mut b = HeapBuf::with_capacity(256);
+            b.load(&f, 0);
+            let mut pkts = [b];
+            let mut meta = [Meta::default()];
+            let mut v = [Verdict::Tx];
+            inner.process(&t, &mut pkts, &mut meta, &mut v);
+            lb.process(&t, &mut pkts, &mut meta, &mut v);
+            assert_eq!(v[0], Verdict::Tx);
+            assert!(meta[0].finished, "encapsulated to the backend");
+        };
+        let live = |lb: &Lb| lb.flows.as_ref().unwrap().live(lb.now_ms());
+        send(&mut lb, &mut inner, 1, 0x02); // SYN
+        send(&mut lb, &mut inner, 2, 0x02);
+        assert_eq!(live(&lb), 2);
+        send(&mut lb, &mut inner, 1, 0x14); // RST|ACK
+        assert_eq!(live(&lb), 1);
+        send(&mut lb, &mut inner, 2, 0x11); // FIN|ACK
+        let st = lb.flows.as_ref().unwrap().stats();
+        assert_eq!((st.reset, st.closed), (1, 1));
+        assert_eq!(live(&lb), 1);
     }
 }

@@ -265,6 +265,15 @@ pub struct FlowCounters {
     pub misses: u64,
     pub evictions: u64,
     pub expirations: u64,
+    /// Segmented LRU (see `lb::flow_table`): evictions by segment, promotions
+    /// and demotions; connection ends (FIN, RST) and re-selections.
+    pub evicted_probationary: u64,
+    pub evicted_protected: u64,
+    pub promoted: u64,
+    pub demoted: u64,
+    pub closed: u64,
+    pub reset: u64,
+    pub rehomed: u64,
 }
 
 impl FlowCounters {
@@ -273,6 +282,13 @@ impl FlowCounters {
         self.misses += o.misses;
         self.evictions += o.evictions;
         self.expirations += o.expirations;
+        self.evicted_probationary += o.evicted_probationary;
+        self.evicted_protected += o.evicted_protected;
+        self.promoted += o.promoted;
+        self.demoted += o.demoted;
+        self.closed += o.closed;
+        self.reset += o.reset;
+        self.rehomed += o.rehomed;
     }
 }
 
@@ -283,6 +299,13 @@ impl From<&lb::FlowStats> for FlowCounters {
             misses: s.misses,
             evictions: s.evictions,
             expirations: s.expired,
+            evicted_probationary: s.evicted_probationary,
+            evicted_protected: s.evicted_protected,
+            promoted: s.promoted,
+            demoted: s.demoted,
+            closed: s.closed,
+            reset: s.reset,
+            rehomed: s.rehomed,
         }
     }
 }

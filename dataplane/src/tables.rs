@@ -239,6 +239,7 @@ impl Tables {
                 capacity: cfg.dataplane.flow_capacity,
                 tcp_timeout: cfg.dataplane.tcp_timeout_s.saturating_mul(1000),
                 udp_timeout: cfg.dataplane.udp_timeout_s.saturating_mul(1000),
+                fin_timeout: cfg.dataplane.fin_timeout_s.saturating_mul(1000),
             },
             acl_cache: cfg.dataplane.acl_cache,
             underlay_v4,
