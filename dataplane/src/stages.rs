@@ -387,6 +387,11 @@ pub struct Lb {
     /// TCP flags of each gathered packet (0 for others): FIN/RST/SYN end or
     /// renew flow-table entries.
     flags: [u8; MAX_BURST],
+    /// Positions in `keys` of ICMP errors to a VIP whose key was replaced by
+    /// the flow they quote (see [`icmp_error_key`]).
+    icmp_at: [u16; MAX_BURST],
+    /// ICMP errors sent on to the backend that owns the quoted flow.
+    pub icmp_errors_forwarded: u64,
     pos: [u16; MAX_BURST],
     out: [lb::LbVerdict; MAX_BURST],
     pub flows: Option<lb::flow_table::FlowTable>,
@@ -409,6 +414,8 @@ impl Default for Lb {
         Lb {
             keys: [lb::FlowKey::default(); MAX_BURST],
             flags: [0; MAX_BURST],
+            icmp_at: [0; MAX_BURST],
+            icmp_errors_forwarded: 0,
             pos: [0; MAX_BURST],
             out: [lb::LbVerdict::NotService; MAX_BURST],
             flows: None,
@@ -519,13 +526,25 @@ impl Stage for Lb {
         if n == 0 {
             return;
         }
+        let mut n_icmp = 0;
         for j in 0..n {
             let k = &self.keys[j];
+            let i = self.pos[j] as usize;
             // Non-first fragments have no ports (and no TCP header).
             self.flags[j] = if k.proto == 6 && (k.sport | k.dport) != 0 {
-                let i = self.pos[j] as usize;
                 tcp_flags_of(pkts[i].data(), meta[i].l3_off as usize, k.v6)
             } else {
+                if k.proto == vxlan::proto::ICMP || k.proto == vxlan::proto::ICMPV6 {
+                    match icmp_error_key(t, pkts[i].data(), meta[i].l3_off as usize, k) {
+                        None => {}
+                        Some(Ok(q)) => {
+                            self.keys[j] = q;
+                            self.icmp_at[n_icmp] = j as u16;
+                            n_icmp += 1;
+                        }
+                        Some(Err(r)) => v[i] = Verdict::Drop(r),
+                    }
+                }
                 0
             };
         }
@@ -541,8 +560,20 @@ impl Stage for Lb {
             &mut self.out[..n],
             Some(crate::cpu::prefetch),
         );
+        for &j in &self.icmp_at[..n_icmp] {
+            let i = self.pos[j as usize] as usize;
+            match self.out[j as usize] {
+                // To a VIP, about a flow of no service: not routed on.
+                lb::LbVerdict::NotService => v[i] = Verdict::Drop(DropReason::IcmpNoService),
+                lb::LbVerdict::Forward { .. } => self.icmp_errors_forwarded += 1,
+                lb::LbVerdict::NoBackend(_) => {}
+            }
+        }
         for j in 0..n {
             let i = self.pos[j] as usize;
+            if v[i] != Verdict::Tx {
+                continue; // an ICMP error dropped above
+            }
             match self.out[j] {
                 lb::LbVerdict::NotService => {
                     if t.non_vip == NonVip::Drop {
@@ -586,6 +617,69 @@ impl Stage for Lb {
             }
         }
     }
+}
+
+/// For an ICMP / ICMPv6 packet `d` (IP header at `l3`, flow key `k`) that is an
+/// error (destination unreachable, fragmentation needed / packet too big,
+/// time exceeded) addressed to a service VIP: `Ok` with the client → VIP flow
+/// its quote is about (the quoted VIP:port → client packet reversed), so the
+/// LB sends the error to the backend that owns that flow (which answered the
+/// client directly, and needs e.g. the path MTU); `Err` with the drop reason
+/// when the quote is truncated, lies or is not TCP/UDP. `None` for everything
+/// else (echo, errors to other addresses): handled as before. Off the common
+/// path: only ICMP packets get here.
+#[cold]
+#[inline(never)]
+fn icmp_error_key(
+    t: &Tables,
+    d: &[u8],
+    l3: usize,
+    k: &lb::FlowKey,
+) -> Option<Result<lb::FlowKey, DropReason>> {
+    let ip = d.get(l3..)?;
+    let (hl, total) = if k.v6 {
+        // ICMPv6 right after the fixed header only.
+        if ip.get(6) != Some(&vxlan::proto::ICMPV6) || ip.len() < 40 {
+            return None;
+        }
+        (40, 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])))
+    } else {
+        let hl = usize::from(ip.first()? & 0x0f) * 4;
+        // A non-first fragment carries no ICMP header.
+        if ip.len() < 20 || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            return None;
+        }
+        (hl, usize::from(u16::from_be_bytes([ip[2], ip[3]])))
+    };
+    let msg = ip.get(hl..total.min(ip.len()))?;
+    let r = vxlan::icmp::quoted_flow(msg, k.v6);
+    if matches!(r, Ok(None)) {
+        return None;
+    }
+    let vip: std::net::IpAddr = if k.v6 {
+        std::net::Ipv6Addr::from(k.dst).into()
+    } else {
+        std::net::Ipv4Addr::from(k.dst as u32).into()
+    };
+    if !t.lb.services().any(|(_, s)| s.vip == vip) {
+        return None;
+    }
+    use vxlan::icmp::QuoteError;
+    Some(match r {
+        Ok(Some(q)) => Ok(lb::FlowKey {
+            vni: k.vni,
+            src: q.src,
+            dst: q.dst,
+            sport: q.sport,
+            dport: q.dport,
+            proto: q.proto,
+            v6: k.v6,
+        }),
+        Ok(None) => return None,
+        Err(QuoteError::Truncated) => Err(DropReason::IcmpQuoteTruncated),
+        Err(QuoteError::Lies) => Err(DropReason::IcmpQuoteBad),
+        Err(QuoteError::NotTcpUdp) => Err(DropReason::IcmpNoService),
+    })
 }
 
 /// The TCP flags byte of the packet whose IP header is at `l3` in `d` (0 if

@@ -890,3 +890,235 @@ fn geneve_service_encapsulates_to_backend() {
         }
     }
 }
+
+// ------------------------------------------------- ICMP errors to a VIP
+
+/// Inner Ethernet + IPv4 packet `src → dst` of protocol `proto` carrying `l4`.
+fn ipv4_frame(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 0xa, 2, 0, 0, 0, 0, 0xb, 0x08, 0x00];
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = ip_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(l4);
+    f
+}
+
+/// Inner Ethernet + IPv6 packet.
+fn ipv6_frame(src: [u8; 16], dst: [u8; 16], nh: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 0xa, 2, 0, 0, 0, 0, 0xb, 0x86, 0xdd];
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[nh, 64]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(l4);
+    f
+}
+
+fn ones(b: &[u8]) -> u16 {
+    ip_checksum(b)
+}
+
+/// TCP SYN or UDP header + 8 payload bytes.
+fn l4(proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        h.extend_from_slice(&[0, 16, 0, 0]);
+        h.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+    h
+}
+
+/// An ICMP error message of `ty`/`code` quoting `quote` (an IP packet's start).
+fn icmp_error(
+    v6: bool,
+    ty: u8,
+    code: u8,
+    rest: u32,
+    quote: &[u8],
+    src6: [u8; 16],
+    dst6: [u8; 16],
+) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest.to_be_bytes());
+    m.extend_from_slice(quote);
+    let c = if v6 {
+        let mut ph = Vec::new();
+        ph.extend_from_slice(&src6);
+        ph.extend_from_slice(&dst6);
+        ph.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        ph.extend_from_slice(&[0, 0, 0, 58]);
+        ph.extend_from_slice(&m);
+        ones(&ph)
+    } else {
+        ones(&m)
+    };
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+fn v6addr(pfx: u8, last: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[1] = pfx;
+    a[15] = last;
+    a
+}
+
+/// Outer destination of an encapsulated frame (IPv4 or IPv6 underlay).
+fn outer_dst(f: &[u8]) -> Vec<u8> {
+    if f[12..14] == [0x08, 0x00] {
+        f[30..34].to_vec()
+    } else {
+        f[38..54].to_vec()
+    }
+}
+
+/// ICMP errors addressed to a VIP (frag needed, unreachable, time exceeded;
+/// ICMPv6 packet too big, unreachable, time exceeded) quoting a reply of the
+/// VIP's backend to a client reach the backend that owns the client's flow,
+/// for an IPIP, a GUE and a VXLAN service, with the error packet intact; a
+/// truncated quote, a lying one and one of no service are dropped with their
+/// reasons; an error to an address that is no VIP is routed as before.
+#[test]
+fn icmp_errors_to_a_vip_reach_the_flow_owner() {
+    let vip = [192, 168, 0, 1];
+    let vip_dns = [192, 168, 0, 2];
+    let vip6 = v6addr(1, 1);
+    let router = [10, 5, 0, 1];
+    let router6 = v6addr(5, 1);
+    let svc = "[[service]]\nname = \"web\"\nvip = \"192.168.0.1\"\nport = 80\nproto = \"tcp\"\nencap = \"ipip\"\n\
+               [[service.backend]]\nip = \"10.9.0.1\"\n[[service.backend]]\nip = \"10.9.0.2\"\n[[service.backend]]\nip = \"10.9.0.3\"\n\
+               [[service]]\nname = \"dns\"\nvip = \"192.168.0.2\"\nport = 53\nproto = \"udp\"\nencap = \"gue\"\n\
+               [[service.backend]]\nip = \"10.9.1.1\"\n[[service.backend]]\nip = \"10.9.1.2\"\n[[service.backend]]\nip = \"10.9.1.3\"\n\
+               [[service]]\nname = \"web6\"\nvip = \"fd01::1\"\nport = 80\nproto = \"tcp\"\nencap = \"vxlan\"\n\
+               [[service.backend]]\nip = \"fd09::1\"\nmac = \"02:be:00:00:00:01\"\n[[service.backend]]\nip = \"fd09::2\"\nmac = \"02:be:00:00:00:02\"\n\
+               [[service.backend]]\nip = \"fd09::3\"\nmac = \"02:be:00:00:00:03\"\n";
+    let gw = format!("{GW}\nunderlay_ips = [\"10.0.0.1\", \"fd00::1\"]\nmtu = 1500");
+    // (frame, expected: Some(index of the flow packet whose backend it must reach) | drop reason | "routed")
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut want: Vec<Result<usize, &str>> = Vec::new();
+    let clients = 24u8;
+    for c in 0..clients {
+        let client = [10, 1, 0, 10 + c];
+        let client6 = v6addr(2, 10 + c);
+        let port = 40000 + u16::from(c);
+        // The flows: client → VIP.
+        let web = frames.len();
+        frames.push(vxlan_frame(&ipv4_frame(client, vip, 6, &l4(6, port, 80))));
+        want.push(Err("tx"));
+        let dns = frames.len();
+        frames.push(vxlan_frame(&ipv4_frame(
+            client,
+            vip_dns,
+            17,
+            &l4(17, port, 53),
+        )));
+        want.push(Err("tx"));
+        let web6 = frames.len();
+        frames.push(vxlan_frame(&ipv6_frame(client6, vip6, 6, &l4(6, port, 80))));
+        want.push(Err("tx"));
+        // The backends' replies VIP:port → client, as quoted by a router.
+        let q_web = ipv4_frame(vip, client, 6, &l4(6, 80, port))[14..14 + 28].to_vec();
+        let q_dns = ipv4_frame(vip_dns, client, 17, &l4(17, 53, port))[14..14 + 28 + 8].to_vec();
+        let q_web6 = ipv6_frame(vip6, client6, 6, &l4(6, 80, port))[14..14 + 48].to_vec();
+        let (ty, code) = [(3u8, 4u8), (3, 1), (11, 0)][usize::from(c) % 3];
+        let e = icmp_error(false, ty, code, 1400, &q_web, [0; 16], [0; 16]);
+        frames.push(vxlan_frame(&ipv4_frame(router, vip, 1, &e)));
+        want.push(Ok(web));
+        let e = icmp_error(false, 3, 4, 1400, &q_dns, [0; 16], [0; 16]);
+        frames.push(vxlan_frame(&ipv4_frame(router, vip_dns, 1, &e)));
+        want.push(Ok(dns));
+        let ty6 = [2u8, 1, 3][usize::from(c) % 3];
+        let e = icmp_error(true, ty6, 0, 1280, &q_web6, router6, vip6);
+        frames.push(vxlan_frame(&ipv6_frame(router6, vip6, 58, &e)));
+        want.push(Ok(web6));
+    }
+    let client = [10, 1, 0, 10];
+    let q = ipv4_frame(vip, client, 6, &l4(6, 80, 40000))[14..14 + 28].to_vec();
+    // Truncated: the quote stops inside the TCP ports' 8 bytes.
+    let e = icmp_error(false, 3, 4, 1400, &q[..24], [0; 16], [0; 16]);
+    frames.push(vxlan_frame(&ipv4_frame(router, vip, 1, &e)));
+    want.push(Err("icmp_quote_truncated"));
+    // Lying: quoted total length 24 (< its header + 8).
+    let mut lie = q.clone();
+    lie[2..4].copy_from_slice(&24u16.to_be_bytes());
+    let e = icmp_error(false, 3, 4, 1400, &lie, [0; 16], [0; 16]);
+    frames.push(vxlan_frame(&ipv4_frame(router, vip, 1, &e)));
+    want.push(Err("icmp_quote_bad"));
+    // No service: the quote is from VIP port 81.
+    let q81 = ipv4_frame(vip, client, 6, &l4(6, 81, 40000))[14..14 + 28].to_vec();
+    let e = icmp_error(false, 3, 4, 1400, &q81, [0; 16], [0; 16]);
+    frames.push(vxlan_frame(&ipv4_frame(router, vip, 1, &e)));
+    want.push(Err("icmp_no_service"));
+    // An error to an address that is no VIP: routed (TTL - 1) as before.
+    let other = [10, 7, 0, 1];
+    let qo = ipv4_frame(other, client, 6, &l4(6, 80, 40000))[14..14 + 28].to_vec();
+    let e = icmp_error(false, 3, 4, 1400, &qo, [0; 16], [0; 16]);
+    frames.push(vxlan_frame(&ipv4_frame(router, other, 1, &e)));
+    want.push(Err("routed"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("icmp.pcap");
+    let mut pcap = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    pcap.extend_from_slice(&[0; 8]);
+    pcap.extend_from_slice(&65535u32.to_le_bytes());
+    pcap.extend_from_slice(&1u32.to_le_bytes());
+    for f in &frames {
+        pcap.extend_from_slice(&[0; 8]);
+        pcap.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        pcap.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        pcap.extend_from_slice(f);
+    }
+    std::fs::write(&input, &pcap).unwrap();
+    let run = replay(&[input], &gw, svc, 1);
+    assert_eq!(
+        run.drops(),
+        BTreeMap::from([
+            ("icmp_quote_truncated".into(), 1),
+            ("icmp_quote_bad".into(), 1),
+            ("icmp_no_service".into(), 1),
+        ]),
+        "{}",
+        run.json
+    );
+    let out = read_pcap(run.out.as_ref().unwrap());
+    let sent: Vec<usize> = (0..frames.len())
+        .filter(|&i| matches!(want[i], Ok(_) | Err("tx") | Err("routed")))
+        .collect();
+    assert_eq!(out.len(), sent.len());
+    let out_of: BTreeMap<usize, &Vec<u8>> = sent.iter().copied().zip(out.iter()).collect();
+    let mut backends = std::collections::BTreeSet::new();
+    for (i, w) in want.iter().enumerate() {
+        let Ok(flow) = w else { continue };
+        let got = out_of[&i];
+        let flow_out = out_of[flow];
+        assert_eq!(
+            outer_dst(got),
+            outer_dst(flow_out),
+            "error {i} went elsewhere than flow {flow}"
+        );
+        backends.insert(outer_dst(got));
+        // The error packet is carried unchanged (its inner IP packet).
+        let inner = &frames[i][50..];
+        let ip = &inner[14..];
+        assert!(got.ends_with(ip), "error {i}: quoted packet not intact");
+    }
+    assert!(
+        backends.len() >= 6,
+        "the errors spread over the backends: {backends:?}"
+    );
+    // The routed one: TTL decremented.
+    let routed = out_of[&(frames.len() - 1)];
+    assert_eq!(&routed[14 + 12..14 + 16], &router);
+    assert_eq!(routed[14 + 8], 63);
+    tshark_clean(run.out.as_ref().unwrap(), out.len() as u64);
+}

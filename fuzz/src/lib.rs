@@ -299,7 +299,7 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
         "allowed flow dropped by the ACL"
     );
 
-    let lb_key = lb::FlowKey {
+    let mut lb_key = lb::FlowKey {
         vni: k.vni,
         src: k.src,
         dst: k.dst,
@@ -308,6 +308,47 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
         proto: k.proto,
         v6: k.v6,
     };
+    // An ICMP error to a VIP goes where the flow it quotes goes.
+    let dst_ip = if k.v6 {
+        std::net::IpAddr::V6(k.dst.into())
+    } else {
+        std::net::IpAddr::V4((k.dst as u32).into())
+    };
+    let msg = if k.v6 {
+        (ip_in[6] == 58).then(|| &ip_in[40..])
+    } else {
+        let first = u16::from_be_bytes([ip_in[6], ip_in[7]]) & 0x1fff == 0;
+        (first && k.proto == 1).then(|| &ip_in[usize::from(ip_in[0] & 15) * 4..])
+    };
+    if let Some(msg) = msg.filter(|_| t.lb.services().any(|(_, s)| s.vip == dst_ip)) {
+        use vxlan::icmp::QuoteError;
+        match vxlan::icmp::quoted_flow(msg, k.v6) {
+            Ok(None) => {}
+            Ok(Some(q)) => {
+                lb_key = lb::FlowKey {
+                    src: q.src,
+                    dst: q.dst,
+                    sport: q.sport,
+                    dport: q.dport,
+                    proto: q.proto,
+                    ..lb_key
+                };
+                if t.lb.lookup_service(&lb_key).is_none() {
+                    assert_eq!(v[0], Verdict::Drop(DropReason::IcmpNoService));
+                    return;
+                }
+            }
+            Err(e) => {
+                let r = match e {
+                    QuoteError::Truncated => DropReason::IcmpQuoteTruncated,
+                    QuoteError::Lies => DropReason::IcmpQuoteBad,
+                    QuoteError::NotTcpUdp => DropReason::IcmpNoService,
+                };
+                assert_eq!(v[0], Verdict::Drop(r), "ICMP error to a VIP");
+                return;
+            }
+        }
+    }
     let svc = t.lb.lookup_service(&lb_key);
     match (svc, v[0]) {
         (Some(_), Verdict::Drop(r)) => assert!(
