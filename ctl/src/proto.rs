@@ -703,6 +703,28 @@ pub struct FlowTableCounters {
     pub evictions: u64,
     /// Entries expired by idle timeout.
     pub expirations: u64,
+    /// Of `evictions`: probationary entries (flows seen once).
+    #[serde(default)]
+    pub evicted_probationary: u64,
+    /// Of `evictions`: protected entries (established flows).
+    #[serde(default)]
+    pub evicted_protected: u64,
+    /// Entries promoted to the protected segment (their flow's second packet).
+    #[serde(default)]
+    pub promoted: u64,
+    /// Protected entries demoted to make room for a promotion.
+    #[serde(default)]
+    pub demoted: u64,
+    /// Entries whose timeout a FIN shortened.
+    #[serde(default)]
+    pub closed: u64,
+    /// Entries a client RST ended.
+    #[serde(default)]
+    pub reset: u64,
+    /// Flows re-selected (backend removed, down, or a SYN to one that takes
+    /// no new flows).
+    #[serde(default)]
+    pub rehomed: u64,
 }
 
 /// Answer to `stats`.

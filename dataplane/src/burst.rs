@@ -24,6 +24,9 @@ pub struct Meta {
     pub l3_off: u16,
     /// Bytes of outer headers decap removed (still in the headroom).
     pub outer_len: u16,
+    /// Geneve header length (with options) if the packet came over Geneve,
+    /// 0 for VXLAN: replies go back the way the packet came.
+    pub geneve_len: u16,
     /// Set by a stage that already produced the final frame (e.g. encapsulation
     /// to a backend), so routing leaves it alone.
     pub finished: bool,

@@ -90,6 +90,9 @@ pub struct DataplaneSection {
     /// Idle timeout of a UDP flow, seconds.
     #[serde(default = "default_udp_timeout")]
     pub udp_timeout_s: u32,
+    /// Idle timeout of a TCP flow once the client sent a FIN, seconds.
+    #[serde(default = "default_fin_timeout")]
+    pub fin_timeout_s: u32,
 }
 
 impl Default for DataplaneSection {
@@ -104,6 +107,7 @@ impl Default for DataplaneSection {
             acl_cache: default_acl_cache(),
             tcp_timeout_s: default_tcp_timeout(),
             udp_timeout_s: default_udp_timeout(),
+            fin_timeout_s: default_fin_timeout(),
         }
     }
 }
@@ -125,6 +129,9 @@ fn default_tcp_timeout() -> u32 {
 }
 fn default_udp_timeout() -> u32 {
     30
+}
+fn default_fin_timeout() -> u32 {
+    10
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -279,6 +286,10 @@ pub struct GatewaySection {
     /// UDP ports that carry VXLAN.
     #[serde(default = "default_vxlan_ports")]
     pub vxlan_ports: Vec<u16>,
+    /// UDP ports that carry Geneve (RFC 8926, IANA port 6081). Empty = no
+    /// Geneve decapsulation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub geneve_ports: Vec<u16>,
     /// Source MAC of everything we transmit.
     #[serde(default = "default_local_mac", with = "mac_serde")]
     pub local_mac: [u8; 6],
@@ -328,6 +339,7 @@ impl Default for GatewaySection {
         GatewaySection {
             vtep_ips: Vec::new(),
             vxlan_ports: default_vxlan_ports(),
+            geneve_ports: Vec::new(),
             local_mac: default_local_mac(),
             next_hop_mac: default_next_hop_mac(),
             non_vip: NonVip::Forward,
@@ -528,6 +540,14 @@ impl Config {
         if g.vxlan_ports.contains(&0) {
             p.push("gateway.vxlan_ports: port 0 is not a valid UDP port".into());
         }
+        if g.geneve_ports.contains(&0) {
+            p.push("gateway.geneve_ports: port 0 is not a valid UDP port".into());
+        }
+        for port in g.geneve_ports.iter().filter(|x| g.vxlan_ports.contains(x)) {
+            p.push(format!(
+                "gateway.geneve_ports: port {port} is also in gateway.vxlan_ports"
+            ));
+        }
         let v4 = g.underlay_ips.iter().filter(|a| a.is_ipv4()).count();
         let v6 = g.underlay_ips.len() - v4;
         if v4 > 1 || v6 > 1 {
@@ -670,6 +690,32 @@ mod tests {
         assert_eq!(c.dataplane.burst, 32);
         assert_eq!(c.gateway.vxlan_ports, vec![4789]);
         assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn test_geneve_ports() {
+        let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n").unwrap();
+        assert!(c.gateway.geneve_ports.is_empty(), "off by default");
+        let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n[gateway]\ngeneve_ports = [6081]\n")
+            .unwrap();
+        assert_eq!(c.gateway.geneve_ports, vec![6081]);
+        assert!(c.validate().is_empty());
+        let c =
+            Config::parse("[pcap]\ninput = [\"a.pcap\"]\n[gateway]\ngeneve_ports = [0, 4789]\n")
+                .unwrap();
+        let p = c.validate();
+        assert!(
+            p.iter()
+                .any(|s| s.starts_with("gateway.geneve_ports: port 0")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|s| s.contains("port 4789 is also in gateway.vxlan_ports")),
+            "{p:?}"
+        );
+        let e = Config::parse("[gateway]\ngeneve_ports = [\"x\"]\n").unwrap_err();
+        assert!(e.contains("geneve_ports") || e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -368,6 +368,7 @@ mod tests {
             vtep_v4: vec![0x0a00_0001],
             vtep_v6: vec![],
             ports: vec![4789],
+            geneve_ports: vec![],
         };
         for (_, f) in cap.iter() {
             let d = vxlan::decap(f, &cfg).unwrap();

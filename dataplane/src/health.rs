@@ -830,6 +830,19 @@ fn probe_frame(
             );
             (hdr, inner)
         }
+        EncapKind::Geneve => {
+            let inner = ether(t.local_mac, tg.mac.unwrap_or([0xff; 6]), et, &ip)?;
+            let mut hdr = vec![0u8; vxlan::geneve_header_len(&outer)];
+            vxlan::emit_geneve(
+                &outer,
+                vxlan::flow_src_port(&key),
+                t.geneve_dst_port,
+                tg.vni,
+                &inner,
+                &mut hdr,
+            );
+            (hdr, inner)
+        }
         EncapKind::Ipip => {
             let mut hdr = vec![0u8; vxlan::ipip_header_len(&outer)];
             vxlan::emit_ipip(&outer, &ip, &mut hdr);
@@ -980,13 +993,14 @@ mod tests {
         }
         assert_eq!(ip.dst_addr(), BACKEND);
         let inner = match encap {
-            EncapKind::Vxlan => {
+            EncapKind::Vxlan | EncapKind::Geneve => {
                 let d = vxlan::decap(
                     f,
                     &vxlan::DecapConfig {
                         vtep_v4: vec![u32::from(BACKEND)],
                         vtep_v6: vec![],
                         ports: vec![4789],
+                        geneve_ports: vec![vxlan::geneve::PORT],
                     },
                 )
                 .unwrap();
@@ -1062,7 +1076,12 @@ mod tests {
 
     #[test]
     fn test_tcp_inband_rise_and_fall() {
-        for encap in [EncapKind::Vxlan, EncapKind::Ipip, EncapKind::Gue] {
+        for encap in [
+            EncapKind::Vxlan,
+            EncapKind::Geneve,
+            EncapKind::Ipip,
+            EncapKind::Gue,
+        ] {
             let shared = setup("tcp", "inband", &encap.to_string());
             let mut p = Prober::new();
             let mut now = Instant::now() + Duration::from_millis(200);

@@ -57,7 +57,12 @@ pub fn too_big_reply<P: Packet>(p: &mut P, m: &Meta, mtu: u32, local_mac: [u8; 6
     if !p.prepend(outer_len) {
         return false;
     }
-    let Ok(came) = vxlan::outer_endpoints(&p.data()[..outer_len]) else {
+    let tunnel_len = if m.geneve_len != 0 {
+        usize::from(m.geneve_len)
+    } else {
+        vxlan::vxlan::HEADER_LEN
+    };
+    let Ok(came) = vxlan::outer_endpoints_tunnel(&p.data()[..outer_len], tunnel_len) else {
         p.adj(outer_len);
         return false;
     };
@@ -101,7 +106,12 @@ pub fn too_big_reply<P: Packet>(p: &mut P, m: &Meta, mtu: u32, local_mac: [u8; 6
     };
     inner[eth_len..eth_len + ip_len].copy_from_slice(&ip[..ip_len]);
     let sport = vxlan::flow_src_port(&m.key.reversed());
-    vxlan::emit_vxlan(&outer, sport, came.dst_port, m.vni, inner, hdr);
+    // Back over the tunnel it came by (Geneve without options).
+    if m.geneve_len != 0 {
+        vxlan::emit_geneve(&outer, sport, came.dst_port, m.vni, inner, hdr);
+    } else {
+        vxlan::emit_vxlan(&outer, sport, came.dst_port, m.vni, inner, hdr);
+    }
     true
 }
 
@@ -234,6 +244,7 @@ mod tests {
             key: inner.key,
             l3_off: inner.l3_offset as u16,
             outer_len: d.inner_offset as u16,
+            geneve_len: d.geneve_len,
             finished: false,
         };
         (b, m)

@@ -51,6 +51,7 @@ impl Stage for Decap {
                     p.adj(d.inner_offset);
                     meta[i].vni = d.vni;
                     meta[i].outer_len = d.inner_offset as u16;
+                    meta[i].geneve_len = d.geneve_len;
                     meta[i].finished = false;
                 }
                 Err(
@@ -66,7 +67,8 @@ impl Stage for Decap {
     }
 }
 
-/// Inner Ethernet/IP/L4 → `FlowKey`.
+/// Inner Ethernet/IP/L4 → `FlowKey`; an inner IPv4 header with a wrong
+/// checksum is dropped (`inner_bad_checksum`, RFC 1812 §5.2.2).
 #[derive(Default)]
 pub struct InnerParse;
 
@@ -84,6 +86,9 @@ impl Stage for InnerParse {
                 continue;
             }
             match vxlan::parse_inner(pkts[i].data(), meta[i].vni) {
+                Ok(inner) if !vxlan::inner_checksum_ok(pkts[i].data(), &inner) => {
+                    v[i] = Verdict::Drop(DropReason::InnerBadChecksum);
+                }
                 Ok(inner) => {
                     meta[i].key = inner.key;
                     meta[i].l3_off = inner.l3_offset as u16;
@@ -392,6 +397,14 @@ impl Stage for Acl {
 /// it; other traffic follows `non_vip`.
 pub struct Lb {
     keys: [lb::FlowKey; MAX_BURST],
+    /// TCP flags of each gathered packet (0 for others): FIN/RST/SYN end or
+    /// renew flow-table entries.
+    flags: [u8; MAX_BURST],
+    /// Positions in `keys` of ICMP errors to a VIP whose key was replaced by
+    /// the flow they quote (see [`icmp_error_key`]).
+    icmp_at: [u16; MAX_BURST],
+    /// ICMP errors sent on to the backend that owns the quoted flow.
+    pub icmp_errors_forwarded: u64,
     pos: [u16; MAX_BURST],
     out: [lb::LbVerdict; MAX_BURST],
     pub flows: Option<lb::flow_table::FlowTable>,
@@ -415,6 +428,9 @@ impl Default for Lb {
     fn default() -> Self {
         Lb {
             keys: [lb::FlowKey::default(); MAX_BURST],
+            flags: [0; MAX_BURST],
+            icmp_at: [0; MAX_BURST],
+            icmp_errors_forwarded: 0,
             pos: [0; MAX_BURST],
             out: [lb::LbVerdict::NotService; MAX_BURST],
             flows: None,
@@ -533,20 +549,55 @@ impl Stage for Lb {
         if n == 0 {
             return;
         }
+        let mut n_icmp = 0;
+        for j in 0..n {
+            let k = &self.keys[j];
+            let i = self.pos[j] as usize;
+            // Non-first fragments have no ports (and no TCP header).
+            self.flags[j] = if k.proto == 6 && (k.sport | k.dport) != 0 {
+                tcp_flags_of(pkts[i].data(), meta[i].l3_off as usize, k.v6)
+            } else {
+                if k.proto == vxlan::proto::ICMP || k.proto == vxlan::proto::ICMPV6 {
+                    match icmp_error_key(t, pkts[i].data(), meta[i].l3_off as usize, k) {
+                        None => {}
+                        Some(Ok(q)) => {
+                            self.keys[j] = q;
+                            self.icmp_at[n_icmp] = j as u16;
+                            n_icmp += 1;
+                        }
+                        Some(Err(r)) => v[i] = Verdict::Drop(r),
+                    }
+                }
+                0
+            };
+        }
         let now = self.now_ms();
         self.last = n;
         let Some(flows) = self.flows.as_mut() else {
             return;
         };
-        t.lb.process_burst_with(
+        t.lb.process_burst_flags_with(
             &self.keys[..n],
+            &self.flags[..n],
             flows,
             now,
             &mut self.out[..n],
             Some(crate::cpu::prefetch),
         );
+        for &j in &self.icmp_at[..n_icmp] {
+            let i = self.pos[j as usize] as usize;
+            match self.out[j as usize] {
+                // To a VIP, about a flow of no service: not routed on.
+                lb::LbVerdict::NotService => v[i] = Verdict::Drop(DropReason::IcmpNoService),
+                lb::LbVerdict::Forward { .. } => self.icmp_errors_forwarded += 1,
+                lb::LbVerdict::NoBackend(_) => {}
+            }
+        }
         for j in 0..n {
             let i = self.pos[j] as usize;
+            if v[i] != Verdict::Tx {
+                continue; // an ICMP error dropped above
+            }
             match self.out[j] {
                 lb::LbVerdict::NotService => {
                     if t.non_vip == NonVip::Drop {
@@ -590,6 +641,87 @@ impl Stage for Lb {
             }
         }
     }
+}
+
+/// For an ICMP / ICMPv6 packet `d` (IP header at `l3`, flow key `k`) that is an
+/// error (destination unreachable, fragmentation needed / packet too big,
+/// time exceeded) addressed to a service VIP: `Ok` with the client → VIP flow
+/// its quote is about (the quoted VIP:port → client packet reversed), so the
+/// LB sends the error to the backend that owns that flow (which answered the
+/// client directly, and needs e.g. the path MTU); `Err` with the drop reason
+/// when the quote is truncated, lies or is not TCP/UDP. `None` for everything
+/// else (echo, errors to other addresses): handled as before. Off the common
+/// path: only ICMP packets get here.
+#[cold]
+#[inline(never)]
+fn icmp_error_key(
+    t: &Tables,
+    d: &[u8],
+    l3: usize,
+    k: &lb::FlowKey,
+) -> Option<Result<lb::FlowKey, DropReason>> {
+    let ip = d.get(l3..)?;
+    let (hl, total) = if k.v6 {
+        // ICMPv6 right after the fixed header only.
+        if ip.get(6) != Some(&vxlan::proto::ICMPV6) || ip.len() < 40 {
+            return None;
+        }
+        (40, 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])))
+    } else {
+        let hl = usize::from(ip.first()? & 0x0f) * 4;
+        // A non-first fragment carries no ICMP header.
+        if ip.len() < 20 || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            return None;
+        }
+        (hl, usize::from(u16::from_be_bytes([ip[2], ip[3]])))
+    };
+    let msg = ip.get(hl..total.min(ip.len()))?;
+    let r = vxlan::icmp::quoted_flow(msg, k.v6);
+    if matches!(r, Ok(None)) {
+        return None;
+    }
+    let vip: std::net::IpAddr = if k.v6 {
+        std::net::Ipv6Addr::from(k.dst).into()
+    } else {
+        std::net::Ipv4Addr::from(k.dst as u32).into()
+    };
+    if !t.lb.services().any(|(_, s)| s.vip == vip) {
+        return None;
+    }
+    use vxlan::icmp::QuoteError;
+    Some(match r {
+        Ok(Some(q)) => Ok(lb::FlowKey {
+            vni: k.vni,
+            src: q.src,
+            dst: q.dst,
+            sport: q.sport,
+            dport: q.dport,
+            proto: q.proto,
+            v6: k.v6,
+        }),
+        Ok(None) => return None,
+        Err(QuoteError::Truncated) => Err(DropReason::IcmpQuoteTruncated),
+        Err(QuoteError::Lies) => Err(DropReason::IcmpQuoteBad),
+        Err(QuoteError::NotTcpUdp) => Err(DropReason::IcmpNoService),
+    })
+}
+
+/// The TCP flags byte of the packet whose IP header is at `l3` in `d` (0 if
+/// it cannot be read; over IPv6 only when TCP follows the fixed header,
+/// extension headers are not walked for this).
+#[inline(always)]
+fn tcp_flags_of(d: &[u8], l3: usize, v6: bool) -> u8 {
+    const FLAGS: usize = 13;
+    let l4 = if v6 {
+        if d.get(l3 + 6) != Some(&6) {
+            return 0;
+        }
+        l3 + 40
+    } else {
+        let Some(&b) = d.get(l3) else { return 0 };
+        l3 + usize::from(b & 0x0f) * 4
+    };
+    d.get(l4 + FLAGS).copied().unwrap_or(0)
 }
 
 /// What became of a packet sent to a backend.
@@ -651,10 +783,11 @@ fn encap<P: Packet>(
     };
     let l3 = m.l3_off as usize;
     match b.encap {
-        lb::EncapKind::Vxlan => {
+        lb::EncapKind::Vxlan | lb::EncapKind::Geneve => {
             // The inner Ethernet frame goes to the backend's VTEP: its MACs become
             // gateway → backend (as Cilium's VTEP integration expects).
             let inner_len = p.data().len();
+            // Geneve without options is as long as VXLAN.
             let hl = vxlan::vxlan_header_len(&outer);
             if inner_len + hl - 14 > t.mtu as usize {
                 let room = (t.mtu as usize + 14).saturating_sub(hl + l3);
@@ -668,14 +801,12 @@ fn encap<P: Packet>(
                 return Err(DropReason::NoHeadroom);
             }
             let (hdr, inner) = p.data_mut().split_at_mut(hl);
-            vxlan::emit_vxlan(
-                &outer,
-                vxlan::flow_src_port(&m.key),
-                t.vxlan_dst_port,
-                m.vni,
-                inner,
-                hdr,
-            );
+            let sport = vxlan::flow_src_port(&m.key);
+            if b.encap == lb::EncapKind::Vxlan {
+                vxlan::emit_vxlan(&outer, sport, t.vxlan_dst_port, m.vni, inner, hdr);
+            } else {
+                vxlan::emit_geneve(&outer, sport, t.geneve_dst_port, m.vni, inner, hdr);
+            }
         }
         lb::EncapKind::Ipip | lb::EncapKind::Gue => {
             // The inner Ethernet header is replaced by the outer stack.
@@ -915,5 +1046,55 @@ mod tests {
             "{}",
             cached.cache_counts.hits
         );
+    }
+
+    /// The LB stage reads TCP flags from the packets: a client RST removes
+    /// the flow's entry, a FIN marks it closing, other packets keep it.
+    #[test]
+    fn test_lb_stage_reads_tcp_flags() {
+        let text = "[pcap]\ninput = [\"x.pcap\"]\n[gateway]\nunderlay_ips = [\"10.0.0.1\"]\n\
+                    [[service]]\nname = \"web\"\nvip = \"192.168.0.1\"\nport = 80\nproto = \"tcp\"\n\
+                    [[service.backend]]\nip = \"10.9.0.1\"\n";
+        let cfg = Config::parse(text).unwrap();
+        let t = Tables::build(&cfg, 1).unwrap();
+        let mut lb = Lb::default();
+        let mut inner = InnerParse;
+        let send = |lb: &mut Lb, inner: &mut InnerParse, src: u8, flags: u8| {
+            let mut f = Vec::new();
+            vxlan::build_inner_frame(
+                &vxlan::InnerSpec {
+                    src_mac: [2, 0, 0, 0, 0, 2],
+                    dst_mac: [2, 0, 0, 0, 0, 1],
+                    src: std::net::Ipv4Addr::new(10, 1, 0, src).into(),
+                    dst: std::net::Ipv4Addr::new(192, 168, 0, 1).into(),
+                    proto: 6,
+                    sport: 40000,
+                    dport: 80,
+                    ttl: 64,
+                    frame_len: 80,
+                },
+                &mut f,
+            );
+            f[14 + 20 + 13] = flags; // TCP flags (the checksum is not looked at)
+            let mut b = HeapBuf::with_capacity(256);
+            b.load(&f, 0);
+            let mut pkts = [b];
+            let mut meta = [Meta::default()];
+            let mut v = [Verdict::Tx];
+            inner.process(&t, &mut pkts, &mut meta, &mut v);
+            lb.process(&t, &mut pkts, &mut meta, &mut v);
+            assert_eq!(v[0], Verdict::Tx);
+            assert!(meta[0].finished, "encapsulated to the backend");
+        };
+        let live = |lb: &Lb| lb.flows.as_ref().unwrap().live(lb.now_ms());
+        send(&mut lb, &mut inner, 1, 0x02); // SYN
+        send(&mut lb, &mut inner, 2, 0x02);
+        assert_eq!(live(&lb), 2);
+        send(&mut lb, &mut inner, 1, 0x14); // RST|ACK
+        assert_eq!(live(&lb), 1);
+        send(&mut lb, &mut inner, 2, 0x11); // FIN|ACK
+        let st = lb.flows.as_ref().unwrap().stats();
+        assert_eq!((st.reset, st.closed), (1, 1));
+        assert_eq!(live(&lb), 1);
     }
 }

@@ -31,10 +31,18 @@ drop_reasons! {
     WrongVtep => "wrong_vtep",
     BadVxlanFlags => "bad_vxlan_flags",
     BadUdpLength => "bad_udp_length",
+    BadGeneveHeader => "bad_geneve_header",
+    GeneveControl => "geneve_control",
+    GeneveCritical => "geneve_critical",
+    GeneveProto => "geneve_proto",
     InnerTruncated => "inner_truncated",
     InnerNotIp => "inner_not_ip",
     InnerBadHeader => "inner_bad_header",
+    InnerBadChecksum => "inner_bad_checksum",
     TtlExpired => "ttl_expired",
+    IcmpQuoteTruncated => "icmp_quote_truncated",
+    IcmpQuoteBad => "icmp_quote_bad",
+    IcmpNoService => "icmp_no_service",
     NonVip => "non_vip",
     AclDeny => "acl_deny",
     NoBackend => "no_backend",
@@ -61,6 +69,10 @@ impl From<vxlan::DecapError> for DropReason {
             E::WrongVtep => DropReason::WrongVtep,
             E::BadVxlanFlags => DropReason::BadVxlanFlags,
             E::BadUdpLength => DropReason::BadUdpLength,
+            E::BadGeneveHeader => DropReason::BadGeneveHeader,
+            E::GeneveControl => DropReason::GeneveControl,
+            E::GeneveCritical => DropReason::GeneveCritical,
+            E::GeneveProto => DropReason::GeneveProto,
         }
     }
 }
@@ -256,6 +268,15 @@ pub struct FlowCounters {
     pub misses: u64,
     pub evictions: u64,
     pub expirations: u64,
+    /// Segmented LRU (see `lb::flow_table`): evictions by segment, promotions
+    /// and demotions; connection ends (FIN, RST) and re-selections.
+    pub evicted_probationary: u64,
+    pub evicted_protected: u64,
+    pub promoted: u64,
+    pub demoted: u64,
+    pub closed: u64,
+    pub reset: u64,
+    pub rehomed: u64,
 }
 
 impl FlowCounters {
@@ -264,6 +285,13 @@ impl FlowCounters {
         self.misses += o.misses;
         self.evictions += o.evictions;
         self.expirations += o.expirations;
+        self.evicted_probationary += o.evicted_probationary;
+        self.evicted_protected += o.evicted_protected;
+        self.promoted += o.promoted;
+        self.demoted += o.demoted;
+        self.closed += o.closed;
+        self.reset += o.reset;
+        self.rehomed += o.rehomed;
     }
 }
 
@@ -274,6 +302,13 @@ impl From<&lb::FlowStats> for FlowCounters {
             misses: s.misses,
             evictions: s.evictions,
             expirations: s.expired,
+            evicted_probationary: s.evicted_probationary,
+            evicted_protected: s.evicted_protected,
+            promoted: s.promoted,
+            demoted: s.demoted,
+            closed: s.closed,
+            reset: s.reset,
+            rehomed: s.rehomed,
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct Tables {
     pub underlay_v4: Option<std::net::Ipv4Addr>,
     pub underlay_v6: Option<std::net::Ipv6Addr>,
     pub vxlan_dst_port: u16,
+    /// UDP destination port of `geneve` encapsulation to backends: the first
+    /// of `geneve_ports`, else 6081.
+    pub geneve_dst_port: u16,
     pub gue_port: u16,
     pub mtu: u16,
     /// [`Tables::digest`], computed on first use.
@@ -203,6 +206,7 @@ impl Tables {
             underlay_v4: self.underlay_v4,
             underlay_v6: self.underlay_v6,
             vxlan_dst_port: self.vxlan_dst_port,
+            geneve_dst_port: self.geneve_dst_port,
             gue_port: self.gue_port,
             mtu: self.mtu,
             digest: std::sync::OnceLock::new(),
@@ -261,6 +265,7 @@ impl Tables {
                 vtep_v4: g.vtep_v4(),
                 vtep_v6: g.vtep_v6(),
                 ports: g.vxlan_ports.clone(),
+                geneve_ports: g.geneve_ports.clone(),
             },
             local_mac: g.local_mac,
             next_hop_mac: g.next_hop_mac,
@@ -274,11 +279,17 @@ impl Tables {
                 capacity: cfg.dataplane.flow_capacity,
                 tcp_timeout: cfg.dataplane.tcp_timeout_s.saturating_mul(1000),
                 udp_timeout: cfg.dataplane.udp_timeout_s.saturating_mul(1000),
+                fin_timeout: cfg.dataplane.fin_timeout_s.saturating_mul(1000),
             },
             acl_cache: cfg.dataplane.acl_cache,
             underlay_v4,
             underlay_v6,
             vxlan_dst_port: g.vxlan_ports.first().copied().unwrap_or(4789),
+            geneve_dst_port: g
+                .geneve_ports
+                .first()
+                .copied()
+                .unwrap_or(vxlan::geneve::PORT),
             gue_port: g.gue_port,
             mtu: g.mtu,
             digest: std::sync::OnceLock::new(),
@@ -330,10 +341,12 @@ impl Tables {
         let mut h = Fnv::new();
         h.str("dpgw-tables-v1");
         h.str(&format!(
-            "{:?}|{:?}|{:?}|{:?}|{}|{}|{}",
+            "{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}|{}|{}",
             self.decap.vtep_v4,
             self.decap.vtep_v6,
             self.decap.ports,
+            self.decap.geneve_ports,
+            self.geneve_dst_port,
             self.non_vip,
             self.vxlan_dst_port,
             self.gue_port,

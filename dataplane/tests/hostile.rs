@@ -29,6 +29,7 @@ use std::process::Command;
 const VTEP4: [u8; 4] = [10, 0, 0, 1];
 const VTEP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const VXLAN_PORT: u16 = 4789;
+const GENEVE_PORT: u16 = 6081;
 const LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const MTU: usize = 1500;
@@ -50,6 +51,7 @@ loops = 1
 [gateway]
 vtep_ips = ["10.0.0.1", "fd00::1"]
 vxlan_ports = [{VXLAN_PORT}]
+geneve_ports = [{GENEVE_PORT}]
 underlay_ips = ["10.0.0.1"]
 local_mac = "02:00:00:00:00:01"
 next_hop_mac = "02:00:00:00:00:fe"
@@ -284,6 +286,9 @@ struct OuterSpec {
     dport: u16,
     flags: u8,
     vni: u32,
+    /// A Geneve header (fixed part and options, as they go on the wire) in
+    /// place of the VXLAN header; `dport` should then be `GENEVE_PORT`.
+    geneve: Option<Vec<u8>>,
 }
 
 impl Default for OuterSpec {
@@ -302,6 +307,7 @@ impl Default for OuterSpec {
             dport: VXLAN_PORT,
             flags: 0x08,
             vni: 100,
+            geneve: None,
         }
     }
 }
@@ -310,10 +316,15 @@ fn vxlan_frame(o: &OuterSpec, inner: &[u8]) -> Vec<u8> {
     let mut udp = Vec::new();
     udp.extend_from_slice(&49152u16.to_be_bytes());
     udp.extend_from_slice(&o.dport.to_be_bytes());
-    udp.extend_from_slice(&((16 + inner.len()) as u16).to_be_bytes());
+    let tunnel = o.geneve.as_ref().map_or(8, Vec::len);
+    udp.extend_from_slice(&((8 + tunnel + inner.len()) as u16).to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(&[o.flags, 0, 0, 0]);
-    udp.extend_from_slice(&(o.vni << 8).to_be_bytes());
+    if let Some(g) = &o.geneve {
+        udp.extend_from_slice(g);
+    } else {
+        udp.extend_from_slice(&[o.flags, 0, 0, 0]);
+        udp.extend_from_slice(&(o.vni << 8).to_be_bytes());
+    }
     udp.extend_from_slice(inner);
     let mut f = LOCAL_MAC.to_vec();
     f.extend_from_slice(&o.src_mac);
@@ -586,9 +597,11 @@ fn front_reference(f: &[u8]) -> Expect {
     if end - l4 < 8 {
         return Drop("truncated");
     }
-    if be16(ip, l4 + 2) != VXLAN_PORT {
-        return Drop("not_vxlan");
-    }
+    let geneve = match be16(ip, l4 + 2) {
+        VXLAN_PORT => false,
+        GENEVE_PORT => true,
+        _ => return Drop("not_vxlan"),
+    };
     if !ours {
         return Drop("wrong_vtep");
     }
@@ -596,10 +609,42 @@ fn front_reference(f: &[u8]) -> Expect {
     if ulen < 16 || ulen > end - l4 {
         return Drop("bad_udp_length");
     }
-    if ip[l4 + 8] & 0x08 == 0 {
-        return Drop("bad_vxlan_flags");
-    }
-    let inner = &ip[l4 + 16..l4 + ulen];
+    // Bytes of the tunnel header (VXLAN 8, Geneve 8 + options).
+    let tunnel = if geneve {
+        // RFC 8926: version 0; options within the UDP payload, each within
+        // the options; O flag; critical options; protocol Ethernet.
+        let g = &ip[l4 + 8..l4 + ulen];
+        let opt_len = usize::from(g[0] & 0x3f) * 4;
+        if g[0] >> 6 != 0 || 8 + opt_len > g.len() {
+            return Drop("bad_geneve_header");
+        }
+        if g[1] & 0x80 != 0 {
+            return Drop("geneve_control");
+        }
+        if g[1] & 0x40 != 0 && opt_len > 0 {
+            return Drop("geneve_critical");
+        }
+        let mut at = 8;
+        while at < 8 + opt_len {
+            if g[at + 2] & 0x80 != 0 {
+                return Drop("geneve_critical");
+            }
+            at += 4 + usize::from(g[at + 3] & 0x1f) * 4;
+            if at > 8 + opt_len {
+                return Drop("bad_geneve_header");
+            }
+        }
+        if be16(g, 2) != 0x6558 {
+            return Drop("geneve_proto");
+        }
+        8 + opt_len
+    } else {
+        if ip[l4 + 8] & 0x08 == 0 {
+            return Drop("bad_vxlan_flags");
+        }
+        8
+    };
+    let inner = &ip[l4 + 8 + tunnel..l4 + ulen];
     let client = if et == 0x0800 {
         ip[12..16].to_vec()
     } else {
@@ -645,6 +690,10 @@ fn inner_reference(inner: &[u8]) -> Expect {
             let has_ports = first && (proto == 6 || proto == 17);
             if has_ports && total - hl < 4 {
                 return Drop("inner_truncated");
+            }
+            // RFC 1812 §5.2.2: a bad inner header checksum is discarded.
+            if csum(&ip[..hl]) != 0 {
+                return Drop("inner_bad_checksum");
             }
             let dport = if has_ports { be16(ip, hl + 2) } else { 0 };
             (
@@ -711,17 +760,8 @@ fn inner_reference(inner: &[u8]) -> Expect {
     out[6..12].copy_from_slice(&LOCAL_MAC);
     out[l3 + ttl_at] -= 1;
     if !v6 {
-        let hl = usize::from(out[l3] & 15) * 4;
-        if csum(&ip[..hl]) == 0 {
-            fix_ipv4_csum(&mut out[l3..]);
-        } else {
-            // An invalid checksum stays invalid: RFC 1624 update of the
-            // TTL word (−0x0100), as a router that does not verify does.
-            let c = be16(&out, l3 + 10);
-            let s = u32::from(!c) + 0xfeff;
-            let s = (s & 0xffff) + (s >> 16);
-            out[l3 + 10..l3 + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
-        }
+        // The checksum was verified above.
+        fix_ipv4_csum(&mut out[l3..]);
     }
     Expect::Routed(out)
 }
@@ -945,7 +985,12 @@ fn check_too_big(name: &str, i: usize, got: &[u8], client: &[u8], inner_src: [u8
         "{ctx}: outer protocol"
     );
     let vx = &ip[udp + 8..];
-    assert_ne!(vx[0] & 0x08, 0, "{ctx}: VXLAN I flag");
+    if be16(ip, udp + 2) == GENEVE_PORT {
+        // Back over Geneve: version 0, no options, Ethernet.
+        assert_eq!(&vx[..4], &[0, 0, 0x65, 0x58], "{ctx}: Geneve header");
+    } else {
+        assert_ne!(vx[0] & 0x08, 0, "{ctx}: VXLAN I flag");
+    }
     assert_eq!(
         u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
         vni,
@@ -1522,6 +1567,145 @@ fn hostile_ttl() {
     // which is not a service); to the service VIP: encapsulated regardless.
     assert_eq!(count(&got, "ttl_expired"), 2 * 3);
     assert_eq!(count(&got, "tx"), 16 - 6);
+}
+
+/// A Geneve header: version/options length byte `b0`, flags, protocol, VNI
+/// 100, then `opts`.
+fn geneve_hdr(b0: u8, flags: u8, proto: u16, opts: &[u8]) -> Vec<u8> {
+    let mut g = vec![b0, flags];
+    g.extend_from_slice(&proto.to_be_bytes());
+    g.extend_from_slice(&(100u32 << 8).to_be_bytes());
+    g.extend_from_slice(opts);
+    g
+}
+
+fn geneve_outer(v6: bool, g: Vec<u8>) -> OuterSpec {
+    OuterSpec {
+        v6,
+        dport: GENEVE_PORT,
+        geneve: Some(g),
+        ..Default::default()
+    }
+}
+
+/// Geneve's first two bytes at every value (version, options length, O, C,
+/// reserved), over 40 bytes of non-critical 1-word options (so the announced
+/// length decides how much of them is skipped and what is left for the
+/// inner frame), over IPv4 and IPv6 outers.
+#[test]
+fn hostile_geneve_header_bytes() {
+    let opts: Vec<u8> = [0x01u8, 0x02, 0x01, 0x00].repeat(10);
+    let inner = inner_frame(&InnerSpec::default());
+    let mut frames = Vec::new();
+    for ov6 in [false, true] {
+        for b0 in 0..=255u8 {
+            for flags in [0x00u8, 0x40, 0x80, 0x3f] {
+                let g = geneve_hdr(
+                    b0,
+                    flags,
+                    0x6558,
+                    &opts[..(usize::from(b0 & 0x3f) * 4).min(40)],
+                );
+                frames.push(vxlan_frame(&geneve_outer(ov6, g), &inner));
+            }
+        }
+    }
+    let got = run_group("geneve-bytes", &frames);
+    // Hand count, per outer family, of the frames whose announced options
+    // fit in the 40 bytes given (b0 & 0x3f ≤ 10, 11 values, version 0):
+    // flags 0 and reserved → forwarded (22), O → control (11), C → critical
+    // with options (10) and forwarded without (1). Versions 1..3 (3 × 64 b0
+    // values × 4 flags) → bad header. Longer announced options eat the inner
+    // frame (bad header when past the payload, else what the bytes say).
+    assert!(
+        count(&got, "bad_geneve_header") >= 2 * 3 * 64 * 4,
+        "{got:?}"
+    );
+    assert!(count(&got, "geneve_control") >= 2 * 11, "{got:?}");
+    assert!(count(&got, "geneve_critical") >= 2 * 10, "{got:?}");
+    assert_eq!(count(&got, "tx"), 2 * 23, "{got:?}");
+}
+
+/// Every prefix of Geneve frames (with 12 bytes of options; to a routed
+/// destination and to the VIP), and every prefix of the inner frame
+/// re-wrapped; a Geneve packet to the VIP is encapsulated to the backend.
+#[test]
+fn hostile_geneve_truncated_and_to_vip() {
+    let opts = [
+        0x01u8, 0x02, 0x03, 0x01, 0xaa, 0xbb, 0xcc, 0xdd, 0x01, 0x02, 0x04, 0x00,
+    ];
+    let mut frames = Vec::new();
+    let mut whole = 0u64;
+    for ov6 in [false, true] {
+        for dst4 in [[192, 168, 50, 1], VIP] {
+            let o = geneve_outer(ov6, geneve_hdr(3, 0, 0x6558, &opts));
+            let i = InnerSpec {
+                dst4,
+                dport: VIP_PORT,
+                ..Default::default()
+            };
+            let inner = inner_frame(&i);
+            let f = vxlan_frame(&o, &inner);
+            for n in 0..=f.len() {
+                frames.push(f[..n].to_vec());
+            }
+            for n in 0..=inner.len() {
+                frames.push(vxlan_frame(&o, &inner[..n]));
+            }
+            whole += 2;
+        }
+    }
+    let got = run_group("geneve-truncated", &frames);
+    // Only the whole frames pass (once as a prefix, once re-wrapped).
+    assert_eq!(count(&got, "tx"), whole, "{got:?}");
+}
+
+/// Inner IPv4 headers with a wrong checksum (RFC 1812 §5.2.2): every 16-bit
+/// word of the header, options included, off by one bit, routed and to the
+/// service VIP, plus the intact frames; over IPv4 and IPv6 outers.
+#[test]
+fn hostile_inner_bad_checksum() {
+    let mut frames = Vec::new();
+    let (mut bad, mut corrupted) = (0u64, 0u64);
+    for outer_v6 in [false, true] {
+        let o = OuterSpec {
+            v6: outer_v6,
+            ..Default::default()
+        };
+        for dst4 in [[192, 168, 50, 1], VIP] {
+            for opts in [Vec::new(), vec![1, 1, 1, 0]] {
+                let i = InnerSpec {
+                    dst4,
+                    dport: VIP_PORT,
+                    opts: opts.clone(),
+                    ..Default::default()
+                };
+                let good = inner_frame(&i);
+                frames.push(vxlan_frame(&o, &good));
+                let hl = 20 + opts.len();
+                for word in 0..hl / 2 {
+                    // Bit 0 of the word's low byte (TOS, length, id, offset,
+                    // TTL, checksum, addresses, options).
+                    let mut f = good.clone();
+                    f[14 + 2 * word + 1] ^= 1;
+                    if word != 1 {
+                        bad += 1;
+                    }
+                    corrupted += 1;
+                    frames.push(vxlan_frame(&o, &f));
+                }
+            }
+        }
+    }
+    let got = run_group("inner_csum", &frames);
+    // Hand count: every corruption but the total length's is a checksum
+    // error; a total length one byte longer than the frame is a bad header,
+    // one shorter parses and fails the checksum.
+    let csum = count(&got, "inner_bad_checksum");
+    assert!(csum >= bad, "{got:?}");
+    assert_eq!(csum + count(&got, "inner_bad_header"), corrupted, "{got:?}");
+    // The 8 intact frames go out (4 routed, 4 to the VIP).
+    assert_eq!(count(&got, "tx"), 8, "{got:?}");
 }
 
 /// Broadcast / multicast source MACs and addresses, outer and inner; outer

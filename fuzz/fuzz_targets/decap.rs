@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
         vtep_v4: vec![0x0a00_0001],
         vtep_v6: vec![0xfd00 << 112 | 1],
         ports: vec![4789, 8472],
+        geneve_ports: vec![6081],
     };
     let any = vxlan::DecapConfig::default();
     for cfg in [&strict, &any] {

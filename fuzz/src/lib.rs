@@ -22,7 +22,7 @@ use dataplane::stats::DropReason;
 use dataplane::tables::Tables;
 
 /// The gateway the pipeline target runs against: two VTEPs (v4 and v6), two
-/// VXLAN ports, a tenant ACL with a VNI default, and four services covering
+/// VXLAN and Geneve ports, a tenant ACL with a VNI default, and five services covering
 /// every encapsulation and a service whose only backend is down.
 /// `{VTEPS}` is replaced by the VTEP list (strict, or empty = any destination).
 pub const FIXED_TOML: &str = r#"
@@ -33,6 +33,7 @@ input = ["fuzz.pcap"]
 [gateway]
 vtep_ips = [{VTEPS}]
 vxlan_ports = [4789, 8472]
+geneve_ports = [6081]
 underlay_ips = ["10.0.0.1", "fd00::1"]
 local_mac = "02:00:00:00:00:01"
 next_hop_mac = "02:00:00:00:00:fe"
@@ -91,6 +92,16 @@ table_size = 251
 ip = "fd09::1"
 mac = "02:be:00:00:00:01"
 [[service]]
+name = "gen"
+vip = "192.168.0.4"
+port = 8080
+proto = "tcp"
+encap = "geneve"
+table_size = 251
+[[service.backend]]
+ip = "10.9.0.5"
+mac = "02:be:00:00:00:02"
+[[service]]
 name = "dead"
 vip = "192.168.0.3"
 port = 443
@@ -129,6 +140,9 @@ fn expected_front(frame: &[u8], t: &Tables) -> Result<(usize, usize, vxlan::Inne
     );
     let inner = &frame[d.inner_offset..d.inner_offset + d.inner_len];
     let p = vxlan::parse_inner(inner, d.vni).map_err(DropReason::from)?;
+    if !vxlan::inner_checksum_ok(inner, &p) {
+        return Err(DropReason::InnerBadChecksum);
+    }
     assert!(
         p.l3_offset + p.l3_len <= inner.len(),
         "parse_inner points past the frame"
@@ -285,7 +299,7 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
         "allowed flow dropped by the ACL"
     );
 
-    let lb_key = lb::FlowKey {
+    let mut lb_key = lb::FlowKey {
         vni: k.vni,
         src: k.src,
         dst: k.dst,
@@ -294,6 +308,47 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
         proto: k.proto,
         v6: k.v6,
     };
+    // An ICMP error to a VIP goes where the flow it quotes goes.
+    let dst_ip = if k.v6 {
+        std::net::IpAddr::V6(k.dst.into())
+    } else {
+        std::net::IpAddr::V4((k.dst as u32).into())
+    };
+    let msg = if k.v6 {
+        (ip_in[6] == 58).then(|| &ip_in[40..])
+    } else {
+        let first = u16::from_be_bytes([ip_in[6], ip_in[7]]) & 0x1fff == 0;
+        (first && k.proto == 1).then(|| &ip_in[usize::from(ip_in[0] & 15) * 4..])
+    };
+    if let Some(msg) = msg.filter(|_| t.lb.services().any(|(_, s)| s.vip == dst_ip)) {
+        use vxlan::icmp::QuoteError;
+        match vxlan::icmp::quoted_flow(msg, k.v6) {
+            Ok(None) => {}
+            Ok(Some(q)) => {
+                lb_key = lb::FlowKey {
+                    src: q.src,
+                    dst: q.dst,
+                    sport: q.sport,
+                    dport: q.dport,
+                    proto: q.proto,
+                    ..lb_key
+                };
+                if t.lb.lookup_service(&lb_key).is_none() {
+                    assert_eq!(v[0], Verdict::Drop(DropReason::IcmpNoService));
+                    return;
+                }
+            }
+            Err(e) => {
+                let r = match e {
+                    QuoteError::Truncated => DropReason::IcmpQuoteTruncated,
+                    QuoteError::Lies => DropReason::IcmpQuoteBad,
+                    QuoteError::NotTcpUdp => DropReason::IcmpNoService,
+                };
+                assert_eq!(v[0], Verdict::Drop(r), "ICMP error to a VIP");
+                return;
+            }
+        }
+    }
     let svc = t.lb.lookup_service(&lb_key);
     match (svc, v[0]) {
         (Some(_), Verdict::Drop(r)) => assert!(
@@ -316,7 +371,7 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
             let extra = match svc.encap {
                 lb::EncapKind::Ipip => 0,
                 lb::EncapKind::Gue => 8 + 4,
-                lb::EncapKind::Vxlan => 8 + 8 + l3,
+                lb::EncapKind::Vxlan | lb::EncapKind::Geneve => 8 + 8 + l3,
             };
             if ip_in.len() + outer_ip + extra > usize::from(t.mtu) {
                 check_too_big(out, frame);
@@ -438,11 +493,15 @@ fn check_encap(
                 "GUE payload does not end with the inner packet"
             );
         }
-        lb::EncapKind::Vxlan => {
+        lb::EncapKind::Vxlan | lb::EncapKind::Geneve => {
             assert_eq!(r.proto, 17);
             let ulen = usize::from(u16::from_be_bytes([payload[4], payload[5]]));
-            assert_eq!(ulen, payload.len(), "VXLAN UDP length");
-            assert_eq!(payload[8] & 0x08, 0x08, "VXLAN I flag");
+            assert_eq!(ulen, payload.len(), "VXLAN/Geneve UDP length");
+            if svc.encap == lb::EncapKind::Vxlan {
+                assert_eq!(payload[8] & 0x08, 0x08, "VXLAN I flag");
+            } else {
+                assert_eq!(&payload[8..12], &[0, 0, 0x65, 0x58], "Geneve v0, no options");
+            }
             let f = &payload[16..];
             assert_eq!(f.len(), l3 + ip_in.len());
             assert_eq!(&f[6..12], &t.local_mac, "inner src MAC");

@@ -10,13 +10,29 @@
 //! metadata line, compares tags, and reads only the entry whose tag matches; a hit
 //! costs two cache lines. 72 bytes per flow ([`FlowTable::BYTES_PER_ENTRY`]).
 //!
-//! **Replacement.** On a miss the new flow takes, in its set, an empty way, else
-//! the way closest to (or furthest past) its idle timeout: expired entries go
-//! first, and among entries of one protocol that is exactly least-recently-used.
-//! Across protocols a UDP entry idle for 29 s (timeout 30 s) goes before a TCP
-//! entry idle for 60 s (timeout 300 s). Like Katran's LRU map this is an
-//! approximate, per-set LRU: a flow can be evicted while another set still has
-//! room.
+//! **Replacement: a segmented LRU per set.** A new entry is *probationary*;
+//! the second packet of its flow promotes it to *protected* (counted as
+//! `promoted`). At most [`PROTECTED_WAYS`] of a set's eight ways are
+//! protected: promoting one more demotes the protected way with the least
+//! remaining life back to probationary (`demoted`). On a miss the new flow
+//! takes, in its set, an empty way, else an expired one, else the
+//! *probationary* way closest to its idle timeout; a live protected entry is
+//! never the victim while a probationary or expired way exists, which the cap
+//! guarantees. So a flood of one-packet flows (a SYN flood, a scan) only
+//! churns probationary entries and established flows keep their backends
+//! (Katran #80; Gatekeeper measured a 4× collapse with a full table).
+//! Evictions are counted by segment. "Closest to its timeout" is exactly
+//! least-recently-used among entries of one protocol; across protocols a UDP
+//! entry idle for 29 s (timeout 30 s) goes before a TCP entry idle for 60 s
+//! (timeout 300 s). Like Katran's LRU map this is approximate and per set: a
+//! flow can be evicted while another set still has room.
+//!
+//! **Connection ends** (the caller reports TCP flags, see
+//! [`LbTables::process_burst_flags_with`](crate::LbTables::process_burst_flags_with)):
+//! [`FlowTable::close`] marks an entry *closing* (a FIN was seen): from then
+//! on its idle timeout is `fin_timeout` instead of `tcp_timeout`, also after
+//! later packets refresh it; [`FlowTable::remove_at`] ends it at once (a
+//! client RST).
 //!
 //! **Time.** `now` is any monotonic coarse clock the caller likes (e.g. TSC-derived
 //! milliseconds); timeouts are in the same unit. Times are stored as 32 bits and
@@ -24,9 +40,12 @@
 //! (49 days in ms) could look young again; [`FlowTable::sweep`] clears expired
 //! entries incrementally and rules that out if called now and then.
 //!
-//! **Counters.** hits, misses, evictions (a live entry of another flow replaced),
-//! expired (a timed-out entry found or reclaimed) and rehomed (a pinned backend
-//! that was removed or went down, so the flow was re-selected).
+//! **Counters.** hits, misses, evictions (a live entry of another flow
+//! replaced; also split into probationary and protected), expired (a timed-out
+//! entry found or reclaimed), rehomed (a pinned backend that was removed or
+//! went down, or a SYN on an entry whose backend no longer takes new flows,
+//! so the flow was re-selected), promoted, demoted, closed (FIN) and reset
+//! (RST).
 
 use crate::FlowKey;
 
@@ -39,6 +58,10 @@ pub const DEFAULT_CAPACITY: usize = 1 << 16;
 /// The largest capacity accepted (larger requests are clamped): 16 Mi flows, 1.1 GiB.
 pub const MAX_CAPACITY: usize = 1 << 24;
 
+/// Most protected ways per set: at least one way is always left to new
+/// (probationary) flows.
+pub const PROTECTED_WAYS: u32 = 7;
+
 /// Flow-table configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowTableConfig {
@@ -49,15 +72,20 @@ pub struct FlowTableConfig {
     pub tcp_timeout: u32,
     /// Idle timeout of UDP (and any non-TCP) flows, in the caller's time unit.
     pub udp_timeout: u32,
+    /// Idle timeout of a TCP flow once a FIN was seen (see
+    /// [`FlowTable::close`]), in the caller's time unit.
+    pub fin_timeout: u32,
 }
 
 impl Default for FlowTableConfig {
-    /// 65536 flows, 300 s TCP and 30 s UDP with `now` in **milliseconds**.
+    /// 65536 flows, 300 s TCP, 30 s UDP and 10 s after a FIN with `now` in
+    /// **milliseconds**.
     fn default() -> Self {
         FlowTableConfig {
             capacity: DEFAULT_CAPACITY,
             tcp_timeout: 300_000,
             udp_timeout: 30_000,
+            fin_timeout: 10_000,
         }
     }
 }
@@ -73,8 +101,21 @@ pub struct FlowStats {
     pub evictions: u64,
     /// Entries found or reclaimed after their idle timeout.
     pub expired: u64,
-    /// Flows whose pinned backend was removed or down, re-selected.
+    /// Flows whose pinned backend was removed or down (or, on a SYN, no
+    /// longer takes new flows), re-selected.
     pub rehomed: u64,
+    /// Of `evictions`: probationary entries (one packet seen) replaced.
+    pub evicted_probationary: u64,
+    /// Of `evictions`: protected entries (established flows) replaced.
+    pub evicted_protected: u64,
+    /// Probationary entries promoted to protected (their flow's second packet).
+    pub promoted: u64,
+    /// Protected entries moved back to probationary to make room for a promotion.
+    pub demoted: u64,
+    /// Entries whose timeout was shortened by a FIN.
+    pub closed: u64,
+    /// Entries ended at once by a client RST.
+    pub reset: u64,
 }
 
 /// What a flow is pinned to: the backend's address (its identity across table
@@ -102,6 +143,8 @@ pub struct FlowInfo {
     pub pinned: Pinned,
     /// Ticks since its last packet.
     pub idle: u32,
+    /// In the protected segment (its flow has sent more than one packet).
+    pub protected: bool,
 }
 
 /// A position in the table returned by [`FlowTable::lookup`].
@@ -194,13 +237,78 @@ impl Entry {
 }
 
 /// Tag bit 0 marks a used way (an empty way has tag 0); bit 1 marks TCP so the
-/// replacement scan knows each way's timeout without reading the entry.
+/// replacement scan knows each way's timeout without reading the entry; bit 2
+/// marks a protected entry and bit 3 a closing one (FIN seen). A lookup
+/// compares tags with bits 2 and 3 masked off.
 const TAG_USED: u32 = 1;
 const TAG_TCP: u32 = 2;
+const TAG_PROTECTED: u32 = 4;
+const TAG_CLOSING: u32 = 8;
+const TAG_STATE: u32 = TAG_PROTECTED | TAG_CLOSING;
 
 #[inline]
 fn make_tag(hash: u64, proto: u8) -> u32 {
-    ((hash >> 32) as u32 & !3) | TAG_USED | if proto == 6 { TAG_TCP } else { 0 }
+    ((hash >> 32) as u32 & !15) | TAG_USED | if proto == 6 { TAG_TCP } else { 0 }
+}
+
+/// Added to the remaining life of live protected ways when choosing a victim,
+/// so that any probationary or expired way goes first.
+const PROTECTED_BIAS: i64 = 1 << 40;
+
+/// The idle timeout of a way with tag `t`.
+#[inline(always)]
+fn timeout_of(t: u32, tcp: u32, udp: u32, fin: u32) -> u32 {
+    if t & TAG_CLOSING != 0 {
+        fin
+    } else if t & TAG_TCP != 0 {
+        tcp
+    } else {
+        udp
+    }
+}
+
+/// Promotes way `w` of `meta` to protected; if that makes more than
+/// [`PROTECTED_WAYS`] protected ways, the other protected way with the least
+/// remaining life is demoted. Off the hit path's straight line: a flow is
+/// promoted once.
+#[cold]
+#[inline(never)]
+fn promote(
+    meta: &mut Meta,
+    w: usize,
+    now32: u32,
+    tcp: u32,
+    udp: u32,
+    fin: u32,
+    st: &mut FlowStats,
+) {
+    meta.tags[w] |= TAG_PROTECTED;
+    st.promoted += 1;
+    let protected = meta
+        .tags
+        .iter()
+        .filter(|&&t| t & TAG_PROTECTED != 0)
+        .count() as u32;
+    if protected <= PROTECTED_WAYS {
+        return;
+    }
+    let mut victim = None;
+    let mut least = i64::MAX;
+    for (v, &t) in meta.tags.iter().enumerate() {
+        if v == w || t & TAG_PROTECTED == 0 {
+            continue;
+        }
+        let life =
+            i64::from(timeout_of(t, tcp, udp, fin)) - i64::from(now32.wrapping_sub(meta.seen[v]));
+        if life < least {
+            least = life;
+            victim = Some(v);
+        }
+    }
+    if let Some(v) = victim {
+        meta.tags[v] &= !TAG_PROTECTED;
+        st.demoted += 1;
+    }
 }
 
 /// The per-worker flow table (see the module docs).
@@ -210,6 +318,7 @@ pub struct FlowTable {
     mask: usize,
     tcp_timeout: u32,
     udp_timeout: u32,
+    fin_timeout: u32,
     sweep_cursor: usize,
     stats: FlowStats,
 }
@@ -240,6 +349,7 @@ impl FlowTable {
             mask: sets - 1,
             tcp_timeout: cfg.tcp_timeout,
             udp_timeout: cfg.udp_timeout,
+            fin_timeout: cfg.fin_timeout,
             sweep_cursor: 0,
             stats: FlowStats::default(),
         }
@@ -273,11 +383,7 @@ impl FlowTable {
 
     #[inline]
     fn timeout(&self, tag: u32) -> u32 {
-        if tag & TAG_TCP != 0 {
-            self.tcp_timeout
-        } else {
-            self.udp_timeout
-        }
+        timeout_of(tag, self.tcp_timeout, self.udp_timeout, self.fin_timeout)
     }
 
     /// Touches the metadata line of `hash`'s set so that a later
@@ -297,7 +403,7 @@ impl FlowTable {
         let tag = make_tag(hash, proto);
         let mut m = 0u32;
         for (w, &t) in self.meta[set].tags.iter().enumerate() {
-            m |= u32::from(t == tag) << w;
+            m |= u32::from(t & !TAG_STATE == tag) << w;
         }
         (m != 0).then(|| set * WAYS + m.trailing_zeros() as usize)
     }
@@ -336,34 +442,34 @@ impl FlowTable {
         let set = hash as usize & self.mask;
         let tag = make_tag(hash, key.proto);
         let now32 = now as u32;
-        let tcp_timeout = self.tcp_timeout;
-        let udp_timeout = self.udp_timeout;
+        let (tcp_t, udp_t, fin_t) = (self.tcp_timeout, self.udp_timeout, self.fin_timeout);
         let meta = &mut self.meta[set];
         let base = set * WAYS;
         let mut m = 0u32;
         for (w, &t) in meta.tags.iter().enumerate() {
-            m |= u32::from(t == tag) << w;
+            m |= u32::from(t & !TAG_STATE == tag) << w;
         }
         while m != 0 {
             let w = m.trailing_zeros() as usize;
             m &= m - 1;
             let e = &self.entries[base + w];
             if e.matches(key) {
-                let timeout = if tag & TAG_TCP != 0 {
-                    tcp_timeout
-                } else {
-                    udp_timeout
-                };
-                if now32.wrapping_sub(meta.seen[w]) > timeout {
+                let t = meta.tags[w];
+                if now32.wrapping_sub(meta.seen[w]) > timeout_of(t, tcp_t, udp_t, fin_t) {
                     meta.tags[w] = 0;
                     self.stats.expired += 1;
                     return Probe::Miss(Slot(base + w));
                 }
                 meta.seen[w] = now32;
+                if t & TAG_PROTECTED == 0 {
+                    // The flow's second packet: promote it.
+                    promote(meta, w, now32, tcp_t, udp_t, fin_t, &mut self.stats);
+                }
                 return Probe::Hit(Slot(base + w), e.pinned());
             }
         }
-        // Victim: an empty way, else the one with the least remaining life.
+        // Victim: an empty way, else the one with the least remaining life,
+        // live protected ways last.
         let mut best = 0;
         let mut best_life = i64::MAX;
         for w in 0..WAYS {
@@ -372,12 +478,11 @@ impl FlowTable {
                 best = w;
                 break;
             }
-            let timeout = if t & TAG_TCP != 0 {
-                tcp_timeout
-            } else {
-                udp_timeout
-            };
-            let life = i64::from(timeout) - i64::from(now32.wrapping_sub(meta.seen[w]));
+            let mut life = i64::from(timeout_of(t, tcp_t, udp_t, fin_t))
+                - i64::from(now32.wrapping_sub(meta.seen[w]));
+            if t & TAG_PROTECTED != 0 && life >= 0 {
+                life += PROTECTED_BIAS;
+            }
             if life < best_life {
                 best_life = life;
                 best = w;
@@ -401,6 +506,11 @@ impl FlowTable {
                 self.stats.expired += 1;
             } else {
                 self.stats.evictions += 1;
+                if old & TAG_PROTECTED != 0 {
+                    self.stats.evicted_protected += 1;
+                } else {
+                    self.stats.evicted_probationary += 1;
+                }
             }
         }
         let meta = &mut self.meta[set];
@@ -419,6 +529,23 @@ impl FlowTable {
             e.gen = pinned.gen;
             e.flags = (e.flags & FLAG_V6) | if pinned.v6 { FLAG_BACKEND_V6 } else { 0 };
         }
+    }
+
+    /// Marks the flow at `slot` (from a [`Probe::Hit`]) as closing: its idle
+    /// timeout becomes `fin_timeout` from now on (a FIN was seen). Returns
+    /// false if it already was.
+    #[inline]
+    pub fn close(&mut self, slot: Slot) -> bool {
+        let Some(meta) = self.meta.get_mut(slot.0 / WAYS) else {
+            return false;
+        };
+        let t = &mut meta.tags[slot.0 % WAYS];
+        if *t == 0 || *t & TAG_CLOSING != 0 {
+            return false;
+        }
+        *t |= TAG_CLOSING;
+        self.stats.closed += 1;
+        true
     }
 
     /// Forgets the flow at `slot`.
@@ -498,6 +625,7 @@ impl FlowTable {
                         key: e.key(),
                         pinned: e.pinned(),
                         idle,
+                        protected: t & TAG_PROTECTED != 0,
                     })
                 })
             })
@@ -555,6 +683,7 @@ mod tests {
             capacity,
             tcp_timeout: 300,
             udp_timeout: 30,
+            fin_timeout: 10,
         }
     }
 
@@ -588,6 +717,71 @@ mod tests {
         assert_eq!(flows[0].key, k);
         assert_eq!(flows[0].pinned, pin(4));
         assert_eq!(flows[0].idle, 0);
+    }
+
+    /// One set (capacity 8): the second packet promotes; an eighth
+    /// promotion demotes the protected way with the least life; new flows
+    /// then replace only probationary ways.
+    #[test]
+    fn segmented_lru_in_one_set() {
+        let mut t = FlowTable::new(cfg(8));
+        let keys: Vec<FlowKey> = (0..8).map(|i| key(i, 6)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            t.insert(k, flow_hash(k), i as u64, pin(i as u16));
+        }
+        assert_eq!(t.stats().promoted, 0);
+        for (i, k) in keys.iter().enumerate() {
+            assert!(t.get(k, flow_hash(k), 10 + i as u64).is_some());
+        }
+        let s = t.stats();
+        assert_eq!((s.promoted, s.demoted), (8, 1));
+        // Key 0 was refreshed first (at 10): the least life, demoted.
+        let protected: Vec<bool> = keys
+            .iter()
+            .map(|k| t.iter(20).any(|f| f.key == *k && f.protected))
+            .collect();
+        assert_eq!(protected.iter().filter(|&&p| p).count(), 7);
+        assert!(!protected[0]);
+        // A flood of 100 new flows: the 7 protected ones all survive.
+        let before: Vec<FlowKey> = keys
+            .iter()
+            .zip(&protected)
+            .filter(|(_, &p)| p)
+            .map(|(k, _)| *k)
+            .collect();
+        for i in 100..200 {
+            let k = key(i, 6);
+            t.insert(&k, flow_hash(&k), 30, pin(9));
+        }
+        let s = t.stats();
+        assert_eq!(s.evicted_protected, 0);
+        assert!(s.evicted_probationary >= 99, "{s:?}");
+        for k in &before {
+            assert!(
+                t.get(k, flow_hash(k), 31).is_some(),
+                "protected flow evicted"
+            );
+        }
+        // Expired protected entries are still reclaimed.
+        let k = key(500, 6);
+        t.insert(&k, flow_hash(&k), 1000, pin(1));
+        assert!(t.stats().expired >= 1);
+    }
+
+    #[test]
+    fn fin_timeout_sticks() {
+        let mut t = FlowTable::new(cfg(64));
+        let k = key(1, 6);
+        let h = flow_hash(&k);
+        t.insert(&k, h, 0, pin(1));
+        let Probe::Hit(s, _) = t.lookup(&k, h, 1) else {
+            panic!()
+        };
+        assert!(t.close(s));
+        assert!(!t.close(s), "already closing");
+        assert!(t.get(&k, h, 11).is_some(), "idle 10 = fin_timeout");
+        assert!(t.get(&k, h, 21).is_some(), "refreshed at 11");
+        assert_eq!(t.get(&k, h, 32), None, "idle 11 > fin_timeout 10");
     }
 
     #[test]

@@ -63,7 +63,9 @@ pub use maglev::BackendIdx;
 pub use spec::{
     BackendSpec, BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services,
 };
-pub use tables::{build, Backend, BackendRef, LbTables, LbVerdict, Selected, Service, ServiceIdx};
+pub use tables::{
+    build, tcp_flags, Backend, BackendRef, LbTables, LbVerdict, Selected, Service, ServiceIdx,
+};
 
 /// The flow key the engine passes. IPv4 addresses are `u32::from(Ipv4Addr)`
 /// zero-extended to `u128` with `v6 = false`; `dst`/`dport` are the VIP side.

@@ -11,7 +11,7 @@
 //!   and at least the number of backends; at most
 //!   [`MAX_BACKENDS`](crate::maglev::MAX_BACKENDS) backends;
 //! * backend IPs are unique within a service;
-//! * every backend of a `vxlan` service has a `mac`;
+//! * every backend of a `vxlan` or `geneve` service has a `mac`;
 //! * **address family**: a backend has the same family as its service's VIP. The
 //!   outer (encapsulation) header is addressed to the backend and the inner packet
 //!   keeps the VIP, so mixed families would need 4-in-6 / 6-in-4 encapsulation;
@@ -78,6 +78,8 @@ pub enum EncapKind {
     Gue,
     /// VXLAN (needs the backend's MAC for the inner Ethernet header).
     Vxlan,
+    /// Geneve (RFC 8926) without options, like VXLAN (needs the backend's MAC).
+    Geneve,
 }
 
 impl fmt::Display for EncapKind {
@@ -86,6 +88,7 @@ impl fmt::Display for EncapKind {
             EncapKind::Ipip => "ipip",
             EncapKind::Gue => "gue",
             EncapKind::Vxlan => "vxlan",
+            EncapKind::Geneve => "geneve",
         })
     }
 }
@@ -282,12 +285,12 @@ impl ServiceSpec {
                 return Err(inv(field, reason));
             }
             if h.mode == HealthMode::Inband
-                && self.encap == EncapKind::Vxlan
+                && matches!(self.encap, EncapKind::Vxlan | EncapKind::Geneve)
                 && h.vni.or(self.vni).is_none()
             {
                 return Err(inv(
                     "health.vni",
-                    "required for in-band checks of a vxlan service without a vni".into(),
+                    "required for in-band checks of a vxlan or geneve service without a vni".into(),
                 ));
             }
         }
@@ -333,8 +336,11 @@ impl ServiceSpec {
         if b.ip.is_unspecified() || b.ip.is_multicast() {
             return Err(inv("ip", "must be a unicast address".into()));
         }
-        if self.encap == EncapKind::Vxlan && b.mac.is_none() {
-            return Err(inv("mac", "required for vxlan encapsulation".into()));
+        if matches!(self.encap, EncapKind::Vxlan | EncapKind::Geneve) && b.mac.is_none() {
+            return Err(inv(
+                "mac",
+                format!("required for {} encapsulation", self.encap),
+            ));
         }
         Ok(())
     }

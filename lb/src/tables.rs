@@ -361,7 +361,7 @@ impl LbTables {
         now: u64,
     ) -> Option<Selected> {
         let s = self.services.get(svc.0 as usize)?;
-        let (idx, new_flow) = select_in(s, key, hash, flows, now)?;
+        let (idx, new_flow) = select_in(s, key, hash, flows, now, 0)?;
         Some(Selected {
             backend: s.backends[usize::from(idx)].r,
             new_flow,
@@ -395,6 +395,30 @@ impl LbTables {
         self.process_burst_with(keys, flows, now, out, None::<fn(*const u8)>);
     }
 
+    /// [`process_burst_with`](Self::process_burst_with) with the TCP flags of
+    /// each packet (`tcp_flags[i]` for `keys[i]`, [`tcp_flags`] bits; missing
+    /// entries and non-TCP packets are 0), which end connections:
+    /// * RST: the packet goes to the flow's backend and the entry is removed
+    ///   at once (a reset for a flow not in the table is sent where Maglev
+    ///   points and nothing is stored);
+    /// * FIN: the entry's idle timeout becomes `fin_timeout`
+    ///   ([`FlowTable::close`]);
+    /// * SYN without ACK on an entry whose backend no longer takes new flows
+    ///   (draining, weight 0, down or removed): a new connection on a reused
+    ///   5-tuple, so the backend is chosen again (counted as `rehomed`).
+    #[inline]
+    pub fn process_burst_flags_with<F: Fn(*const u8)>(
+        &self,
+        keys: &[FlowKey],
+        tcp_flags: &[u8],
+        flows: &mut FlowTable,
+        now: u64,
+        out: &mut [LbVerdict],
+        prefetch: Option<F>,
+    ) {
+        self.burst(keys, tcp_flags, flows, now, out, prefetch);
+    }
+
     /// [`process_burst`](Self::process_burst) with a prefetch function: on a
     /// table larger than the caches, `prefetch(address)` is called for each
     /// packet's set metadata and entry before the lookups, instead of touching
@@ -411,6 +435,19 @@ impl LbTables {
         out: &mut [LbVerdict],
         prefetch: Option<F>,
     ) {
+        self.burst(keys, &[], flows, now, out, prefetch);
+    }
+
+    #[inline(always)]
+    fn burst<F: Fn(*const u8)>(
+        &self,
+        keys: &[FlowKey],
+        tcp_flags: &[u8],
+        flows: &mut FlowTable,
+        now: u64,
+        out: &mut [LbVerdict],
+        prefetch: Option<F>,
+    ) {
         const CHUNK: usize = 64;
         let n = keys.len().min(out.len());
         // Touching each packet's set metadata, then its entry, before the real
@@ -422,7 +459,11 @@ impl LbTables {
         let deep = flows.memory_bytes() > DEEP_PREFETCH_ABOVE_BYTES;
         let mut svcs = [None::<ServiceIdx>; CHUNK];
         let mut hashes = [0u64; CHUNK];
-        for (keys, out) in keys[..n].chunks(CHUNK).zip(out[..n].chunks_mut(CHUNK)) {
+        for (c, (keys, out)) in keys[..n]
+            .chunks(CHUNK)
+            .zip(out[..n].chunks_mut(CHUNK))
+            .enumerate()
+        {
             for (i, k) in keys.iter().enumerate() {
                 svcs[i] = self.lookup_service(k);
                 if svcs[i].is_some() {
@@ -459,11 +500,10 @@ impl LbTables {
             for (i, (k, o)) in keys.iter().zip(out.iter_mut()).enumerate() {
                 *o = match svcs[i] {
                     None => LbVerdict::NotService,
-                    Some(svc) => match self
-                        .services
-                        .get(svc.0 as usize)
-                        .and_then(|s| select_in(s, k, hashes[i], flows, now))
-                    {
+                    Some(svc) => match self.services.get(svc.0 as usize).and_then(|s| {
+                        let f = tcp_flags.get(c * CHUNK + i).copied().unwrap_or(0);
+                        select_in(s, k, hashes[i], flows, now, f)
+                    }) {
                         Some((backend, new_flow)) => LbVerdict::Forward {
                             svc,
                             backend,
@@ -477,8 +517,24 @@ impl LbTables {
     }
 }
 
+/// TCP flag bits as [`LbTables::process_burst_flags_with`] takes them (byte 13
+/// of the TCP header).
+pub mod tcp_flags {
+    /// No more data from the sender.
+    pub const FIN: u8 = 0x01;
+    /// Synchronize: opens a connection.
+    pub const SYN: u8 = 0x02;
+    /// Reset: ends a connection at once.
+    pub const RST: u8 = 0x04;
+    /// Acknowledgment field significant.
+    pub const ACK: u8 = 0x10;
+    /// The bits that change what the flow table does.
+    pub const ENDS: u8 = FIN | SYN | RST;
+}
+
 /// Selection within one service; returns the backend index and whether the
-/// flow is new (see [`LbTables::select`]).
+/// flow is new (see [`LbTables::select`] and, for `flags`,
+/// [`LbTables::process_burst_flags_with`]).
 #[inline(always)]
 fn select_in(
     s: &Service,
@@ -486,46 +542,97 @@ fn select_in(
     hash: u64,
     flows: &mut FlowTable,
     now: u64,
+    flags: u8,
 ) -> Option<(BackendIdx, bool)> {
     match flows.lookup(key, hash, now) {
         Probe::Hit(slot, p) => {
-            if p.gen == s.gen {
+            if p.gen == s.gen && flags & tcp_flags::ENDS == 0 {
                 flows.stats_mut().hits += 1;
                 return Some((p.idx, false));
             }
-            // The backend list changed since the flow was pinned: find its
-            // backend by address.
-            if let Some(idx) = s.find(p.addr, p.v6) {
-                if s.backends[usize::from(idx)].keeps_flows {
-                    flows.repin(
-                        slot,
-                        Pinned {
-                            idx,
-                            gen: s.gen,
-                            ..p
-                        },
-                    );
-                    flows.stats_mut().hits += 1;
-                    return Some((idx, false));
-                }
-            }
-            // Removed or down: re-select.
-            flows.stats_mut().misses += 1;
-            let Some(idx) = s.pick(hash) else {
-                flows.remove_at(slot);
-                return None;
-            };
-            flows.repin(slot, pinned(s, idx));
-            flows.stats_mut().rehomed += 1;
-            Some((idx, true))
+            hit_slow(s, hash, flows, slot, p, flags)
         }
         Probe::Miss(slot) => {
             flows.stats_mut().misses += 1;
             let idx = s.pick(hash)?;
+            if flags & tcp_flags::RST != 0 {
+                // A reset of a flow we do not know: nothing to remember.
+                flows.stats_mut().reset += 1;
+                return Some((idx, true));
+            }
             flows.insert_at(slot, key, hash, now, pinned(s, idx));
+            if flags & tcp_flags::FIN != 0 {
+                flows.close(slot);
+            }
             Some((idx, true))
         }
     }
+}
+
+/// A hit whose backend list changed since the flow was pinned, or that
+/// carries FIN, SYN or RST.
+#[inline(never)]
+fn hit_slow(
+    s: &Service,
+    hash: u64,
+    flows: &mut FlowTable,
+    slot: crate::flow_table::Slot,
+    p: Pinned,
+    flags: u8,
+) -> Option<(BackendIdx, bool)> {
+    // The flow's backend, if it may keep it: unchanged list, or found by
+    // address and keeping its flows (not down, not unhealthy with
+    // `on_down = "rehome"`).
+    let mut kept = if p.gen == s.gen {
+        Some(p.idx)
+    } else {
+        s.find(p.addr, p.v6)
+            .filter(|&idx| s.backends[usize::from(idx)].keeps_flows)
+    };
+    // A SYN (not a SYN-ACK) on a backend that takes no new flows is a new
+    // connection on a reused 5-tuple: choose again.
+    if flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+        kept = kept.filter(|&idx| s.backends[usize::from(idx)].eligible());
+    }
+    if let Some(idx) = kept {
+        flows.stats_mut().hits += 1;
+        if flags & tcp_flags::RST != 0 {
+            flows.remove_at(slot);
+            flows.stats_mut().reset += 1;
+        } else {
+            if p.gen != s.gen {
+                flows.repin(
+                    slot,
+                    Pinned {
+                        idx,
+                        gen: s.gen,
+                        ..p
+                    },
+                );
+            }
+            if flags & tcp_flags::FIN != 0 {
+                flows.close(slot);
+            }
+        }
+        return Some((idx, false));
+    }
+    // Removed, down, or a new connection to a backend that takes none: re-select.
+    flows.stats_mut().misses += 1;
+    let Some(idx) = s.pick(hash) else {
+        flows.remove_at(slot);
+        return None;
+    };
+    flows.stats_mut().rehomed += 1;
+    if flags & tcp_flags::RST != 0 {
+        flows.remove_at(slot);
+        flows.stats_mut().reset += 1;
+    } else {
+        flows.repin(slot, pinned(s, idx));
+        if flags & tcp_flags::FIN != 0 {
+            flows.close(slot);
+        }
+    }
+    Some((idx, true))
 }
 
 #[inline]

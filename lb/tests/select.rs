@@ -44,6 +44,7 @@ fn flows() -> FlowTable {
         capacity: 1 << 14,
         tcp_timeout: 300,
         udp_timeout: 30,
+        fin_timeout: 10,
     })
 }
 
@@ -307,6 +308,7 @@ fn burst_matches_per_packet_select() {
             capacity,
             tcp_timeout: 300,
             udp_timeout: 30,
+            fin_timeout: 10,
         };
         let mut ft_a = FlowTable::new(cfg);
         let mut ft_b = FlowTable::new(cfg);
@@ -416,6 +418,7 @@ fn prefetching_changes_nothing_but_is_called_inside_the_table() {
             capacity: 1 << 16,
             tcp_timeout: 300,
             udp_timeout: 30,
+            fin_timeout: 10,
         })
     };
     let (mut plain, mut pre) = (big(), big());

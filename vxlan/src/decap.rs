@@ -1,5 +1,6 @@
-//! VXLAN decapsulation: outer Ethernet (+ up to two VLAN tags) → IPv4/IPv6 →
-//! UDP → VXLAN, giving the VNI and where the inner Ethernet frame is.
+//! VXLAN and Geneve decapsulation: outer Ethernet (+ up to two VLAN tags) →
+//! IPv4/IPv6 → UDP → VXLAN or Geneve, giving the VNI and where the inner
+//! Ethernet frame is.
 //!
 //! Checks, in this order (the first failing one is reported):
 //!
@@ -15,11 +16,20 @@
 //!    more than 8 → `BadIpHeader`).
 //! 6. Protocol / final next header not UDP → `NotUdp`.
 //! 7. IP payload shorter than the 8-byte UDP header → `Truncated`.
-//! 8. UDP destination port not in `cfg.ports` → `NotVxlan`.
+//! 8. UDP destination port neither in `cfg.ports` (VXLAN) nor in
+//!    `cfg.geneve_ports` → `NotVxlan`.
 //! 9. IP destination not one of our VTEP addresses → `WrongVtep`.
-//! 10. UDP length < 16 (UDP + VXLAN headers) or > IP payload → `BadUdpLength`.
-//! 11. VXLAN I flag clear → `BadVxlanFlags`. Reserved bits and GBP fields are
+//! 10. UDP length < 16 (UDP + VXLAN / fixed Geneve header) or > IP payload →
+//!     `BadUdpLength`.
+//! 11. VXLAN: I flag clear → `BadVxlanFlags`. Reserved bits and GBP fields are
 //!     ignored.
+//! 11. Geneve ([`crate::geneve::check`]): version ≠ 0 or options running past
+//!     the UDP payload → `BadGeneveHeader`; O flag → `GeneveControl`; a
+//!     critical option (C flag with options, or an option type's critical
+//!     bit) → `GeneveCritical`; protocol type ≠ 0x6558 → `GeneveProto`.
+//!     Options are skipped; the inner frame starts after them.
+//!
+//! A port in both lists is VXLAN.
 //!
 //! The port is checked before the VTEP so that other UDP traffic to our
 //! addresses is classified `NotVxlan` (exception path), and traffic to our VXLAN
@@ -44,6 +54,8 @@ pub struct DecapConfig {
     pub vtep_v6: Vec<u128>,
     /// VXLAN UDP destination ports; empty means `[4789]`.
     pub ports: Vec<u16>,
+    /// Geneve UDP destination ports; empty means no Geneve.
+    pub geneve_ports: Vec<u16>,
 }
 
 /// A decapsulated packet.
@@ -58,6 +70,9 @@ pub struct Decap {
     pub inner_len: usize,
     /// The outer IP header was IPv6.
     pub outer_v6: bool,
+    /// Geneve header length (8 + options) if the tunnel was Geneve, 0 for
+    /// VXLAN.
+    pub geneve_len: u16,
 }
 
 /// Why [`decap()`] rejected a frame (see the module docs for the order).
@@ -86,11 +101,19 @@ pub enum DecapError {
     BadUdpLength,
     /// VXLAN I flag clear.
     BadVxlanFlags,
+    /// Geneve version not 0, or options past the UDP payload.
+    BadGeneveHeader,
+    /// Geneve O (control) flag.
+    GeneveControl,
+    /// A Geneve option marked critical (we understand none).
+    GeneveCritical,
+    /// Geneve protocol type not Ethernet (0x6558).
+    GeneveProto,
 }
 
 impl DecapError {
     /// Number of variants.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 14;
     /// Every variant, in discriminant order.
     pub const ALL: [DecapError; Self::COUNT] = [
         DecapError::Truncated,
@@ -103,6 +126,10 @@ impl DecapError {
         DecapError::WrongVtep,
         DecapError::BadUdpLength,
         DecapError::BadVxlanFlags,
+        DecapError::BadGeneveHeader,
+        DecapError::GeneveControl,
+        DecapError::GeneveCritical,
+        DecapError::GeneveProto,
     ];
     /// A stable snake_case name for counters and logs.
     pub const fn name(self) -> &'static str {
@@ -117,6 +144,10 @@ impl DecapError {
             DecapError::WrongVtep => "wrong_vtep",
             DecapError::BadUdpLength => "bad_udp_length",
             DecapError::BadVxlanFlags => "bad_vxlan_flags",
+            DecapError::BadGeneveHeader => "bad_geneve_header",
+            DecapError::GeneveControl => "geneve_control",
+            DecapError::GeneveCritical => "geneve_critical",
+            DecapError::GeneveProto => "geneve_proto",
         }
     }
 }
@@ -222,9 +253,13 @@ pub fn decap(frame: &[u8], cfg: &DecapConfig) -> Result<Decap, DecapError> {
     } else {
         &cfg.ports
     };
-    if !has(ports, dport) {
+    let geneve = if has(ports, dport) {
+        false
+    } else if has(&cfg.geneve_ports, dport) {
+        true
+    } else {
         return Err(DecapError::NotVxlan);
-    }
+    };
     if !ours {
         return Err(DecapError::WrongVtep);
     }
@@ -236,6 +271,9 @@ pub fn decap(frame: &[u8], cfg: &DecapConfig) -> Result<Decap, DecapError> {
         return Err(DecapError::BadUdpLength);
     }
     let vx = l4 + udp::HEADER_LEN;
+    if geneve {
+        return decap_geneve(&ip[vx..l4 + ulen], l3 + vx, outer_v6);
+    }
     // ulen >= 16 and ulen <= payload, so the VXLAN header is inside `ip`.
     let Some(v) = ip
         .get(vx..)
@@ -252,6 +290,28 @@ pub fn decap(frame: &[u8], cfg: &DecapConfig) -> Result<Decap, DecapError> {
         inner_offset: l3 + vx + vxlan::HEADER_LEN,
         inner_len: ulen - udp::HEADER_LEN - vxlan::HEADER_LEN,
         outer_v6,
+        geneve_len: 0,
+    })
+}
+
+/// The Geneve end of [`decap()`]: `payload` is the UDP payload (cut to the UDP
+/// length, at least 8 bytes), which starts at `at` in the frame. Out of line:
+/// VXLAN does not pay for it.
+#[inline(never)]
+fn decap_geneve(payload: &[u8], at: usize, outer_v6: bool) -> Result<Decap, DecapError> {
+    use crate::geneve::{check, GeneveError};
+    let g = check(payload).map_err(|e| match e {
+        GeneveError::BadHeader => DecapError::BadGeneveHeader,
+        GeneveError::Control => DecapError::GeneveControl,
+        GeneveError::Critical => DecapError::GeneveCritical,
+        GeneveError::Proto => DecapError::GeneveProto,
+    })?;
+    Ok(Decap {
+        vni: g.vni,
+        inner_offset: at + g.header_len,
+        inner_len: payload.len() - g.header_len,
+        outer_v6,
+        geneve_len: g.header_len as u16,
     })
 }
 
@@ -283,6 +343,16 @@ pub struct OuterEndpoints {
 /// `Truncated` if `headers` ends before a field it reads, `Malformed` if the
 /// ethertype is neither IPv4 nor IPv6. Never panics, never allocates.
 pub fn outer_endpoints(headers: &[u8]) -> Result<OuterEndpoints, WireError> {
+    outer_endpoints_tunnel(headers, vxlan::HEADER_LEN)
+}
+
+/// [`outer_endpoints`] for a tunnel header of `tunnel_len` bytes between the
+/// UDP header and the inner frame (8 for VXLAN, [`Decap::geneve_len`] for
+/// Geneve).
+pub fn outer_endpoints_tunnel(
+    headers: &[u8],
+    tunnel_len: usize,
+) -> Result<OuterEndpoints, WireError> {
     let (et, l3) = ethernet::walk(headers)?;
     let ip = &headers[l3..];
     let (src_ip, dst_ip, l4) = match et {
@@ -301,7 +371,7 @@ pub fn outer_endpoints(headers: &[u8]) -> Result<OuterEndpoints, WireError> {
             if ip.len() < ipv6::HEADER_LEN {
                 return Err(WireError::Truncated);
             }
-            let l4 = headers.len() - (udp::HEADER_LEN + vxlan::HEADER_LEN).min(headers.len());
+            let l4 = headers.len() - (udp::HEADER_LEN + tunnel_len).min(headers.len());
             if l4 < l3 + ipv6::HEADER_LEN {
                 return Err(WireError::Truncated);
             }
@@ -376,6 +446,7 @@ mod tests {
             vtep_v4: vec![u32::from(Ipv4Addr::new(192, 0, 2, 2))],
             vtep_v6: vec![u128::from("2001:db8::2".parse::<Ipv6Addr>().unwrap())],
             ports: vec![],
+            geneve_ports: vec![],
         }
     }
 
@@ -410,7 +481,8 @@ mod tests {
                 vni: 100,
                 inner_offset: 14 + 20 + 16,
                 inner_len: 20,
-                outer_v6: false
+                outer_v6: false,
+                geneve_len: 0,
             }
         );
         assert_eq!(&f[d.inner_offset..d.inner_offset + d.inner_len], &INNER);
@@ -625,6 +697,87 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A Geneve packet with `opts` (encoded) built from a VXLAN one.
+    fn geneve_packet(v6: bool, opts: &[u8], inner: &[u8]) -> Vec<u8> {
+        let o = outer(v6, None);
+        let mut p = vec![0u8; crate::encap::geneve_header_len(&o)];
+        crate::encap::emit_geneve(&o, 50000, 6081, 77, inner, &mut p);
+        p.extend_from_slice(inner);
+        // Insert the options after the fixed Geneve header and fix lengths.
+        let g = p.len() - inner.len() - 8;
+        p[g] = (opts.len() / 4) as u8;
+        let mut q = p[..g + 8].to_vec();
+        q.extend_from_slice(opts);
+        q.extend_from_slice(inner);
+        let l3 = 14;
+        let udp = g - 8;
+        let ulen = (q.len() - udp) as u16;
+        q[udp + 4..udp + 6].copy_from_slice(&ulen.to_be_bytes());
+        if v6 {
+            q[l3 + 4..l3 + 6].copy_from_slice(&ulen.to_be_bytes());
+        } else {
+            let total = (q.len() - l3) as u16;
+            q[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
+            ipv4_fixup(&mut q);
+        }
+        q
+    }
+
+    #[test]
+    fn test_geneve() {
+        let cfg = DecapConfig {
+            geneve_ports: vec![6081],
+            ..ours()
+        };
+        for v6 in [false, true] {
+            for opts in [
+                vec![],
+                vec![1, 2, 3, 1, 9, 9, 9, 9],
+                vec![1, 2, 3, 0, 1, 2, 4, 0],
+            ] {
+                let p = geneve_packet(v6, &opts, &INNER);
+                let d = decap(&p, &cfg).unwrap();
+                assert_eq!(d.vni, 77);
+                assert_eq!(usize::from(d.geneve_len), 8 + opts.len());
+                assert_eq!(&p[d.inner_offset..d.inner_offset + d.inner_len], &INNER);
+                // Without Geneve ports it is not ours; the port is what decides.
+                assert_eq!(decap(&p, &ours()), Err(DecapError::NotVxlan));
+                let e = outer_endpoints_tunnel(&p[..d.inner_offset], usize::from(d.geneve_len))
+                    .unwrap();
+                assert_eq!((e.src_port, e.dst_port), (50000, 6081));
+            }
+            let udp = if v6 { 14 + 40 } else { 14 + 20 };
+            let g = udp + 8;
+            let base = geneve_packet(v6, &[1, 2, 3, 1, 9, 9, 9, 9], &INNER);
+            let mut p = base.clone();
+            p[g] |= 0x40; // version 1
+            assert_eq!(decap(&p, &cfg), Err(DecapError::BadGeneveHeader));
+            let mut p = base.clone();
+            p[g + 1] = 0x80;
+            assert_eq!(decap(&p, &cfg), Err(DecapError::GeneveControl));
+            let mut p = base.clone();
+            p[g + 1] = 0x40;
+            assert_eq!(decap(&p, &cfg), Err(DecapError::GeneveCritical));
+            let mut p = base.clone();
+            p[g + 8 + 2] |= 0x80;
+            assert_eq!(decap(&p, &cfg), Err(DecapError::GeneveCritical));
+            let mut p = base.clone();
+            p[g + 2] = 0x08;
+            p[g + 3] = 0x00;
+            assert_eq!(decap(&p, &cfg), Err(DecapError::GeneveProto));
+            // Options length past the UDP payload (63 words).
+            let mut p = base.clone();
+            p[g] = 63;
+            assert_eq!(decap(&p, &cfg), Err(DecapError::BadGeneveHeader));
+            // A port in both lists is VXLAN.
+            let both = DecapConfig {
+                ports: vec![6081],
+                ..cfg.clone()
+            };
+            assert_eq!(decap(&base, &both), Err(DecapError::BadVxlanFlags));
         }
     }
 

@@ -3,6 +3,8 @@
 //!
 //! * VXLAN (RFC 7348): Ethernet (+ optional 802.1Q tag) + IPv4/IPv6 + UDP +
 //!   VXLAN, then the inner Ethernet frame.
+//! * Geneve (RFC 8926): as VXLAN, with the 8-byte Geneve header (version 0,
+//!   no options, no flags, protocol type 0x6558) in place of VXLAN's.
 //! * IP-in-IP (RFC 2003 / RFC 2473): Ethernet + outer IP whose protocol / next
 //!   header is 4 (inner IPv4) or 41 (inner IPv6), then the inner IP packet.
 //! * GUE variant 1 (draft-ietf-intarea-gue, section 4): Ethernet + IP + UDP,
@@ -206,6 +208,50 @@ pub fn emit_vxlan(o: &Outer, src_port: u16, dst_port: u16, vni: u32, inner: &[u8
         dst_port,
         &mut hdr[l4..],
         vxlan::HEADER_LEN,
+        inner,
+    );
+}
+
+/// Bytes [`emit_geneve`] writes: Ethernet (+ tag) + IP + UDP + Geneve (no
+/// options): the same as [`vxlan_header_len`].
+#[inline]
+pub fn geneve_header_len(o: &Outer) -> usize {
+    l2_len(o) + ip_len(&o.dst_ip) + udp::HEADER_LEN + crate::geneve::HEADER_LEN
+}
+
+/// [`emit_vxlan`] for Geneve: the outer headers into
+/// `hdr[..geneve_header_len(o)]` for the inner Ethernet frame `inner`, with a
+/// Geneve header of version 0, no options, no flags, protocol type Ethernet
+/// and `vni` (masked to 24 bits).
+///
+/// # Panics
+/// If `hdr` is shorter than [`geneve_header_len`] (a caller bug, not input).
+#[inline(always)]
+pub fn emit_geneve(
+    o: &Outer,
+    src_port: u16,
+    dst_port: u16,
+    vni: u32,
+    inner: &[u8],
+    hdr: &mut [u8],
+) {
+    let total = geneve_header_len(o);
+    let hdr = &mut hdr[..total];
+    let a = addrs(o.src_ip, o.dst_ip);
+    let et = match a {
+        Addrs::V4(..) => ethernet::ethertype::IPV4,
+        Addrs::V6(..) => ethernet::ethertype::IPV6,
+    };
+    let l3 = emit_l2(o, hdr, et);
+    let ulen = udp::HEADER_LEN + crate::geneve::HEADER_LEN + inner.len();
+    let l4 = l3 + emit_ip(&a, o.ttl, proto::UDP, ulen, &mut hdr[l3..]);
+    crate::geneve::emit(vni, &mut hdr[l4 + udp::HEADER_LEN..]);
+    emit_udp(
+        &a,
+        src_port,
+        dst_port,
+        &mut hdr[l4..],
+        crate::geneve::HEADER_LEN,
         inner,
     );
 }

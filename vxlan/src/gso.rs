@@ -8,7 +8,8 @@
 //!
 //! [`GsoPlan::new`] walks the headers in front of the TCP header (Ethernet, up
 //! to two VLAN tags, IPv4 or IPv6, and for tunnelled traffic one UDP header
-//! with an 8-byte VXLAN header and the inner Ethernet/IP headers) and checks
+//! with an 8-byte VXLAN header — or, to UDP port 6081, a Geneve header of 8
+//! bytes plus its options length — and the inner Ethernet/IP headers) and checks
 //! that they lead exactly to the TCP header the sender named (`csum_start`).
 //! [`GsoPlan::write`] then writes segment `i` into a caller's buffer, fixing
 //! what differs per segment: every IP length (and IPv4 ID, incremented per
@@ -146,7 +147,15 @@ impl GsoPlan {
                 PROTO_UDP if at + UDP_HDR + VXLAN_HDR < tcp && nfix < MAX_FIXUPS => {
                     fix[nfix] = Some(Fixup::Udp(at, matches!(ip, Fixup::Ipv6(_))));
                     nfix += 1;
-                    at += UDP_HDR + VXLAN_HDR;
+                    // The kernel's Geneve GSO uses the IANA port; the Geneve
+                    // header is 8 bytes + options (VXLAN's is 8).
+                    let tunnel = if get16(frame, at + 2) == Some(crate::geneve::PORT) {
+                        let b0 = *frame.get(at + UDP_HDR).ok_or(GsoError::Truncated)?;
+                        crate::geneve::HEADER_LEN + crate::geneve::options_len(b0)
+                    } else {
+                        VXLAN_HDR
+                    };
+                    at += UDP_HDR + tunnel;
                 }
                 _ => return Err(GsoError::BadHeaders),
             }
@@ -428,6 +437,46 @@ mod tests {
             assert_eq!(&buf[40..42], &[0, 0], "outer UDP checksum");
             assert_eq!(usize::from(u16::from_be_bytes([buf[38], buf[39]])), n - 34);
         }
+    }
+
+    /// Geneve (port 6081) with 8 bytes of options over IPv4: the inner TCP is
+    /// found after the options and every segment keeps them.
+    #[test]
+    fn test_segments_geneve_with_options() {
+        let data = payload(2500);
+        let mut inner = eth(ETHERTYPE_IPV4);
+        inner.extend(ipv4(6, 20 + data.len(), 1));
+        inner.extend(tcp(&data, 5, 0x10));
+        let gen = [
+            0x02, 0, 0x65, 0x58, 0, 0, 7, 0, 0x01, 0x02, 0x03, 0x01, 9, 9, 9, 9,
+        ];
+        let mut f = eth(ETHERTYPE_IPV4);
+        f.extend(ipv4(17, 8 + gen.len() + inner.len(), 9));
+        let mut udp = vec![0u8; 8];
+        udp[2..4].copy_from_slice(&6081u16.to_be_bytes());
+        f.extend_from_slice(&udp);
+        f.extend_from_slice(&gen);
+        f.extend_from_slice(&inner);
+        let inner_off = 14 + 20 + 8 + gen.len();
+        let plan = GsoPlan::new(&f, inner_off + 14 + 20, 1000).unwrap();
+        assert_eq!(plan.segments(), 3);
+        // Without the options counted, the TCP header would not be where the
+        // sender said: on port 4789 the same frame is refused.
+        let mut v = f.clone();
+        v[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&4789u16.to_be_bytes());
+        assert!(GsoPlan::new(&v, inner_off + 14 + 20, 1000).is_err());
+        let mut buf = [0u8; 1600];
+        let mut got = Vec::new();
+        for i in 0..plan.segments() {
+            let n = plan.write(&f, i, &mut buf).unwrap();
+            assert!(verify(&buf[14..34]));
+            assert_eq!(usize::from(u16::from_be_bytes([buf[38], buf[39]])), n - 34);
+            assert_eq!(&buf[42..58], &gen, "Geneve header and options kept");
+            let ip = &buf[inner_off + 14..n];
+            assert!(verify(&ip[..20]));
+            got.extend_from_slice(&ip[40..]);
+        }
+        assert_eq!(got, data);
     }
 
     #[test]

@@ -256,9 +256,175 @@ impl IcmpRepr {
     }
 }
 
+/// The flow an ICMP error is about, read from its quote (RFC 792 / RFC 4443:
+/// the offending packet's IP header and at least its first 8 bytes). For an
+/// error about a packet that went from `quoted.src:sport` to
+/// `quoted.dst:dport`, this is the *reverse* direction, the flow of the host
+/// the packet was sent to: what a load balancer that only sees client → VIP
+/// traffic has in its flow table when the VIP's backend answered the client
+/// directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotedFlow {
+    /// The quoted packet's destination (the client).
+    pub src: u128,
+    /// The quoted packet's source (the VIP).
+    pub dst: u128,
+    /// The quoted destination port.
+    pub sport: u16,
+    /// The quoted source port.
+    pub dport: u16,
+    /// 6 or 17.
+    pub proto: u8,
+}
+
+/// Why [`quoted_flow`] could not read the flow of an ICMP error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuoteError {
+    /// The message or its quote ends before the quoted IP header and the
+    /// 8 bytes of L4 header after it.
+    Truncated,
+    /// The quoted header lies: wrong version, IHL below 5, or a total
+    /// (IPv4) length shorter than its own header and 8 bytes, or the quote
+    /// is of a non-first fragment (no ports).
+    Lies,
+    /// The quoted packet is not TCP or UDP (over IPv6: not directly after
+    /// the fixed header), so it belongs to no service.
+    NotTcpUdp,
+}
+
+/// Whether `(type, code)` is an error that quotes a packet and concerns its
+/// flow: destination unreachable (every code, fragmentation needed
+/// included) and time exceeded; over ICMPv6 also packet too big.
+#[inline]
+pub fn is_error(v6: bool, msg_type: u8) -> bool {
+    if v6 {
+        matches!(
+            msg_type,
+            v6::DST_UNREACHABLE | v6::PACKET_TOO_BIG | v6::TIME_EXCEEDED
+        )
+    } else {
+        matches!(msg_type, v4::DST_UNREACHABLE | v4::TIME_EXCEEDED)
+    }
+}
+
+/// For an ICMP (`v6` false) or ICMPv6 message `msg` (from its type byte to
+/// the end of the IP payload): `Ok(None)` if it is not an error
+/// ([`is_error`]: echo, neighbour discovery...), else the reversed flow of
+/// the packet it quotes. Never panics.
+pub fn quoted_flow(msg: &[u8], v6: bool) -> core::result::Result<Option<QuotedFlow>, QuoteError> {
+    let Some(&t) = msg.first() else {
+        return Err(QuoteError::Truncated);
+    };
+    if !is_error(v6, t) {
+        return Ok(None);
+    }
+    let q = msg.get(HEADER_LEN..).ok_or(QuoteError::Truncated)?;
+    let (hl, protocol, src, dst) = if v6 {
+        if q.len() < crate::ipv6::HEADER_LEN + 8 {
+            return Err(QuoteError::Truncated);
+        }
+        if q[0] >> 4 != 6 {
+            return Err(QuoteError::Lies);
+        }
+        (
+            crate::ipv6::HEADER_LEN,
+            q[6],
+            crate::be128(q, 8),
+            crate::be128(q, 24),
+        )
+    } else {
+        if q.len() < crate::ipv4::HEADER_LEN {
+            return Err(QuoteError::Truncated);
+        }
+        let hl = usize::from(q[0] & 0x0f) * 4;
+        if q[0] >> 4 != 4 || hl < crate::ipv4::HEADER_LEN {
+            return Err(QuoteError::Lies);
+        }
+        if q.len() < hl + 8 {
+            return Err(QuoteError::Truncated);
+        }
+        if usize::from(be16(q, 2)) < hl + 8 || be16(q, 6) & crate::ipv4::FRAG_OFFSET_MASK != 0 {
+            return Err(QuoteError::Lies);
+        }
+        (hl, q[9], u128::from(be32(q, 12)), u128::from(be32(q, 16)))
+    };
+    if protocol != proto::TCP && protocol != proto::UDP {
+        return Err(QuoteError::NotTcpUdp);
+    }
+    Ok(Some(QuotedFlow {
+        src: dst,
+        dst: src,
+        sport: be16(q, hl + 2),
+        dport: be16(q, hl),
+        proto: protocol,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_quoted_flow() {
+        // VIP 192.168.0.1:80 -> client 10.1.0.1:40000, TCP.
+        let mut q = vec![
+            0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 192, 168, 0, 1, 10, 1, 0, 1,
+        ];
+        q.extend_from_slice(&[0, 80, 0x9c, 0x40, 0, 0, 0, 1]);
+        let msg = |ty: u8, q: &[u8]| {
+            let mut m = vec![ty, 4, 0, 0, 0, 0, 5, 0x78];
+            m.extend_from_slice(q);
+            m
+        };
+        let f = quoted_flow(&msg(3, &q), false).unwrap().unwrap();
+        assert_eq!(
+            f,
+            QuotedFlow {
+                src: 0x0a01_0001,
+                dst: 0xc0a8_0001,
+                sport: 40000,
+                dport: 80,
+                proto: 6
+            }
+        );
+        assert!(quoted_flow(&msg(11, &q), false).unwrap().is_some());
+        assert_eq!(quoted_flow(&msg(8, &q), false), Ok(None), "echo");
+        assert_eq!(quoted_flow(&msg(0, &[]), false), Ok(None));
+        for n in 0..28 {
+            assert_eq!(
+                quoted_flow(&msg(3, &q[..n]), false),
+                Err(QuoteError::Truncated),
+                "{n}"
+            );
+        }
+        let mut l = q.clone();
+        l[2..4].copy_from_slice(&27u16.to_be_bytes());
+        assert_eq!(quoted_flow(&msg(3, &l), false), Err(QuoteError::Lies));
+        let mut l = q.clone();
+        l[0] = 0x44;
+        assert_eq!(quoted_flow(&msg(3, &l), false), Err(QuoteError::Lies));
+        let mut l = q.clone();
+        l[7] = 1; // a non-first fragment
+        assert_eq!(quoted_flow(&msg(3, &l), false), Err(QuoteError::Lies));
+        let mut l = q.clone();
+        l[9] = 1;
+        assert_eq!(quoted_flow(&msg(3, &l), false), Err(QuoteError::NotTcpUdp));
+        // ICMPv6 packet too big quoting fd01::1:80 -> fd02::1:40000 UDP.
+        let mut q6 = vec![0x60, 0, 0, 0, 0, 16, 17, 64];
+        q6.extend_from_slice(&[0xfd, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        q6.extend_from_slice(&[0xfd, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        q6.extend_from_slice(&[0, 80, 0x9c, 0x40, 0, 16, 0, 0]);
+        let f = quoted_flow(&msg(2, &q6), true).unwrap().unwrap();
+        assert_eq!((f.sport, f.dport, f.proto), (40000, 80, 17));
+        assert_eq!(f.src >> 112, 0xfd02);
+        assert_eq!(quoted_flow(&msg(128, &q6), true), Ok(None));
+        assert_eq!(
+            quoted_flow(&msg(2, &q6[..47]), true),
+            Err(QuoteError::Truncated)
+        );
+        q6[0] = 0x40;
+        assert_eq!(quoted_flow(&msg(2, &q6), true), Err(QuoteError::Lies));
+    }
     use proptest::prelude::*;
 
     // An ICMP echo request (id 0x1234, seq 1, data "abcd"); its checksum by

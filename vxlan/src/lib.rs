@@ -39,7 +39,7 @@
 //! pkt.extend_from_slice(&inner);
 //!
 //! // ... and take it apart again.
-//! let cfg = DecapConfig { vtep_v4: vec![u32::from(Ipv4Addr::new(192, 0, 2, 2))], vtep_v6: vec![], ports: vec![] };
+//! let cfg = DecapConfig { vtep_v4: vec![u32::from(Ipv4Addr::new(192, 0, 2, 2))], vtep_v6: vec![], ports: vec![], geneve_ports: vec![] };
 //! let d = decap(&pkt, &cfg).unwrap();
 //! assert_eq!(d.vni, 42);
 //! let frame = &pkt[d.inner_offset..d.inner_offset + d.inner_len];
@@ -54,6 +54,7 @@ pub mod decap;
 pub mod encap;
 pub mod ethernet;
 pub mod flow;
+pub mod geneve;
 pub mod gso;
 pub mod icmp;
 pub mod ipv4;
@@ -63,12 +64,16 @@ pub mod udp;
 #[allow(clippy::module_inception)]
 pub mod vxlan;
 
-pub use decap::{decap, outer_endpoints, Decap, DecapConfig, DecapError, OuterEndpoints};
-pub use encap::{
-    build_inner_frame, emit_gue, emit_ipip, emit_vxlan, gue_header_len, ipip_header_len,
-    vxlan_header_len, InnerSpec, Outer,
+pub use decap::{
+    decap, outer_endpoints, outer_endpoints_tunnel, Decap, DecapConfig, DecapError, OuterEndpoints,
 };
-pub use flow::{flow_src_port, parse_inner, symmetric_hash, FlowKey, Inner, InnerError};
+pub use encap::{
+    build_inner_frame, emit_geneve, emit_gue, emit_ipip, emit_vxlan, geneve_header_len,
+    gue_header_len, ipip_header_len, vxlan_header_len, InnerSpec, Outer,
+};
+pub use flow::{
+    flow_src_port, inner_checksum_ok, parse_inner, symmetric_hash, FlowKey, Inner, InnerError,
+};
 pub use rewrite::{decrement_ttl, set_macs, TtlError};
 
 use core::fmt;

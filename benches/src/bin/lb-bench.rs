@@ -236,6 +236,7 @@ fn flow_table(capacity: usize) -> FlowTable {
         capacity,
         tcp_timeout: u32::MAX / 2,
         udp_timeout: u32::MAX / 2,
+        fin_timeout: u32::MAX / 2,
     })
 }
 

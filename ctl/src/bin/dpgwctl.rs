@@ -191,6 +191,7 @@ enum EncapArg {
     Ipip,
     Gue,
     Vxlan,
+    Geneve,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -494,6 +495,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     EncapArg::Ipip => EncapKind::Ipip,
                     EncapArg::Gue => EncapKind::Gue,
                     EncapArg::Vxlan => EncapKind::Vxlan,
+                    EncapArg::Geneve => EncapKind::Geneve,
                 };
                 if let Some(m) = table_size {
                     spec.table_size = m;

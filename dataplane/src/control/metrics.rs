@@ -148,6 +148,13 @@ fn flow_counters(worker: Option<usize>, t: &Telemetry) -> FlowTableCounters {
         misses: t.flow_counters.misses,
         evictions: t.flow_counters.evictions,
         expirations: t.flow_counters.expirations,
+        evicted_probationary: t.flow_counters.evicted_probationary,
+        evicted_protected: t.flow_counters.evicted_protected,
+        promoted: t.flow_counters.promoted,
+        demoted: t.flow_counters.demoted,
+        closed: t.flow_counters.closed,
+        reset: t.flow_counters.reset,
+        rehomed: t.flow_counters.rehomed,
     }
 }
 
@@ -158,6 +165,13 @@ fn add_flows(a: &mut FlowTableCounters, b: &FlowTableCounters) {
     a.misses += b.misses;
     a.evictions += b.evictions;
     a.expirations += b.expirations;
+    a.evicted_probationary += b.evicted_probationary;
+    a.evicted_protected += b.evicted_protected;
+    a.promoted += b.promoted;
+    a.demoted += b.demoted;
+    a.closed += b.closed;
+    a.reset += b.reset;
+    a.rehomed += b.rehomed;
 }
 
 /// Everything `stats` reports.
@@ -749,6 +763,13 @@ const FAMILIES: &[Family] = &[
                     ("miss", f.misses),
                     ("eviction", f.evictions),
                     ("expiration", f.expirations),
+                    ("eviction_probationary", f.evicted_probationary),
+                    ("eviction_protected", f.evicted_protected),
+                    ("promotion", f.promoted),
+                    ("demotion", f.demoted),
+                    ("fin", f.closed),
+                    ("rst", f.reset),
+                    ("rehome", f.rehomed),
                 ] {
                     v.push(sample(vec![worker_label(f.worker), ("event", ev.into())], n));
                 }
@@ -921,6 +942,7 @@ mod tests {
                 misses: 2,
                 evictions: 3,
                 expirations: 4,
+                ..Default::default()
             };
             t.acl_cache = crate::stats::AclCacheCounters {
                 hits: 20 + w,
