@@ -11,7 +11,9 @@
 #     read by dpgwctl into /dev/null), alternated;
 #  3. `dpgwctl flows list` latency on a worker holding ~1M flows.
 #
-# Usage: scripts/bench-observe.sh [--rounds N] [--base COMMIT] [--quick]
+# Usage: scripts/bench-observe.sh [--rounds N] [--base COMMIT] [--this COMMIT] [--replay-only] [--quick]
+#   --this COMMIT: measure that commit instead of the working tree (e.g. the
+#   commit that added tracing, to compare it with its parent alone).
 # Prints a table and writes target/bench-observe/results.json. Builds with
 # the release profile (thin LTO); run on a quiet machine (it prints the load).
 set -euo pipefail
@@ -19,11 +21,15 @@ cd "$(dirname "$0")/.."
 rounds=5
 base=074b8ad
 quick=0
+this=""
+replay_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --base) base=$2; shift 2 ;;
     --quick) quick=1; rounds=1; shift ;;
+    --this) this=$2; shift 2 ;;
+    --replay-only) replay_only=1; shift ;;
     *) echo "bench-observe.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -33,16 +39,25 @@ echo "== building (release): this tree"
 cargo build -q --release -p dataplane -p ctl
 new=target/release/dpgw
 ctl=target/release/dpgwctl
+# build_commit COMMIT NAME: a release dpgw of COMMIT at $out/dpgw-NAME (cached).
+build_commit() {
+  local bin=$out/dpgw-$2
+  if [ ! -x "$bin" ] || [ "$(cat "$out/$2-commit" 2>/dev/null)" != "$1" ]; then
+    echo "== building (release): $1 ($2)"
+    rm -rf "$out/wt"
+    git worktree add -q --detach "$out/wt" "$1"
+    (cd "$out/wt" && CARGO_TARGET_DIR="$PWD/../target-base" cargo build -q --release -p dataplane)
+    cp "$out/target-base/release/dpgw" "$bin"
+    echo "$1" >"$out/$2-commit"
+    git worktree remove --force "$out/wt"
+  fi
+}
+trap 'git worktree remove --force "$out/wt" 2>/dev/null || true' EXIT
+build_commit "$base" base
 old=$out/dpgw-base
-if [ ! -x "$old" ] || [ "$(cat "$out/base-commit" 2>/dev/null)" != "$base" ]; then
-  echo "== building (release): $base (without trace/capture)"
-  rm -rf "$out/wt"
-  git worktree add -q --detach "$out/wt" "$base"
-  trap 'git worktree remove --force "$out/wt" 2>/dev/null || true' EXIT
-  (cd "$out/wt" && CARGO_TARGET_DIR="$PWD/../target-base" cargo build -q --release -p dataplane)
-  cp "$out/target-base/release/dpgw" "$old"
-  echo "$base" >"$out/base-commit"
-  git worktree remove --force "$out/wt"
+if [ -n "$this" ]; then
+  build_commit "$this" this
+  new=$out/dpgw-this
 fi
 acl=../shared/testdata/classbench/neurocuts/acl1_1k
 [ -f "$acl" ] || { echo "bench-observe.sh: $acl missing" >&2; exit 1; }
@@ -93,6 +108,20 @@ for r in $(seq 1 "$rounds"); do
   echo "base $(cyc "$old")" >>"$out/replay.txt"
   echo "this $(cyc "$new")" >>"$out/replay.txt"
 done
+if [ "$replay_only" = 1 ]; then
+  python3 - "$out" <<'EOF'
+import statistics, sys
+d = {}
+for line in open(f"{sys.argv[1]}/replay.txt"):
+    k, c, m = line.split()
+    d.setdefault(k, []).append(float(c))
+b, t = statistics.median(d["base"]), statistics.median(d["this"])
+print(f"target pipeline, replay on-CPU cycles/packet (median of {len(d['this'])}): base {b:.1f}, this {t:.1f}, ratio {t / b:.3f}")
+print("rounds base:", d["base"], "this:", d["this"])
+EOF
+  echo "== load average: $(cat /proc/loadavg)"
+  exit 0
+fi
 sock=$out/dpgw.sock
 cfg 0 "[control]
 socket = \"$(realpath "$out")/dpgw.sock\"" >"$out/run.toml"
