@@ -319,9 +319,10 @@ pub fn steps(
             };
             match b {
                 Some(b) => s.push(format!(
-                    "lb: service {name}, {how} -> backend {} ({:?}, weight {}, {:?})",
+                    "lb: service {name}, {how} -> backend {} (admin {}, health {}, weight {}, encap {})",
                     b.ip,
                     b.state,
+                    b.health,
                     b.weight,
                     b.backend_ref().encap
                 )),
@@ -331,9 +332,29 @@ pub fn steps(
     }
     if v == Verdict::Tx {
         s.push(format!("out: {}", describe_frame(out_frame)));
+        // The frame leaves within the MTU (its IP packet at most `mtu` bytes)
+        // to the next hop's MAC: learned by ARP/ND, or the configured one.
+        s.push(format!(
+            "next hop: {}, MTU ok ({} <= {} bytes)",
+            mac_text(out_frame),
+            out_frame.len().saturating_sub(14),
+            t.mtu
+        ));
     }
     s.push(format!("verdict: {}", verdict_name(v)));
     s
+}
+
+fn mac_text(f: &[u8]) -> String {
+    f.get(..6).map_or_else(
+        || "?".to_string(),
+        |m| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        },
+    )
 }
 
 fn lb_key(k: &vxlan::FlowKey) -> lb::FlowKey {
