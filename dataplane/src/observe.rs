@@ -241,8 +241,10 @@ pub fn steps(
     let mut s = Vec::new();
     match o.after_decap[i] {
         Verdict::Tx => s.push(format!(
-            "decap: VXLAN VNI {}, {} bytes of outer headers removed",
-            meta.vni, meta.outer_len
+            "decap: {} VNI {}, {} bytes of outer headers removed",
+            overlay_name(t, &o.rx[i]),
+            meta.vni,
+            meta.outer_len
         )),
         Verdict::Punt => {
             s.push("decap: not VXLAN; a frame for the gateway itself (ARP, ND, echo): punted to the slow path".into());
@@ -343,6 +345,21 @@ pub fn steps(
     }
     s.push(format!("verdict: {}", verdict_name(v)));
     s
+}
+
+/// "Geneve" when the frame's outer UDP destination port is a Geneve port,
+/// else "VXLAN" (decap accepted it, so it is one of the two).
+fn overlay_name(t: &Tables, frame: &[u8]) -> &'static str {
+    use etherparse::{SlicedPacket, TransportSlice};
+    match SlicedPacket::from_ethernet(frame)
+        .ok()
+        .and_then(|p| p.transport)
+    {
+        Some(TransportSlice::Udp(u)) if t.decap.geneve_ports.contains(&u.destination_port()) => {
+            "Geneve"
+        }
+        _ => "VXLAN",
+    }
 }
 
 fn mac_text(f: &[u8]) -> String {
