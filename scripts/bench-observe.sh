@@ -168,7 +168,7 @@ sleep $((quick ? 2 : 6))
 : >"$out/flows.txt"
 for r in $(seq 1 "$rounds"); do
   t0=$(date +%s%N)
-  n=$($ctl --socket "$sock" --json --timeout 60 flows list --limit 2000000 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["data"]["entries"]))')
+  n=$($ctl --socket "$sock" --json --timeout 60 flows list --limit 2000000 | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(len(d["entries"]), d["collect_ms"])')
   t1=$(date +%s%N)
   echo "list_all $(((t1 - t0) / 1000000)) $n" >>"$out/flows.txt"
 done
@@ -195,13 +195,15 @@ res = {
     "capture_all_ratio": dmed["capture_all"] / dmed["off"],
     "flows_list_ms_median": statistics.median(x[0] for x in fl),
     "flows_listed": int(fl[0][1]),
+    "flows_collect_ms_median": statistics.median(x[2] for x in fl),
     "rounds": len(rep["this"]),
 }
 print(f"target pipeline, replay on-CPU cycles/packet (median of {res['rounds']}): "
       f"base {med['base']:.1f}, this tree (disarmed) {med['this']:.1f}, ratio {res['replay_ratio_this_over_base']:.3f}")
 print(f"daemon rx rate: off {dmed['off']/1e6:.3f} Mpps, trace armed (no match) {dmed['trace_nomatch']/1e6:.3f} Mpps "
       f"({res['trace_armed_ratio']:.3f}), capture of all {dmed['capture_all']/1e6:.3f} Mpps ({res['capture_all_ratio']:.3f})")
-print(f"flows list: {res['flows_listed']} entries in {res['flows_list_ms_median']:.0f} ms (median)")
+print(f"flows list: {res['flows_listed']} entries in {res['flows_list_ms_median']:.0f} ms end to end, "
+      f"{res['flows_collect_ms_median']:.0f} ms collecting them from the workers (medians)")
 json.dump(res, open(f"{out}/results.json", "w"), indent=2)
 EOF
 echo "== load average: $(cat /proc/loadavg)"

@@ -534,6 +534,9 @@ pub struct FlowListReport {
     pub truncated: bool,
     /// Workers that answered (a stopped worker's table is not read).
     pub workers: usize,
+    /// Milliseconds the daemon took to collect the entries from the workers.
+    #[serde(default)]
+    pub collect_ms: f64,
 }
 
 /// Answer to `explain`.

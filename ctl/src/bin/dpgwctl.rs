@@ -1255,9 +1255,10 @@ fn human(cmd: &Command, r: &Response) -> String {
                 &rows,
             );
             s.push_str(&format!(
-                "{} flow(s) from {} worker(s){}\n",
+                "{} flow(s) from {} worker(s) in {:.0} ms{}\n",
                 f.entries.len(),
                 f.workers,
+                f.collect_ms,
                 if f.truncated {
                     " (more match: raise --limit)"
                 } else {

@@ -22,6 +22,8 @@ pub const MAX_COUNT: u64 = 10_000_000;
 pub const MAX_SNAPLEN: u32 = 65535;
 /// Bytes of packet data handed out per `watch_read` (the rest waits).
 const READ_BYTES: usize = 1 << 20;
+/// The most entries one `flows list` returns.
+pub const MAX_FLOWS_LISTED: usize = 4_000_000;
 /// How long `flows list` waits for the workers.
 const FLOWS_WAIT: Duration = Duration::from_secs(5);
 
@@ -241,7 +243,8 @@ pub fn flows_list(
             return Err((ErrorCode::NotFound, format!("service {s:?} does not exist")));
         }
     }
-    let limit = limit.unwrap_or(1000).min(1_000_000);
+    let limit = limit.unwrap_or(1000).min(MAX_FLOWS_LISTED);
+    let t0 = Instant::now();
     let (entries, truncated, workers) = query_flows(
         shared,
         FlowScan {
@@ -256,6 +259,7 @@ pub fn flows_list(
         entries,
         truncated,
         workers,
+        collect_ms: t0.elapsed().as_secs_f64() * 1e3,
     }))
 }
 
