@@ -526,7 +526,7 @@ pub struct FlowEntry {
 }
 
 /// Answer to `flows_list`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FlowListReport {
     /// Entries, by worker.
     pub entries: Vec<FlowEntry>,
