@@ -15,9 +15,9 @@
 use std::sync::OnceLock;
 
 use dataplane::config::Config;
-use dataplane::pipeline::{Meta, Pipeline, Verdict};
 use dataplane::io::buf::HeapBuf;
 use dataplane::io::Packet;
+use dataplane::pipeline::{Meta, Pipeline, Verdict};
 use dataplane::stats::DropReason;
 use dataplane::tables::Tables;
 
@@ -258,9 +258,12 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
     let (inner_off, inner_len, inner) = match expected_front(frame, t) {
         Err(reason) => {
             // Frames that are not VXLAN but are for the gateway itself (ARP,
-            // ICMP echo, neighbour discovery) go to the slow path instead.
-            let want = if matches!(reason, DropReason::NotIp | DropReason::NotUdp)
-                && dataplane::exception::is_exception(frame, t)
+            // ICMP echo, neighbour discovery, health-probe answers to a probe
+            // port) go to the slow path instead.
+            let want = if matches!(
+                reason,
+                DropReason::NotIp | DropReason::NotUdp | DropReason::NotVxlan
+            ) && dataplane::exception::is_exception(frame, t)
             {
                 Verdict::Punt
             } else {
@@ -382,7 +385,10 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
         (None, Verdict::Drop(DropReason::MtuExceeded)) => {
             // Routed packets are not fragmented: over the MTU and not
             // answerable (IPv4 without DF) they are dropped.
-            assert!(ip_in.len() > usize::from(t.mtu), "routed packet within the MTU dropped");
+            assert!(
+                ip_in.len() > usize::from(t.mtu),
+                "routed packet within the MTU dropped"
+            );
         }
         (None, Verdict::Drop(r)) => {
             assert_eq!(r, DropReason::TtlExpired, "routed packet dropped as {r:?}");
@@ -500,7 +506,11 @@ fn check_encap(
             if svc.encap == lb::EncapKind::Vxlan {
                 assert_eq!(payload[8] & 0x08, 0x08, "VXLAN I flag");
             } else {
-                assert_eq!(&payload[8..12], &[0, 0, 0x65, 0x58], "Geneve v0, no options");
+                assert_eq!(
+                    &payload[8..12],
+                    &[0, 0, 0x65, 0x58],
+                    "Geneve v0, no options"
+                );
             }
             let f = &payload[16..];
             assert_eq!(f.len(), l3 + ip_in.len());
@@ -720,6 +730,29 @@ pub fn agree(rules: &[acl::Rule], default: acl::Action, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `scripts/fuzz-smoke.sh`: UDP (a DNS answer) to the gateway's
+    /// own address at a health-probe port (>= 0xF000) is punted as a probe
+    /// answer, not dropped as `not_vxlan`; the checker's model must agree.
+    #[test]
+    fn test_udp_to_a_probe_port_is_punted() {
+        let frame: &[u8] = &[
+            0x01, 0x6c, 0xf0, 0x49, 0xb2, 0xde, 0x6e, 0x30, 0x46, 0x9a, 0x23, 0xfb, 0xfa, 0x08,
+            0x00, 0x45, 0x00, 0x00, 0x8d, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x25, 0xd6, 0x0a,
+            0x00, 0x00, 0x8a, 0x0a, 0x00, 0x00, 0x01, 0x00, 0x35, 0xf4, 0xd6, 0x00, 0x79, 0x44,
+            0xf6, 0x21, 0x8c, 0x81, 0x80, 0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x08,
+            0x61, 0x63, 0x63, 0x6f, 0x75, 0x6e, 0x74, 0x73, 0x06, 0x67, 0x6f, 0x6f, 0x67, 0x6c,
+            0x65, 0x02, 0x63, 0x6f, 0x02, 0x69, 0x6c, 0x00, 0x00, 0x01, 0x00, 0x01, 0xc0, 0x0c,
+            0x00, 0x05, 0x00, 0x01, 0x00, 0x00, 0xbc, 0x58, 0x00, 0x1d, 0x0e, 0x61, 0x63, 0x63,
+            0x6f, 0x75, 0x6e, 0x74, 0x73, 0x2d, 0x63, 0x63, 0x74, 0x6c, 0x64, 0x01, 0x6c, 0x06,
+            0x67, 0x6f, 0x6f, 0x67, 0x6c, 0x65, 0x03, 0x63, 0x6f, 0x6d, 0x00, 0x0e, 0x61, 0x63,
+            0x63, 0x6f, 0x75, 0x6e, 0x74, 0x73, 0x2d, 0x63, 0x63, 0x74, 0x6c, 0x64, 0x01, 0x4c,
+            0xc0, 0x44, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x77, 0x00, 0x04, 0x4a, 0x7d,
+            0x47, 0x5e,
+        ];
+        check_pipeline(frame, true);
+        check_pipeline(frame, false);
+    }
 
     /// Every frame of the committed and shared captures goes through the
     /// checker under both VTEP configs (the checker itself must accept what
