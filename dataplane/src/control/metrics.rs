@@ -470,7 +470,7 @@ const FAMILIES: &[Family] = &[
         name: "dpgw_backend_healthy",
         kind: Kind::Gauge,
         help: "1 unless the backend's health checks found it unhealthy (unknown counts as healthy), per checked backend.",
-        optional: true,
+        optional: false,
         samples: |s| {
             s.report
                 .health
@@ -514,7 +514,7 @@ const FAMILIES: &[Family] = &[
         name: "dpgw_service_healthy",
         kind: Kind::Gauge,
         help: "0 for a checked service whose every backend is unhealthy (new flows dropped as no_backend), else 1.",
-        optional: true,
+        optional: false,
         samples: |s| {
             let bad = &s.report.health.unhealthy_services;
             let mut names: Vec<&String> =
