@@ -212,14 +212,28 @@ pub fn verdict_name(v: Verdict) -> &'static str {
     }
 }
 
+/// The name of an IP protocol dpgw knows by name.
+fn proto_word(p: u8) -> Option<&'static str> {
+    match p {
+        6 => Some("tcp"),
+        17 => Some("udp"),
+        1 => Some("icmp"),
+        58 => Some("icmp6"),
+        _ => None,
+    }
+}
+
+/// An address as stored in flow keys (IPv4 as `u32` in a `u128`).
+fn ip_of(bits: u128, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::from(bits))
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::from(bits as u32))
+    }
+}
+
 fn key_text(k: &vxlan::FlowKey) -> String {
-    let proto = match k.proto {
-        6 => "tcp".to_string(),
-        17 => "udp".to_string(),
-        1 => "icmp".to_string(),
-        58 => "icmp6".to_string(),
-        p => format!("proto {p}"),
-    };
+    let proto = proto_word(k.proto).map_or_else(|| format!("proto {}", k.proto), str::to_string);
     let (s, d) = (k.src_ip(), k.dst_ip());
     let fmt = |ip: IpAddr, port: u16| match ip {
         IpAddr::V4(a) => format!("{a}:{port}"),
@@ -362,16 +376,16 @@ fn overlay_name(t: &Tables, frame: &[u8]) -> &'static str {
     }
 }
 
+fn mac_str(m: &[u8]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The destination MAC of a frame.
 fn mac_text(f: &[u8]) -> String {
-    f.get(..6).map_or_else(
-        || "?".to_string(),
-        |m| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        },
-    )
+    f.get(..6).map_or_else(|| "?".to_string(), mac_str)
 }
 
 fn lb_key(k: &vxlan::FlowKey) -> lb::FlowKey {
@@ -407,13 +421,12 @@ pub fn describe_frame(f: &[u8]) -> String {
     };
     let mut s = String::new();
     if let Some(etherparse::LinkSlice::Ethernet2(e)) = &p.link {
-        let m = |a: [u8; 6]| {
-            a.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        let _ = write!(s, "eth {} -> {}", m(e.source()), m(e.destination()));
+        let _ = write!(
+            s,
+            "eth {} -> {}",
+            mac_str(&e.source()),
+            mac_str(&e.destination())
+        );
     }
     match &p.net {
         Some(NetSlice::Ipv4(ip)) => {
@@ -606,13 +619,7 @@ pub struct FlowScan {
 pub const SCAN_SETS_PER_BURST: usize = 2048;
 
 fn proto_name(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmp6".into(),
-        p => p.to_string(),
-    }
+    proto_word(p).map_or_else(|| p.to_string(), str::to_string)
 }
 
 /// The worker's side of a flow query: one bounded step.
@@ -659,11 +666,7 @@ pub fn scan_step(
         if scan.vni.is_some_and(|v| v != k.vni) {
             continue;
         }
-        let backend = if f.pinned.v6 {
-            IpAddr::V6(std::net::Ipv6Addr::from(f.pinned.addr))
-        } else {
-            IpAddr::V4(std::net::Ipv4Addr::from(f.pinned.addr as u32))
-        };
+        let backend = ip_of(f.pinned.addr, f.pinned.v6);
         if scan.backend.is_some_and(|b| b != backend) {
             continue;
         }
@@ -681,22 +684,13 @@ pub fn scan_step(
             scan.done = true;
             break;
         }
-        let vk = vxlan::FlowKey {
-            vni: k.vni,
-            src: k.src,
-            dst: k.dst,
-            sport: k.sport,
-            dport: k.dport,
-            proto: k.proto,
-            v6: k.v6,
-        };
         scan.out.push(ctl::FlowEntry {
             worker,
             vni: k.vni,
             proto: proto_name(k.proto),
-            src: vk.src_ip(),
+            src: ip_of(k.src, k.v6),
             sport: k.sport,
-            dst: vk.dst_ip(),
+            dst: ip_of(k.dst, k.v6),
             dport: k.dport,
             service,
             backend,
