@@ -218,6 +218,27 @@ pub enum Command {
         #[serde(flatten)]
         packet: ExplainPacket,
     },
+    /// Makes the running services, backends and ACL equal to a desired
+    /// config file (its `[[service]]` and `[acl]`), as one snapshot, and
+    /// reports the difference. With `dry_run`, only reports it.
+    Apply {
+        /// The desired file's TOML text (the client reads the file).
+        content: String,
+        /// Directory relative `[[acl.file]]` paths are resolved against (the
+        /// desired file's directory); absent = the daemon's config directory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_dir: Option<String>,
+        /// Report the difference without changing anything.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Withdraws the gateway's route announcement (`[announce]`); the
+    /// workers keep forwarding what still arrives.
+    GatewayDrain,
+    /// Restores the announcement (when the gateway is able to forward).
+    GatewayUndrain,
+    /// The announcement's state, why, and since when.
+    GatewayStatus,
 }
 
 /// Where `capture` takes packets.
@@ -456,6 +477,54 @@ pub enum Data {
     FlowList(FlowListReport),
     /// The walk of one packet through the pipeline.
     Explanation(Explanation),
+    /// What `apply` changed (or, dry, would change).
+    Applied(ApplyReport),
+    /// The gateway's announcement.
+    Gateway(GatewayReport),
+}
+
+/// The difference between the running state and a desired file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// Nothing was changed because `dry_run` was asked.
+    pub dry_run: bool,
+    /// One line per mutation, `+` added, `-` removed, `~` changed, in the
+    /// order services, backends, ACL. Empty = already equal.
+    pub changes: Vec<String>,
+    /// Sections of the file that `apply` does not set (they are the daemon's
+    /// own config; change them in its file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
+    /// Table digest before.
+    pub digest_before: String,
+    /// Table digest after (dry run: what it would be).
+    pub digest_after: String,
+}
+
+/// Whether the gateway announces its routes, and why.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GatewayReport {
+    /// An `[announce]` section is configured.
+    pub configured: bool,
+    /// The routes are in the kernel table the routing daemon imports.
+    pub announced: bool,
+    /// The operator asked for a drain.
+    pub drained: bool,
+    /// Why the state is what it is (`announcing`, `drained by operator`,
+    /// `next hop unresolved`, `no healthy service`, `workers stopped`, …).
+    pub reason: String,
+    /// Seconds since the state last changed.
+    pub since_s: f64,
+    /// When it changed (seconds since the Unix epoch).
+    pub since_unix: f64,
+    /// The announced prefixes.
+    pub prefixes: Vec<String>,
+    /// The device the routes point to (lives and dies with the process).
+    pub device: String,
+    /// The kernel routing table.
+    pub table: u32,
+    /// Changes of the announcement since start.
+    pub transitions: u64,
 }
 
 /// What a watch recorded since the last read.

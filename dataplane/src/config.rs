@@ -41,6 +41,9 @@ pub struct Config {
     pub gateway: GatewaySection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlSection>,
+    /// Route announcement for ECMP through a routing daemon (`announce.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceSection>,
     /// Tenant ACL: `[acl]` with `default`, `[[acl.vni]]`, `[[acl.rule]]`, `[[acl.file]]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<acl::AclSpec>,
@@ -407,6 +410,130 @@ fn default_socket_mode() -> String {
 
 /// Parses "02:00:00:00:00:01" (also with `-`), through the workspace's one
 /// MAC type ([`lb::MacAddr`]).
+/// `[announce]`: put routes for the gateway's anycast addresses into a kernel
+/// table a routing daemon (BIRD 2, FRR) imports, while the gateway can
+/// forward. See docs/fleet.md.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceSection {
+    /// Prefixes to announce (`10.0.0.100/32`, `fd00::/64`); empty = every
+    /// `gateway.vtep_ips` address as a host prefix.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// The TUN device the routes point to; created by dpgw and deleted by
+    /// the kernel when dpgw exits, taking the routes with it.
+    #[serde(default = "default_announce_device")]
+    pub device: String,
+    /// Kernel routing table the routes go into (254 = main). BIRD imports
+    /// any table (`kernel table N; learn;`); FRR reads the main table
+    /// (`redistribute kernel`): its `ip import-table` keeps a route whose
+    /// device was deleted (seen with FRR 8.4.4), which would defeat
+    /// fate-sharing.
+    #[serde(default = "default_announce_table")]
+    pub table: u32,
+    /// Route metric (priority).
+    #[serde(default)]
+    pub metric: u32,
+    /// Announce only while at least one service has an eligible backend
+    /// (admin-active and not unhealthy).
+    #[serde(default)]
+    pub require_healthy_service: bool,
+}
+
+fn default_announce_device() -> String {
+    "dpgw-announce".into()
+}
+fn default_announce_table() -> u32 {
+    254
+}
+
+impl Default for AnnounceSection {
+    fn default() -> Self {
+        AnnounceSection {
+            prefixes: Vec::new(),
+            device: default_announce_device(),
+            table: default_announce_table(),
+            metric: 0,
+            require_healthy_service: false,
+        }
+    }
+}
+
+/// A prefix to announce (`addr/len`, host bits zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Parses `a.b.c.d/len` or `x::y/len` (a bare address = a host prefix).
+pub fn parse_prefix(s: &str) -> Result<Prefix, String> {
+    let (a, l) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: IpAddr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address or prefix like 10.0.0.100/32"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match l {
+        None => max,
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|&l| l <= max)
+            .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+    };
+    let masked = match addr {
+        IpAddr::V4(v) => {
+            let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            IpAddr::V4((u32::from(v) & m).into())
+        }
+        IpAddr::V6(v) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            IpAddr::V6((u128::from(v) & m).into())
+        }
+    };
+    if masked != addr {
+        return Err(format!(
+            "{s:?} has host bits set (did you mean {masked}/{len}?)"
+        ));
+    }
+    Ok(Prefix { addr, len })
+}
+
+/// The prefixes an `[announce]` section stands for: its `prefixes`, or the
+/// gateway's VTEP addresses as host prefixes when it lists none.
+pub fn announce_prefixes(cfg: &Config, a: &AnnounceSection) -> Result<Vec<Prefix>, String> {
+    if a.prefixes.is_empty() {
+        return Ok(cfg
+            .gateway
+            .vtep_ips
+            .iter()
+            .map(|&addr| Prefix {
+                addr,
+                len: if addr.is_ipv4() { 32 } else { 128 },
+            })
+            .collect());
+    }
+    a.prefixes
+        .iter()
+        .map(|p| parse_prefix(p).map_err(|e| format!("announce.prefixes: {e}")))
+        .collect()
+}
+
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     s.parse::<lb::MacAddr>()
         .map(|m| m.0)
@@ -459,7 +586,8 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
+    /// Resolves relative file paths inside the config against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() && !base.as_os_str().is_empty() {
                 *p = base.join(&*p);
@@ -613,6 +741,28 @@ impl Config {
                 "gateway.mtu: {} is below the IPv4 minimum of 576",
                 g.mtu
             ));
+        }
+        if let Some(a) = &self.announce {
+            match announce_prefixes(self, a) {
+                Err(e) => p.push(e),
+                Ok(v) if v.is_empty() => p.push(
+                    "announce.prefixes: nothing to announce (list prefixes, or set gateway.vtep_ips)"
+                        .into(),
+                ),
+                Ok(_) => {}
+            }
+            if a.device.is_empty() || a.device.len() > 15 || a.device.contains(['/', ' ', '\0']) {
+                p.push(format!(
+                    "announce.device: {:?} is not an interface name (1-15 characters, no '/' or spaces)",
+                    a.device
+                ));
+            }
+            if a.table == 0 || a.table == 253 || a.table == 255 {
+                p.push(format!(
+                    "announce.table: {} is reserved (254 = main, or a table of its own)",
+                    a.table
+                ));
+            }
         }
         p
     }

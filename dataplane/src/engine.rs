@@ -59,9 +59,20 @@ pub struct Shared {
     pub publish: Mutex<()>,
     /// The health checker's results (never touched by a worker).
     pub health: Mutex<HealthBoard>,
+    /// The route announcement, when `[announce]` is configured (set once at
+    /// start; `crate::announce::Announcer`).
+    pub announce: std::sync::OnceLock<Arc<dyn Announce>>,
 }
 
 pub use crate::io::PortSource;
+
+/// What the control side asks of the route announcement.
+pub trait Announce: Send + Sync {
+    /// State, reason, since when.
+    fn status(&self) -> ctl::GatewayReport;
+    /// `gateway drain` (true) / `undrain` (false), in effect when it returns.
+    fn set_drained(&self, drained: bool) -> ctl::GatewayReport;
+}
 
 impl Shared {
     pub fn new(tables: Tables, workers: usize) -> Arc<Shared> {
@@ -82,6 +93,7 @@ impl Shared {
                 .collect(),
             publish: Mutex::new(()),
             health: Mutex::new(HealthBoard::default()),
+            announce: std::sync::OnceLock::new(),
         })
     }
 

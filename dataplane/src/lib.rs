@@ -9,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod announce;
 pub mod burst;
 pub mod config;
 pub mod control;
@@ -23,6 +24,9 @@ pub mod health;
 pub mod icmp;
 pub mod io;
 pub mod log;
+// SAFETY-bearing module: the TUN device and rtnetlink calls of `announce`.
+#[allow(unsafe_code)]
+pub mod netlink;
 pub mod observe;
 pub mod pcapfile;
 pub mod pipeline;

@@ -175,7 +175,22 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             dataplane::sdnotify::spawn(shared.clone());
+            let announcer = dataplane::announce::Announcer::start(&cfg, shared.clone())
+                .map_err(anyhow::Error::msg)?;
+            if let Some(a) = &announcer {
+                let _ = shared.announce.set(a.clone());
+                let st = a.status();
+                eprintln!(
+                    "dpgw: announcing {} through {} (table {}) while able to forward",
+                    st.prefixes.join(", "),
+                    st.device,
+                    st.table
+                );
+            }
             let result = runner::run_prepared(&cfg, &RunOptions { progress: false }, stop, shared);
+            if let Some(a) = announcer {
+                a.stop();
+            }
             if let Some(c) = ctl {
                 c.stop();
             }

@@ -983,3 +983,134 @@ fn measure_backend_add_by_services() {
         drop(d);
     }
 }
+
+fn apply(c: &mut Client, content: &str, dry_run: bool) -> Result<ctl::ApplyReport, String> {
+    let r = c
+        .call(Command::Apply {
+            content: content.to_string(),
+            base_dir: None,
+            dry_run,
+        })
+        .unwrap();
+    if !r.ok {
+        return Err(r.error.unwrap_or_default());
+    }
+    match r.data {
+        Some(Data::Applied(a)) => Ok(a),
+        other => panic!("apply answered {other:?}"),
+    }
+}
+
+/// `apply -f`: the minimal mutations, printed; dry runs change nothing;
+/// twice is a no-op; an error changes nothing and names the key; rules equal
+/// to running ones keep their ids; other sections are reported as ignored.
+#[test]
+fn test_apply_desired_state() {
+    let s = setup(&format!(
+        "[acl]\ndefault = \"allow\"\n[[acl.rule]]\nsrc = \"10.1.0.0/16\"\naction = \"deny\"\n\
+         [[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\n\
+         [[service.backend]]\nip = \"192.168.1.1\"\n[[service.backend]]\nip = \"192.168.1.2\"\n\
+         [[service]]\nname = \"old\"\nvip = \"{VIP}\"\nport = 81\nproto = \"tcp\"\n\
+         [[service.backend]]\nip = \"192.168.1.9\"\n"
+    ));
+    let d = Daemon::start(&s.cfg, &s.sock);
+    let mut c = d.client();
+    let rules_before = match c.request(Command::RuleList).unwrap().data {
+        Some(Data::Rules { rules, .. }) => rules,
+        other => panic!("{other:?}"),
+    };
+    let desired = format!(
+        "[dataplane]\nworkers = 4\n\
+         [acl]\ndefault = \"allow\"\n[[acl.rule]]\nsrc = \"10.1.0.0/16\"\naction = \"deny\"\n\
+         [[acl.rule]]\nsrc = \"10.2.0.0/16\"\naction = \"deny\"\n\
+         [[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nproto = \"tcp\"\n\
+         [[service.backend]]\nip = \"192.168.1.1\"\nweight = 2\n[[service.backend]]\nip = \"192.168.1.3\"\n\
+         [[service]]\nname = \"new\"\nvip = \"{VIP}\"\nport = 82\nproto = \"udp\"\n\
+         [[service.backend]]\nip = \"192.168.1.7\"\n"
+    );
+    let gen0 = stats(&mut c).generation;
+    let dry = apply(&mut c, &desired, true).unwrap();
+    assert!(dry.dry_run);
+    let want = [
+        "- service old (1 backends)",
+        "~ backend web 192.168.1.1: weight 1 -> 2",
+        "- backend web 192.168.1.2",
+        "+ backend web 192.168.1.3 weight 1",
+        "+ service new 10.96.0.1:82 udp",
+        "+ backend new 192.168.1.7 weight 1",
+    ];
+    for w in want {
+        assert!(
+            dry.changes
+                .iter()
+                .any(|c| c.replace(VIP, "10.96.0.1") == w || c == w),
+            "missing {w:?} in {:#?}",
+            dry.changes
+        );
+    }
+    assert!(
+        dry.changes
+            .iter()
+            .any(|c| c.starts_with("+ rule ") && c.contains("10.2.0.0/16")),
+        "{:#?}",
+        dry.changes
+    );
+    assert!(
+        !dry.changes.iter().any(|c| c.contains("10.1.0.0/16")),
+        "an unchanged rule is not a change: {:#?}",
+        dry.changes
+    );
+    assert_eq!(dry.ignored, ["[dataplane]"]);
+    assert_ne!(dry.digest_before, dry.digest_after);
+    assert_eq!(
+        stats(&mut c).generation,
+        gen0,
+        "a dry run publishes nothing"
+    );
+    assert_eq!(stats(&mut c).digest, dry.digest_before);
+
+    let done = apply(&mut c, &desired, false).unwrap();
+    assert_eq!(done.changes, dry.changes);
+    assert_eq!(
+        done.digest_after, dry.digest_after,
+        "dry run predicted the digest"
+    );
+    let st = stats(&mut c);
+    assert_eq!(st.digest, done.digest_after);
+    assert!(st.generation > gen0);
+    let rules_after = match c.request(Command::RuleList).unwrap().data {
+        Some(Data::Rules { rules, .. }) => rules,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(rules_after.len(), 2);
+    assert_eq!(
+        rules_after[0].id, rules_before[0].id,
+        "the kept rule kept its id"
+    );
+
+    // Twice: no change, no new snapshot.
+    let again = apply(&mut c, &desired, false).unwrap();
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    assert_eq!(again.digest_before, again.digest_after);
+    assert_eq!(stats(&mut c).generation, st.generation);
+
+    // Errors change nothing and name the key.
+    for (bad, key) in [
+        (
+            desired.replace("port = 82", "port = 82\nbogus = 1"),
+            "bogus",
+        ),
+        (desired.replace("weight = 2", "weight = -2"), "weight"),
+        (desired.replace("10.2.0.0/16", "10.2.0.0/99"), "10.2.0.0/99"),
+        ("[[service]\n".to_string(), "service"),
+    ] {
+        let e = apply(&mut c, &bad, false).unwrap_err();
+        assert!(e.contains(key), "{key}: {e}");
+        assert_eq!(
+            stats(&mut c).digest,
+            done.digest_after,
+            "{key}: changed state"
+        );
+    }
+    drop(d);
+}

@@ -138,6 +138,25 @@ enum Cmd {
     /// The running configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Makes the running services, backends and ACL rules equal to a desired
+    /// file (its `[[service]]` and `[acl]`; other sections are reported as
+    /// ignored), as one snapshot, and prints each mutation: `+` added, `-`
+    /// removed, `~` changed. Rules equal to running ones keep their ids.
+    /// Applying the same file again changes nothing; a file with an error
+    /// changes nothing and the error names the key. Give a fleet the same
+    /// file and every gateway shows the same table digest.
+    Apply {
+        /// The desired file.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Print the difference without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The gateway's route announcement (`[announce]`), for ECMP behind a
+    /// router running BGP through BIRD or FRR.
+    #[command(subcommand)]
+    Gateway(GatewayCmd),
     /// Checks that the daemon answers.
     Ping,
     /// Writes the man pages (dpgwctl.1 and its subcommands) into a directory.
@@ -412,6 +431,17 @@ enum RuleCmd {
 }
 
 #[derive(Subcommand)]
+enum GatewayCmd {
+    /// Withdraws the announcement; the workers keep forwarding what still
+    /// arrives (the router moves new flows to the other gateways).
+    Drain,
+    /// Restores the announcement (once the gateway is able to forward).
+    Undrain,
+    /// Whether the gateway announces, why, and since when.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum ConfigCmd {
     /// Prints the running state as a config file `dpgw run` accepts.
     Dump,
@@ -659,6 +689,27 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some((spec, write)),
             );
         }
+        Cmd::Apply { file, dry_run } => {
+            let content =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let dir = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let base = dir
+                .canonicalize()
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            Command::Apply {
+                content,
+                base_dir: Some(base.to_string_lossy().into_owned()),
+                dry_run,
+            }
+        }
+        Cmd::Gateway(g) => match g {
+            GatewayCmd::Drain => Command::GatewayDrain,
+            GatewayCmd::Undrain => Command::GatewayUndrain,
+            GatewayCmd::Status => Command::GatewayStatus,
+        },
         Cmd::Config(c) => match c {
             ConfigCmd::Dump => Command::ConfigDump,
             ConfigCmd::Save { path } => {
@@ -1288,6 +1339,51 @@ fn human(cmd: &Command, r: &Response) -> String {
             }
             s
         }
+        (Some(Data::Applied(a)), _) => {
+            let mut s = String::new();
+            for c in &a.changes {
+                s.push_str(c);
+                s.push('\n');
+            }
+            for i in &a.ignored {
+                s.push_str(&format!(
+                    "ignored: {i} (apply sets [[service]] and [acl]; the rest is the daemon's own config)\n"
+                ));
+            }
+            let verb = if a.changes.is_empty() {
+                "no change".to_string()
+            } else if a.dry_run {
+                format!("{} change(s) would be applied (dry run)", a.changes.len())
+            } else {
+                format!("{} change(s) applied", a.changes.len())
+            };
+            s.push_str(&format!(
+                "{verb}; digest {} -> {}{gen}\n",
+                a.digest_before, a.digest_after
+            ));
+            s
+        }
+        (Some(Data::Gateway(g)), _) => {
+            if !g.configured {
+                return format!("{}\n", g.reason);
+            }
+            let state = if g.announced {
+                "announced"
+            } else {
+                "withdrawn"
+            };
+            format!(
+                "{state} ({}) for {:.1}s, since {}\nprefixes {} via {} table {}{}\ntransitions {}\n",
+                g.reason,
+                g.since_s,
+                rfc3339(g.since_unix),
+                g.prefixes.join(", "),
+                g.device,
+                g.table,
+                if g.drained { ", drained by operator" } else { "" },
+                g.transitions
+            )
+        }
         (Some(Data::WatchStarted { id, .. }), _) => format!("watch {id} started\n"),
         (Some(Data::Watch(w)), _) => format!("{} record(s)\n", w.records.len()),
         (Some(Data::Saved { path, bytes }), _) => format!("saved {bytes} bytes to {path}\n"),
@@ -1570,5 +1666,38 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("0     net_pcap0  1234  0   7 "), "{t}");
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from seconds since the Unix epoch (UTC).
+fn rfc3339(unix: f64) -> String {
+    let secs = unix.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn test_rfc3339() {
+        assert_eq!(super::rfc3339(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_796_176_800.0), "2026-12-02T02:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400.0), "2000-02-29T00:00:00Z");
     }
 }

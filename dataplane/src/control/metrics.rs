@@ -357,6 +357,8 @@ struct Sources<'a> {
     workers: Vec<WorkerStats>,
     tel: &'a [Telemetry],
     tsc_hz: f64,
+    /// The route announcement, when `[announce]` is configured.
+    gateway: Option<ctl::GatewayReport>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -532,6 +534,25 @@ const FAMILIES: &[Family] = &[
         help: "Generation of the published table snapshot.",
         optional: false,
         samples: |s| vec![sample(vec![], s.report.generation)],
+    },
+    Family {
+        name: "dpgw_announce_up",
+        kind: Kind::Gauge,
+        help: "1 while the gateway's [announce] routes are in the kernel (the routing daemon announces them), 0 while withdrawn; the reason is in `dpgwctl gateway status`.",
+        optional: true,
+        samples: |s| {
+            s.gateway
+                .iter()
+                .map(|g| sample(vec![("drained", g.drained.to_string())], u64::from(g.announced)))
+                .collect()
+        },
+    },
+    Family {
+        name: "dpgw_announce_transitions_total",
+        kind: Kind::Counter,
+        help: "Changes of the announcement (announced <-> withdrawn) since start.",
+        optional: true,
+        samples: |s| s.gateway.iter().map(|g| sample(vec![], g.transitions)).collect(),
     },
     Family {
         name: "dpgw_tables_info",
@@ -864,6 +885,7 @@ pub fn prometheus(shared: &Shared, r: &StatsReport, tel: &[Telemetry], tsc_hz: f
         workers: shared.published.iter().map(|p| p.snapshot()).collect(),
         tel,
         tsc_hz,
+        gateway: shared.announce.get().map(|a| a.status()),
     };
     let mut o = String::with_capacity(8192);
     for f in FAMILIES {
@@ -1089,7 +1111,13 @@ mod tests {
     fn test_prometheus_families_labels_and_values() {
         let (shared, r, tel) = fixture();
         let f = parse(&prometheus(&shared, &r, &tel, 2.0e9));
-        let names: Vec<&str> = FAMILIES.iter().map(|x| x.name).collect();
+        // Optional families without samples are left out (the fixture has
+        // no [announce] section).
+        let names: Vec<&str> = FAMILIES
+            .iter()
+            .filter(|x| !x.name.starts_with("dpgw_announce_"))
+            .map(|x| x.name)
+            .collect();
         assert_eq!(f.keys().count(), names.len());
         for n in names {
             assert!(f.contains_key(n), "{n} missing");

@@ -562,6 +562,17 @@ impl Server {
         if cmd.is_mutation() {
             return self.mutate(&cmd);
         }
+        match &cmd {
+            Command::Apply {
+                content,
+                base_dir,
+                dry_run,
+            } => return self.apply_file(content, base_dir.as_deref(), *dry_run),
+            Command::GatewayDrain | Command::GatewayUndrain | Command::GatewayStatus => {
+                return Outcome::Now(self.gateway(&cmd));
+            }
+            _ => {}
+        }
         let generation = self.shared.tables.load().generation;
         let result: Result<Option<Data>, (ErrorCode, String)> = match &cmd {
             Command::Ping => Ok(Some(Data::Pong {
@@ -636,7 +647,12 @@ impl Server {
             Ok(c) => c,
             Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
         };
-        let next = &change.next;
+        self.publish(change.next, change.data, |g| log_change(cmd, g))
+    }
+
+    /// Builds `next`'s tables, publishes them and answers `data` once the
+    /// workers use them (or after [`WAIT_BOUND`] with `live: false`).
+    fn publish(&mut self, next: Desired, data: Option<Data>, logged: impl FnOnce(u64)) -> Outcome {
         let mut generation = 0;
         let retired = match self.shared.publish_with(|prev, g| {
             generation = g;
@@ -645,9 +661,9 @@ impl Server {
             Ok(r) => r,
             Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
         };
-        self.desired = change.next;
-        log_change(cmd, generation);
-        let mut resp = Response::ok(change.data);
+        self.desired = next;
+        logged(generation);
+        let mut resp = Response::ok(data);
         resp.generation = Some(generation);
         // A busy worker picks the snapshot up at its next burst (microseconds):
         // wait that long here rather than a poll round (a millisecond).
@@ -666,6 +682,92 @@ impl Server {
             resp,
             _retired: retired,
         })
+    }
+
+    /// `apply`: the desired file's services and ACL become the running ones
+    /// in one snapshot (nothing when they already are, or on `dry_run`).
+    fn apply_file(&mut self, content: &str, base_dir: Option<&str>, dry_run: bool) -> Outcome {
+        let base = base_dir.map_or(self.config_dir.clone(), PathBuf::from);
+        let a = match super::reload::prepare_apply(&self.desired, content, &base) {
+            Ok(a) => a,
+            Err(e) => return Outcome::Now(Response::error(ErrorCode::Invalid, e)),
+        };
+        let cur = self.shared.tables.load_full();
+        let digest_before = cur.digest().to_string();
+        let mut report = ctl::ApplyReport {
+            dry_run,
+            changes: a.changes,
+            ignored: a.ignored,
+            digest_before: digest_before.clone(),
+            digest_after: digest_before,
+        };
+        if report.changes.is_empty() {
+            let mut r = Response::ok(Some(Data::Applied(report)));
+            r.generation = Some(cur.generation);
+            r.live = Some(true);
+            return Outcome::Now(r);
+        }
+        // The tables this would publish, for their digest (dry run) or to publish.
+        let built =
+            match Tables::rebuild(a.next.config(), a.next.services(), &cur, cur.generation + 1) {
+                Ok(t) => t,
+                Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
+            };
+        report.digest_after = built.digest().to_string();
+        drop(built);
+        if dry_run {
+            let mut r = Response::ok(Some(Data::Applied(report)));
+            r.generation = Some(cur.generation);
+            return Outcome::Now(r);
+        }
+        let n = report.changes.len();
+        let digest = report.digest_after.clone();
+        self.publish(a.next, Some(Data::Applied(report)), |g| {
+            log::event(
+                Level::Info,
+                "config_change",
+                &[
+                    ("generation", &g),
+                    ("cmd", &"apply"),
+                    ("changes", &n),
+                    ("digest", &digest),
+                ],
+            )
+        })
+    }
+
+    /// `gateway drain|undrain|status`.
+    fn gateway(&mut self, cmd: &Command) -> Response {
+        let Some(a) = self.shared.announce.get() else {
+            return match cmd {
+                Command::GatewayStatus => Response::ok(Some(Data::Gateway(ctl::GatewayReport {
+                    configured: false,
+                    reason: "no [announce] section: this gateway announces nothing".into(),
+                    ..Default::default()
+                }))),
+                _ => Response::error(
+                    ErrorCode::Invalid,
+                    "no [announce] section: there is no announcement to drain or restore",
+                ),
+            };
+        };
+        let report = match cmd {
+            Command::GatewayDrain => a.set_drained(true),
+            Command::GatewayUndrain => a.set_drained(false),
+            _ => a.status(),
+        };
+        if !matches!(cmd, Command::GatewayStatus) {
+            log::event(
+                Level::Info,
+                "gateway_drain",
+                &[
+                    ("drained", &report.drained),
+                    ("announced", &report.announced),
+                    ("reason", &report.reason),
+                ],
+            );
+        }
+        Response::ok(Some(Data::Gateway(report)))
     }
 
     /// SIGHUP: the config file's services, ACL and gateway become the
