@@ -501,6 +501,47 @@ pub struct ApplyReport {
     pub digest_after: String,
 }
 
+/// Flow-state sharing with the other gateways (`[fleet]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetReport {
+    /// Entries of the store of peers' choices.
+    pub capacity: u64,
+    /// Our new flows sent (records), in datagrams and bytes (to all peers).
+    pub sent_records: u64,
+    pub sent_datagrams: u64,
+    pub sent_bytes: u64,
+    /// Datagrams received (accepted or not) and records accepted.
+    pub received_datagrams: u64,
+    pub received_records: u64,
+    /// Records written into the store; of them, replacing another live flow.
+    pub installed: u64,
+    pub evicted: u64,
+    /// Flow-table misses that took a peer's choice.
+    pub used: u64,
+    /// Refused datagrams, by reason.
+    pub rejected_unknown_peer: u64,
+    pub rejected_malformed: u64,
+    pub rejected_bad_mac: u64,
+    pub rejected_replay: u64,
+    /// New flows not sent because the queue to the sync thread was full.
+    pub queue_full: u64,
+    /// Datagrams the kernel refused to send.
+    pub send_errors: u64,
+    /// Each configured peer.
+    pub peers: Vec<FleetPeer>,
+}
+
+/// One peer of the fleet.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetPeer {
+    /// Its `fleet.listen` address.
+    pub addr: String,
+    /// Seconds since its last valid datagram (absent: never heard).
+    pub last_heard_s: Option<f64>,
+    /// Unheard for 3 s or more (or never).
+    pub silent: bool,
+}
+
 /// Whether the gateway announces its routes, and why.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GatewayReport {
@@ -830,6 +871,9 @@ pub struct StatsReport {
     /// Counters of the DPDK ports (empty unless the daemon runs on DPDK).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortCounters>,
+    /// Flow-state sharing (absent without `[fleet]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
     /// Backend health checks.
     #[serde(default)]
     pub health: HealthReport,

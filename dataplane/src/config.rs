@@ -44,6 +44,9 @@ pub struct Config {
     /// Route announcement for ECMP through a routing daemon (`announce.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceSection>,
+    /// Flow-state sharing with the other gateways (`fleet.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSection>,
     /// Tenant ACL: `[acl]` with `default`, `[[acl.vni]]`, `[[acl.rule]]`, `[[acl.file]]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<acl::AclSpec>,
@@ -440,6 +443,61 @@ pub struct AnnounceSection {
     pub require_healthy_service: bool,
 }
 
+/// `[fleet]`: tell the other gateways the backend of every new service flow
+/// and use theirs. See docs/fleet.md.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// UDP `IP:PORT` this gateway receives sync datagrams on (a kernel address).
+    pub listen: String,
+    /// The other gateways' `listen` addresses; nothing else is accepted.
+    pub peers: Vec<String>,
+    /// The fleet's shared key (≥ 16 bytes, mode 0600), for HMAC-SHA256.
+    pub key_file: PathBuf,
+    /// Entries of the store of peers' choices.
+    #[serde(default = "default_fleet_capacity")]
+    pub capacity: usize,
+    /// Longest wait before a partly filled datagram is sent (ms).
+    #[serde(default = "default_fleet_flush_ms")]
+    pub flush_ms: u64,
+}
+
+impl FleetSection {
+    /// `listen` and `peers`, parsed (errors name the key).
+    pub fn addresses(&self) -> Result<(std::net::SocketAddr, Vec<std::net::SocketAddr>), String> {
+        let f = self;
+        let listen: std::net::SocketAddr = f
+            .listen
+            .parse()
+            .map_err(|_| format!("fleet.listen: {:?} is not an IP:PORT", f.listen))?;
+        let mut peers = Vec::new();
+        for p in &f.peers {
+            let a: std::net::SocketAddr = p
+                .parse()
+                .map_err(|_| format!("fleet.peers: {p:?} is not an IP:PORT"))?;
+            if a == listen {
+                return Err(format!(
+                    "fleet.peers: {p} is this gateway's own fleet.listen"
+                ));
+            }
+            peers.push(a);
+        }
+        if peers.is_empty() {
+            return Err(
+                "fleet.peers: no peers (list the other gateways' fleet.listen addresses)".into(),
+            );
+        }
+        Ok((listen, peers))
+    }
+}
+
+fn default_fleet_capacity() -> usize {
+    262_144
+}
+fn default_fleet_flush_ms() -> u64 {
+    1
+}
+
 fn default_announce_device() -> String {
     "dpgw-announce".into()
 }
@@ -588,6 +646,11 @@ impl Config {
 
     /// Resolves relative file paths inside the config against `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(f) = &mut self.fleet {
+            if f.key_file.is_relative() && !base.as_os_str().is_empty() {
+                f.key_file = base.join(&f.key_file);
+            }
+        }
         let fix = |p: &mut PathBuf| {
             if p.is_relative() && !base.as_os_str().is_empty() {
                 *p = base.join(&*p);
@@ -741,6 +804,23 @@ impl Config {
                 "gateway.mtu: {} is below the IPv4 minimum of 576",
                 g.mtu
             ));
+        }
+        if let Some(f) = &self.fleet {
+            if let Err(e) = f.addresses() {
+                p.push(e);
+            }
+            if f.capacity == 0 || f.capacity > 1 << 26 {
+                p.push(format!(
+                    "fleet.capacity: {} is out of range 1..=67108864",
+                    f.capacity
+                ));
+            }
+            if f.flush_ms == 0 || f.flush_ms > 1000 {
+                p.push(format!(
+                    "fleet.flush_ms: {} is out of range 1..=1000",
+                    f.flush_ms
+                ));
+            }
         }
         if let Some(a) = &self.announce {
             match announce_prefixes(self, a) {

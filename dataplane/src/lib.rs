@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod engine;
 pub mod exception;
 pub mod filter;
+pub mod fleet;
 pub mod gen;
 pub mod health;
 pub mod icmp;

@@ -187,7 +187,28 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     st.table
                 );
             }
+            let link = shared.tables.load().fleet.clone();
+            let sh = shared.clone();
+            let stop_fleet = shared.clone();
+            let fleet = dataplane::fleet::start(&cfg, link, move || {
+                sh.stop.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .map_err(anyhow::Error::msg)?;
+            if let Some(f) = &cfg.fleet {
+                eprintln!(
+                    "dpgw: sharing flow state on {} with {}",
+                    f.listen,
+                    f.peers.join(", ")
+                );
+            }
             let result = runner::run_prepared(&cfg, &RunOptions { progress: false }, stop, shared);
+            if let Some(f) = fleet {
+                // The workers are done (input exhausted or a signal): so is the sync.
+                stop_fleet
+                    .stop
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = f.join();
+            }
             if let Some(a) = announcer {
                 a.stop();
             }

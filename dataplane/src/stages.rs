@@ -623,6 +623,11 @@ impl Stage for Lb {
                         }
                         Ok(Encapped::ToBackend) => {
                             meta[i].finished = true;
+                            if new_flow {
+                                if let Some(f) = &t.fleet {
+                                    f.offer(lb::flow_hash(&self.keys[j]), bref.addr, bref.v6);
+                                }
+                            }
                             let si = svc.0 as usize;
                             if let Some(c) = self.svc.get_mut(si) {
                                 c.count(len, new_flow);

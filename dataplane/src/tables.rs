@@ -38,6 +38,9 @@ pub struct Tables {
     pub mtu: u16,
     /// [`Tables::digest`], computed on first use.
     pub digest: std::sync::OnceLock<String>,
+    /// Flow-state sharing with the fleet (`[fleet]`): the same link in every
+    /// snapshot of a run.
+    pub fleet: Option<Arc<crate::fleet::FleetLink>>,
 }
 
 /// The compiled ACL and what the counters need to name its rules.
@@ -210,6 +213,7 @@ impl Tables {
             gue_port: self.gue_port,
             mtu: self.mtu,
             digest: std::sync::OnceLock::new(),
+            fleet: self.fleet.clone(),
         })
     }
 
@@ -237,13 +241,21 @@ impl Tables {
         };
         let empty = lb::LbTables::empty();
         let prev_lb = prev.map_or(&empty, |p| &p.lb);
-        let lb = match lb::LbTables::rebuild_with_health(prev_lb, services, &health) {
+        let mut lb = match lb::LbTables::rebuild_with_health(prev_lb, services, &health) {
             Ok(t) => t,
             Err(e) => {
                 problems.push(BuildProblem::Service(e));
                 lb::LbTables::empty()
             }
         };
+        let fleet = prev.and_then(|p| p.fleet.clone()).or_else(|| {
+            cfg.fleet
+                .as_ref()
+                .map(|f| Arc::new(crate::fleet::FleetLink::new(f)))
+        });
+        let max_age_ms =
+            u64::from(cfg.dataplane.tcp_timeout_s.max(cfg.dataplane.udp_timeout_s)) * 1000;
+        lb.set_shared_flows(fleet.as_ref().map(|f| f.store.clone()), max_age_ms);
         let underlay_v4 = g.underlay_v4().or_else(|| {
             g.vtep_ips.iter().find_map(|a| match a {
                 std::net::IpAddr::V4(v) => Some(*v),
@@ -293,6 +305,7 @@ impl Tables {
             gue_port: g.gue_port,
             mtu: g.mtu,
             digest: std::sync::OnceLock::new(),
+            fleet,
         })
     }
 }

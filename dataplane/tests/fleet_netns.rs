@@ -36,6 +36,8 @@ const VTEP: &str = "198.18.0.1";
 const BACKENDS: [&str; 4] = ["198.18.2.11", "198.18.2.12", "198.18.2.13", "198.18.2.14"];
 /// Serving from the start (the fourth is added by some events).
 const INITIAL: usize = 3;
+/// UDP port of the flow-state sync between gateways.
+const SYNC_PORT: u16 = 7801;
 
 fn backend_mac(i: usize) -> String {
     format!("02:00:00:00:01:{:02x}", i + 1)
@@ -119,6 +121,7 @@ struct Fleet {
     dir: tempfile::TempDir,
     children: Vec<Child>,
     frr_dirs: Vec<PathBuf>,
+    sharing: bool,
 }
 
 impl Drop for Fleet {
@@ -253,7 +256,7 @@ fn start_frr(fleet: &mut Fleet, ns_idx: Option<usize>, tag: &str, conf: &str) {
     );
 }
 
-fn build(daemons: [Daemon; 4]) -> Fleet {
+fn build(daemons: [Daemon; 4], sharing: bool) -> Fleet {
     let rt = Netns::new("fl-rt");
     let client = Netns::new("fl-cl");
     let gws: Vec<Gateway> = (0..3)
@@ -276,7 +279,14 @@ fn build(daemons: [Daemon; 4]) -> Fleet {
         dir: tempfile::tempdir().expect("tempdir"),
         children: Vec::new(),
         frr_dirs: Vec::new(),
+        sharing,
     };
+    if sharing {
+        use std::os::unix::fs::PermissionsExt;
+        let k = fleet.dir.path().join("fleet.key");
+        std::fs::write(&k, "fleet-test-key-0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let quiet = "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
                  net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0";
     for ns in [&fleet.rt, &fleet.client]
@@ -417,6 +427,20 @@ fn services_toml(backends: &[usize]) -> String {
 
 fn start_dpgw(fleet: &mut Fleet, i: usize) {
     let rt_mac = mac_of(&fleet.rt, "brg");
+    let fleet_section = if fleet.sharing {
+        let peers: Vec<String> = (0..3)
+            .filter(|&p| p != i)
+            .map(|p| format!("\"{}:{SYNC_PORT}\"", gw_addr(p)))
+            .collect();
+        format!(
+            "[fleet]\nlisten = \"{}:{SYNC_PORT}\"\npeers = [{}]\nkey_file = \"{}\"\n",
+            gw_addr(i),
+            peers.join(", "),
+            fleet.dir.path().join("fleet.key").display()
+        )
+    } else {
+        String::new()
+    };
     let g = &mut fleet.gws[i];
     let gw_mac = mac_of(&g.ns, "g0");
     g.sock = fleet.dir.path().join(format!("gw{}.sock", i + 1));
@@ -429,7 +453,7 @@ fn start_dpgw(fleet: &mut Fleet, i: usize) {
          next_hop_mac = \"{rt_mac}\"\nnext_hop_ip = \"198.18.3.1\"\nnon_vip = \"drop\"\n\
          [control]\nsocket = \"{sock}\"\n\
          [announce]\nrequire_healthy_service = true\n\
-         {svc}",
+         {fleet_section}{svc}",
         u = gw_underlay(i),
         sock = g.sock.display(),
         svc = services_toml(&(0..INITIAL).collect::<Vec<_>>()),
@@ -636,10 +660,21 @@ fn set_backends(fleet: &Fleet, idx: &[usize]) {
     }
 }
 
-fn fleet_case(daemons: [Daemon; 4]) {
+fn fleet_report(g: &Gateway) -> Option<ctl::FleetReport> {
+    match ctl(&g.sock, Command::Stats) {
+        Ok(Some(Data::Stats(s))) => s.fleet,
+        other => panic!("stats: {other:?}"),
+    }
+}
+
+/// One fleet at a time: each is 8 namespaces, 3 dpgw and 4 routing daemons.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn fleet_case(daemons: [Daemon; 4], sharing: bool) {
     require_root_netns();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let t_start = Instant::now();
-    let mut fleet = build(daemons);
+    let mut fleet = build(daemons, sharing);
     let all = hops(&[0, 1, 2]);
     let t = wait_paths(&fleet, &all, Duration::from_secs(40));
     eprintln!("fleet {daemons:?}: 3-way multipath after {t:?}");
@@ -783,16 +818,67 @@ fn fleet_case(daemons: [Daemon; 4]) {
     report.insert("d_remove_backend", n);
     let not_b4 = why.iter().filter(|w| !w.contains("backend4")).count();
     assert_eq!(not_b4, 0, "removing backend4 broke others: {why:?}");
-    // (e) drain a gateway and add a backend within the same second: without
-    // flow-state sharing (not built yet) the moved flows that Maglev now
-    // sends elsewhere break; recorded, not asserted.
-    let (n, _) = through(&mut fleet, conns, 6.0, |fl| {
+    // (e) drain a gateway and add a backend within the same second: the
+    // moved flows have no entry on their new gateway and the new Maglev
+    // table sends some elsewhere. Without sharing they break (recorded);
+    // with sharing the peers' choices keep every one.
+    let (n, why) = through(&mut fleet, conns, 6.0, |fl| {
         ctl(&fl.gws[2].sock, Command::GatewayDrain).expect("drain");
         set_backends(fl, &[0, 1, 2, 3]);
     });
-    report.insert("e_drain_and_add_no_sharing", n);
+    report.insert("e_drain_and_add", n);
+    if sharing {
+        assert_eq!(n, 0, "with sharing, drain + add broke connections: {why:?}");
+        let reps: Vec<ctl::FleetReport> = fleet
+            .gws
+            .iter()
+            .filter(|g| g.dpgw.is_some())
+            .map(|g| fleet_report(g).expect("fleet report"))
+            .collect();
+        let used: u64 = reps.iter().map(|r| r.used).sum();
+        let sent: u64 = reps.iter().map(|r| r.sent_records).sum();
+        let bytes: u64 = reps.iter().map(|r| r.sent_bytes).sum();
+        let dgrams: u64 = reps.iter().map(|r| r.sent_datagrams).sum();
+        let rejected: u64 = reps
+            .iter()
+            .map(|r| {
+                r.rejected_bad_mac
+                    + r.rejected_replay
+                    + r.rejected_malformed
+                    + r.rejected_unknown_peer
+            })
+            .sum();
+        eprintln!(
+            "fleet sharing: records sent {sent}, datagrams {dgrams}, bytes {bytes}, shared choices used {used}, rejected {rejected}"
+        );
+        assert!(used > 0, "no shared choice was used: {reps:?}");
+        assert_eq!(rejected, 0, "{reps:?}");
+        assert!(
+            reps.iter().all(|r| r.peers.iter().all(|p| !p.silent)),
+            "{reps:?}"
+        );
+        // A datagram from a host that is not a peer (the router), and one
+        // with the wrong key from there: refused and counted, nothing installed.
+        let before = fleet_report(&fleet.gws[0]).unwrap();
+        fleet.rt.sh(&format!(
+            "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             [s.sendto(b'DPGS\\x01\\x00\\x00\\x00' + bytes(16 + 32), ('{}', {SYNC_PORT})) for _ in range(50)]\"",
+            gw_addr(0)
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        let after = fleet_report(&fleet.gws[0]).unwrap();
+        assert_eq!(
+            after.rejected_unknown_peer - before.rejected_unknown_peer,
+            50,
+            "{after:?}"
+        );
+        assert_eq!(
+            after.installed,
+            before.installed + (after.received_records - before.received_records)
+        );
+    }
     eprintln!(
-        "fleet {daemons:?}: broken of {conns} long-lived connections per event: {report:?} ({:?} in all)",
+        "fleet {daemons:?} sharing {sharing}: broken of {conns} long-lived connections per event: {report:?} ({:?} in all)",
         t_start.elapsed()
     );
 }
@@ -800,11 +886,23 @@ fn fleet_case(daemons: [Daemon; 4]) {
 #[test]
 #[ignore = "needs root, ip netns, bird and frr: run by scripts/test.sh as root"]
 fn fleet_bird_router_mixed_gateways() {
-    fleet_case([Daemon::Bird, Daemon::Bird, Daemon::Frr, Daemon::Bird]);
+    fleet_case(
+        [Daemon::Bird, Daemon::Bird, Daemon::Frr, Daemon::Bird],
+        false,
+    );
 }
 
 #[test]
 #[ignore = "needs root, ip netns, bird and frr: run by scripts/test.sh as root"]
-fn fleet_frr_router_mixed_gateways() {
-    fleet_case([Daemon::Frr, Daemon::Frr, Daemon::Bird, Daemon::Frr]);
+fn fleet_bird_router_flow_sharing() {
+    fleet_case(
+        [Daemon::Bird, Daemon::Bird, Daemon::Frr, Daemon::Bird],
+        true,
+    );
+}
+
+#[test]
+#[ignore = "needs root, ip netns, bird and frr: run by scripts/test.sh as root"]
+fn fleet_frr_router_mixed_gateways_flow_sharing() {
+    fleet_case([Daemon::Frr, Daemon::Frr, Daemon::Bird, Daemon::Frr], true);
 }

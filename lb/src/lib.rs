@@ -54,6 +54,7 @@
 pub mod flow_table;
 pub mod health;
 pub mod maglev;
+pub mod shared_flows;
 pub mod spec;
 mod tables;
 

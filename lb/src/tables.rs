@@ -234,6 +234,14 @@ pub struct LbTables {
     vips: Box<[VipSlot]>,
     /// (vni, service) ranges referenced by `VipSlot::scoped_*`, sorted by vni.
     scoped: Vec<(u32, u32)>,
+    /// Other gateways' choices, consulted on a flow-table miss.
+    shared: Option<SharedRef>,
+}
+
+#[derive(Clone, Debug)]
+struct SharedRef {
+    store: std::sync::Arc<crate::shared_flows::SharedFlows>,
+    max_age_ms: u64,
 }
 
 /// Builds a snapshot from the desired state.
@@ -245,6 +253,17 @@ impl LbTables {
     /// An empty snapshot (no services).
     pub fn empty() -> Self {
         Self::default()
+    }
+
+    /// Makes a flow-table miss look up `store` (other gateways' choices, at
+    /// most `max_age_ms` old) before Maglev: a shared choice whose backend is
+    /// in the service and eligible is taken and pinned like Maglev's.
+    pub fn set_shared_flows(
+        &mut self,
+        store: Option<std::sync::Arc<crate::shared_flows::SharedFlows>>,
+        max_age_ms: u64,
+    ) {
+        self.shared = store.map(|store| SharedRef { store, max_age_ms });
     }
 
     /// Builds a snapshot, reusing `prev`'s Maglev table for every service whose
@@ -275,6 +294,8 @@ impl LbTables {
             services: out,
             vips,
             scoped,
+            // The store outlives snapshots: keep the previous one's.
+            shared: prev.shared.clone(),
         })
     }
 
@@ -361,7 +382,7 @@ impl LbTables {
         now: u64,
     ) -> Option<Selected> {
         let s = self.services.get(svc.0 as usize)?;
-        let (idx, new_flow) = select_in(s, key, hash, flows, now, 0)?;
+        let (idx, new_flow) = select_in(s, key, hash, flows, now, 0, self.shared.as_ref())?;
         Some(Selected {
             backend: s.backends[usize::from(idx)].r,
             new_flow,
@@ -502,7 +523,7 @@ impl LbTables {
                     None => LbVerdict::NotService,
                     Some(svc) => match self.services.get(svc.0 as usize).and_then(|s| {
                         let f = tcp_flags.get(c * CHUNK + i).copied().unwrap_or(0);
-                        select_in(s, k, hashes[i], flows, now, f)
+                        select_in(s, k, hashes[i], flows, now, f, self.shared.as_ref())
                     }) {
                         Some((backend, new_flow)) => LbVerdict::Forward {
                             svc,
@@ -543,6 +564,7 @@ fn select_in(
     flows: &mut FlowTable,
     now: u64,
     flags: u8,
+    shared: Option<&SharedRef>,
 ) -> Option<(BackendIdx, bool)> {
     match flows.lookup(key, hash, now) {
         Probe::Hit(slot, p) => {
@@ -554,7 +576,10 @@ fn select_in(
         }
         Probe::Miss(slot) => {
             flows.stats_mut().misses += 1;
-            let idx = s.pick(hash)?;
+            let idx = match shared.and_then(|x| shared_choice(s, x, hash)) {
+                Some(idx) => idx,
+                None => s.pick(hash)?,
+            };
             if flags & tcp_flags::RST != 0 {
                 // A reset of a flow we do not know: nothing to remember.
                 flows.stats_mut().reset += 1;
@@ -567,6 +592,18 @@ fn select_in(
             Some((idx, true))
         }
     }
+}
+
+/// The backend another gateway chose for this flow, if it is still in the
+/// service and eligible.
+#[inline(never)]
+fn shared_choice(s: &Service, x: &SharedRef, hash: u64) -> Option<BackendIdx> {
+    let (addr, v6) = x.store.lookup(hash, x.max_age_ms)?;
+    let idx = s
+        .find(addr, v6)
+        .filter(|&i| s.backends[usize::from(i)].eligible())?;
+    x.store.note_used();
+    Some(idx)
 }
 
 /// A hit whose backend list changed since the flow was pinned, or that

@@ -268,7 +268,9 @@ pub fn collect(
             }
         })
         .collect();
+    let fleet = shared.tables.load().fleet.as_ref().map(|f| f.report());
     StatsReport {
+        fleet,
         generation,
         digest,
         uptime_s: sampler.start.elapsed().as_secs_f64(),
@@ -553,6 +555,45 @@ const FAMILIES: &[Family] = &[
         help: "Changes of the announcement (announced <-> withdrawn) since start.",
         optional: true,
         samples: |s| s.gateway.iter().map(|g| sample(vec![], g.transitions)).collect(),
+    },
+    Family {
+        name: "dpgw_fleet_sync_total",
+        kind: Kind::Counter,
+        help: "Flow-state sharing with the fleet: records sent/received/installed/used, datagrams and bytes sent, datagrams rejected by reason, records lost to a full queue.",
+        optional: true,
+        samples: |s| {
+            let Some(f) = &s.report.fleet else {
+                return Vec::new();
+            };
+            [
+                ("sent_records", f.sent_records),
+                ("sent_datagrams", f.sent_datagrams),
+                ("sent_bytes", f.sent_bytes),
+                ("received_datagrams", f.received_datagrams),
+                ("received_records", f.received_records),
+                ("installed", f.installed),
+                ("evicted", f.evicted),
+                ("used", f.used),
+                ("rejected_unknown_peer", f.rejected_unknown_peer),
+                ("rejected_malformed", f.rejected_malformed),
+                ("rejected_bad_mac", f.rejected_bad_mac),
+                ("rejected_replay", f.rejected_replay),
+                ("queue_full", f.queue_full),
+                ("send_errors", f.send_errors),
+            ]
+            .into_iter()
+            .map(|(w, v)| sample(vec![("what", w.to_string())], v))
+            .collect()
+        },
+    },
+    Family {
+        name: "dpgw_fleet_peer_silent",
+        kind: Kind::Gauge,
+        help: "1 while a fleet peer has sent nothing valid for 3 s (or never).",
+        optional: true,
+        samples: |s| {
+            s.report.fleet.iter().flat_map(|f| f.peers.iter()).map(|p| sample(vec![("peer", p.addr.clone())], u64::from(p.silent))).collect()
+        },
     },
     Family {
         name: "dpgw_tables_info",
@@ -1115,7 +1156,7 @@ mod tests {
         // no [announce] section).
         let names: Vec<&str> = FAMILIES
             .iter()
-            .filter(|x| !x.name.starts_with("dpgw_announce_"))
+            .filter(|x| !x.name.starts_with("dpgw_announce_") && !x.name.starts_with("dpgw_fleet_"))
             .map(|x| x.name)
             .collect();
         assert_eq!(f.keys().count(), names.len());
