@@ -57,16 +57,19 @@ enum Daemon {
     Frr,
 }
 
-/// Long-lived HTTP/1.1 keep-alive connections: `python3 - N PERIOD SECONDS`
-/// opens N connections (spread over the first second), each sends a request
-/// every PERIOD seconds until SECONDS have passed, and prints one JSON list:
-/// per connection the backends that answered and the error that ended it
-/// (null if none).
+/// Long-lived HTTP/1.1 keep-alive connections: `python3 - N PERIOD SECONDS
+/// READY` opens N connections (spread over the first second), each sends a
+/// request every PERIOD seconds until SECONDS have passed, creates the file
+/// READY once every connection had its first answer, and prints one JSON
+/// list: per connection the backends that answered and the error that ended
+/// it (null if none).
 const PY_LONG: &str = r#"
 import http.client, json, sys, threading, time
-n, period, secs = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+n, period, secs, ready = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 res = [None] * n
 t_end = time.time() + secs
+answered = [0]
+lock = threading.Lock()
 def run(i):
     time.sleep(i / n)
     names, err = [], None
@@ -76,6 +79,11 @@ def run(i):
             c.request('GET', '/name')
             r = c.getresponse()
             nm = r.read().decode().strip()
+            if not names:
+                with lock:
+                    answered[0] += 1
+                    if answered[0] == n:
+                        open(ready, 'w').close()
             if not names or names[-1] != nm:
                 names.append(nm)
             time.sleep(period)
@@ -631,12 +639,25 @@ fn through<F: FnOnce(&mut Fleet)>(
     secs: f64,
     event: F,
 ) -> (usize, Vec<String>) {
+    let ready = fleet.dir.path().join("ready");
+    let _ = std::fs::remove_file(&ready);
     let child = run_py(
         &fleet.client,
         PY_LONG,
-        &[conns.to_string(), "0.2".into(), secs.to_string()],
+        &[
+            conns.to_string(),
+            "0.2".into(),
+            (secs + 1.0).to_string(),
+            ready.to_string_lossy().into_owned(),
+        ],
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The event comes once every connection is established and answered
+    // (on a loaded machine that can take more than the first second).
+    let t0 = Instant::now();
+    while !ready.exists() && t0.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     event(fleet);
     broken(&py_json(child))
 }
@@ -743,7 +764,7 @@ fn fleet_case(daemons: [Daemon; 4], sharing: bool) {
     );
 
     let mut report: BTreeMap<&str, usize> = BTreeMap::new();
-    let conns = 100;
+    let conns = 300;
     // (a) drain one gateway: withdrawn, still forwarding; nothing breaks.
     let (n, why) = through(&mut fleet, conns, 6.0, |fl| {
         let t0 = Instant::now();
