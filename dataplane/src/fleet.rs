@@ -4,9 +4,10 @@
 //! path set changed) finds the choice and keeps the connection on its
 //! backend even when the Maglev table changed meanwhile.
 //!
-//! * **Workers** pay one lock-free queue push per new flow (and nothing per
-//!   packet of a known flow): [`FleetLink::offer`]. A full queue drops the
-//!   record and counts it. On a flow-table miss the LB stage looks up the
+//! * **Workers** gather new flows in a [`Batch`] of their own and pay one
+//!   lock-free queue push per burst that had new flows (nothing per packet
+//!   of a known flow): [`FleetLink::offer`]. A full queue drops the batch and
+//!   counts its records. On a flow-table miss the LB stage looks up the
 //!   shared store ([`lb::shared_flows::SharedFlows`], a seqlock table: no
 //!   lock, no allocation) before Maglev and takes the shared backend if it is
 //!   still eligible.
@@ -51,8 +52,10 @@ const RECORD: usize = 25;
 /// Records per datagram.
 pub const MAX_RECORDS: usize = (MAX_DATAGRAM - HEADER - MAC_LEN) / RECORD;
 const MAGIC: &[u8; 4] = b"DPGS";
-/// Records waiting for the sync thread (all workers together).
-const QUEUE: usize = 1 << 16;
+/// Batches waiting for the sync thread (all workers together; 131072 records).
+const QUEUE: usize = 1 << 12;
+/// Records a worker gathers before one queue push.
+pub const BATCH: usize = 32;
 /// A peer unheard for this long is reported silent.
 const SILENT_AFTER: Duration = Duration::from_secs(3);
 
@@ -95,10 +98,49 @@ pub struct Counters {
     pub send_errors: AtomicU64,
 }
 
+/// Up to [`BATCH`] records of one worker: the unit of the queue, so a
+/// worker pays one queue operation per burst of new flows, not one each.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch {
+    n: usize,
+    r: [Record; BATCH],
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            n: 0,
+            r: [Record {
+                hash: 0,
+                addr: 0,
+                v6: false,
+            }; BATCH],
+        }
+    }
+}
+
+impl Batch {
+    /// Adds a record; true when the batch is now full.
+    #[inline]
+    pub fn push(&mut self, hash: u64, addr: u128, v6: bool) -> bool {
+        self.r[self.n] = Record { hash, addr, v6 };
+        self.n += 1;
+        self.n == BATCH
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn records(&self) -> &[Record] {
+        &self.r[..self.n]
+    }
+}
+
 /// What workers and the sync thread share: the outgoing queue, the store of
 /// peers' choices, counters and the peers' state.
 pub struct FleetLink {
-    out: ArrayQueue<Record>,
+    out: ArrayQueue<Batch>,
     pub store: Arc<SharedFlows>,
     pub counters: Counters,
     peers: Mutex<Vec<PeerState>>,
@@ -138,12 +180,18 @@ impl FleetLink {
         }
     }
 
-    /// A worker's new flow: queued for the peers (never blocks).
+    /// A worker's new flows: queued for the peers (never blocks; a full
+    /// queue loses the batch, counted). Empties `b`.
     #[inline]
-    pub fn offer(&self, hash: u64, addr: u128, v6: bool) {
-        if self.out.push(Record { hash, addr, v6 }).is_err() {
-            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+    pub fn offer(&self, b: &mut Batch) {
+        if b.n == 0 {
+            return;
         }
+        let n = b.n as u64;
+        if self.out.push(*b).is_err() {
+            self.counters.queue_full.fetch_add(n, Ordering::Relaxed);
+        }
+        b.n = 0;
     }
 
     /// For `dpgwctl stats` and the metrics.
@@ -401,14 +449,16 @@ pub fn run(
             }
         }
         // Send ours: full datagrams at once, the rest after `flush`.
-        while let Some(r) = link.out.pop() {
-            if batch.is_empty() {
-                batch_since = Instant::now();
-            }
-            batch.push(r);
-            if batch.len() == MAX_RECORDS {
-                send(&mut batch, &mut seq);
-                last_sent = Instant::now();
+        while let Some(b) = link.out.pop() {
+            for &r in b.records() {
+                if batch.is_empty() {
+                    batch_since = Instant::now();
+                }
+                batch.push(r);
+                if batch.len() == MAX_RECORDS {
+                    send(&mut batch, &mut seq);
+                    last_sent = Instant::now();
+                }
             }
         }
         if (!batch.is_empty() && batch_since.elapsed() >= flush)
@@ -465,9 +515,27 @@ pub fn start(
     };
     let (sock, key) = open(&section)?;
     let max_age_ms = u64::from(cfg.dataplane.tcp_timeout_s.max(cfg.dataplane.udp_timeout_s)) * 1000;
+    // Off the workers' cores when there is one free (in a flood the sync
+    // thread is busy, and sharing a worker's core costs that worker).
+    let worker_cores: Vec<usize> = if cfg.dataplane.cores.is_empty() {
+        (0..cfg.dataplane.workers).collect()
+    } else {
+        cfg.dataplane.cores.clone()
+    };
+    let spare = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+        .find(|c| !worker_cores.contains(&c.id));
+    let pin = !cfg.dataplane.no_pin;
     std::thread::Builder::new()
         .name("dpgw-fleet".into())
-        .spawn(move || run(link, sock, key, section, max_age_ms, stop))
+        .spawn(move || {
+            if let (true, Some(c)) = (pin, spare) {
+                core_affinity::set_for_current(c);
+            }
+            run(link, sock, key, section, max_age_ms, stop)
+        })
         .map(Some)
         .map_err(|e| format!("fleet: spawning its thread: {e}"))
 }

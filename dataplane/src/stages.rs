@@ -422,6 +422,8 @@ pub struct Lb {
     live_scanned_at: u64,
     /// Keys looked up in the last burst (`pos`, `out`), for tracing.
     last: usize,
+    /// New flows not yet offered to the fleet (`[fleet]`).
+    fleet_batch: crate::fleet::Batch,
 }
 
 impl Default for Lb {
@@ -443,6 +445,7 @@ impl Default for Lb {
             icmp_too_big: 0,
             live_scanned_at: 0,
             last: 0,
+            fleet_batch: crate::fleet::Batch::default(),
         }
     }
 }
@@ -623,9 +626,16 @@ impl Stage for Lb {
                         }
                         Ok(Encapped::ToBackend) => {
                             meta[i].finished = true;
-                            if new_flow {
-                                if let Some(f) = &t.fleet {
-                                    f.offer(lb::flow_hash(&self.keys[j]), bref.addr, bref.v6);
+                            if new_flow && t.fleet.is_some() {
+                                let full = self.fleet_batch.push(
+                                    lb::flow_hash(&self.keys[j]),
+                                    bref.addr,
+                                    bref.v6,
+                                );
+                                if full {
+                                    if let Some(f) = &t.fleet {
+                                        f.offer(&mut self.fleet_batch);
+                                    }
                                 }
                             }
                             let si = svc.0 as usize;
@@ -643,6 +653,11 @@ impl Stage for Lb {
                         Err(r) => v[i] = Verdict::Drop(r),
                     }
                 }
+            }
+        }
+        if !self.fleet_batch.is_empty() {
+            if let Some(f) = &t.fleet {
+                f.offer(&mut self.fleet_batch);
             }
         }
     }

@@ -4,7 +4,8 @@
 //! that backend is still eligible, else Maglev picks as usual.
 //!
 //! A fixed-capacity, 4-way set-associative table of `(flow hash, backend
-//! address, time)` entries, written by **one** thread (the fleet sync
+//! address, time)` entries (a set's hashes in one cache line, so looking up
+//! an absent flow costs one line), written by **one** thread (the fleet sync
 //! receiver) and read by any number of workers. Each slot is guarded by a
 //! sequence counter (a seqlock): the writer makes it odd, writes, makes it
 //! even; a reader that sees it odd or changed across its reads ignores the
@@ -20,10 +21,18 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 const WAYS: usize = 4;
 
+/// One set's flow hashes and slot sequence counters: one cache line, the
+/// only one a lookup of an absent flow touches.
 #[derive(Default)]
-struct Slot {
-    seq: AtomicU32,
-    hash: AtomicU64,
+#[repr(align(64))]
+struct Head {
+    hash: [AtomicU64; WAYS],
+    seq: [AtomicU32; WAYS],
+}
+
+/// A slot's value, read only when its hash matched.
+#[derive(Default)]
+struct Body {
     addr_hi: AtomicU64,
     addr_lo: AtomicU64,
     /// `stamp_ms << 1 | v6`; 0 = empty.
@@ -32,7 +41,8 @@ struct Slot {
 
 /// The store (see the module doc).
 pub struct SharedFlows {
-    slots: Box<[Slot]>,
+    heads: Box<[Head]>,
+    bodies: Box<[Body]>,
     mask: usize,
     /// The writer's clock (ms), which readers use too.
     now_ms: AtomicU64,
@@ -63,9 +73,9 @@ impl SharedFlows {
     /// A store of at least `capacity` entries (rounded up to a power of two, ≥ 64).
     pub fn new(capacity: usize) -> SharedFlows {
         let sets = capacity.max(64).next_power_of_two() / WAYS;
-        let slots: Vec<Slot> = (0..sets * WAYS).map(|_| Slot::default()).collect();
         SharedFlows {
-            slots: slots.into_boxed_slice(),
+            heads: (0..sets).map(|_| Head::default()).collect(),
+            bodies: (0..sets * WAYS).map(|_| Body::default()).collect(),
             mask: sets - 1,
             now_ms: AtomicU64::new(1),
             used: AtomicU64::new(0),
@@ -74,7 +84,7 @@ impl SharedFlows {
 
     /// Number of entries.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.bodies.len()
     }
 
     /// Sets the clock (the writer does, every few milliseconds; never 0).
@@ -88,35 +98,33 @@ impl SharedFlows {
         self.now_ms.load(Ordering::Relaxed)
     }
 
+    /// The set of `hash`: its head and its first body index.
     #[inline]
-    fn set(&self, hash: u64) -> &[Slot] {
+    fn set(&self, hash: u64) -> (&Head, usize) {
         // The low bits pick the set in flow tables too; use high ones here.
         let s = ((hash >> 40) as usize) & self.mask;
-        &self.slots[s * WAYS..s * WAYS + WAYS]
+        (&self.heads[s], s * WAYS)
     }
 
-    /// Reads a slot consistently: `(hash, addr, v6, stamp)`, or `None` if it
-    /// is empty or being written.
+    /// Reads way `w` consistently if it holds `hash`: `(addr, v6, stamp)`.
     #[inline]
-    fn read(s: &Slot) -> Option<(u64, u128, bool, u64)> {
-        let q1 = s.seq.load(Ordering::Acquire);
-        if q1 & 1 != 0 {
+    fn read(&self, head: &Head, base: usize, w: usize, hash: u64) -> Option<(u128, bool, u64)> {
+        let q1 = head.seq[w].load(Ordering::Acquire);
+        if q1 & 1 != 0 || head.hash[w].load(Ordering::Relaxed) != hash {
             return None;
         }
-        let h = s.hash.load(Ordering::Relaxed);
-        let hi = s.addr_hi.load(Ordering::Relaxed);
-        let lo = s.addr_lo.load(Ordering::Relaxed);
-        let m = s.meta.load(Ordering::Relaxed);
+        let b = &self.bodies[base + w];
+        let hi = b.addr_hi.load(Ordering::Relaxed);
+        let lo = b.addr_lo.load(Ordering::Relaxed);
+        let m = b.meta.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
-        if s.seq.load(Ordering::Relaxed) != q1 || m == 0 {
+        if head.seq[w].load(Ordering::Relaxed) != q1
+            || head.hash[w].load(Ordering::Relaxed) != hash
+            || m == 0
+        {
             return None;
         }
-        Some((
-            h,
-            (u128::from(hi) << 64) | u128::from(lo),
-            m & 1 != 0,
-            m >> 1,
-        ))
+        Some(((u128::from(hi) << 64) | u128::from(lo), m & 1 != 0, m >> 1))
     }
 
     /// The backend another gateway chose for the flow with this hash, if it
@@ -124,9 +132,10 @@ impl SharedFlows {
     #[inline]
     pub fn lookup(&self, hash: u64, max_age_ms: u64) -> Option<(u128, bool)> {
         let now = self.now();
-        for s in self.set(hash) {
-            if let Some((h, addr, v6, stamp)) = Self::read(s) {
-                if h == hash && now.saturating_sub(stamp) <= max_age_ms {
+        let (head, base) = self.set(hash);
+        for w in 0..WAYS {
+            if let Some((addr, v6, stamp)) = self.read(head, base, w, hash) {
+                if now.saturating_sub(stamp) <= max_age_ms {
                     return Some((addr, v6));
                 }
             }
@@ -149,34 +158,34 @@ impl SharedFlows {
     /// `max_age_ms` count as empty when choosing a slot.
     pub fn install(&self, hash: u64, addr: u128, v6: bool, max_age_ms: u64) -> Installed {
         let now = self.now();
-        let set = self.set(hash);
+        let (head, base) = self.set(hash);
         let mut pick = None;
         let mut oldest = (u64::MAX, 0usize);
-        for (i, s) in set.iter().enumerate() {
-            let m = s.meta.load(Ordering::Relaxed);
+        for w in 0..WAYS {
+            let m = self.bodies[base + w].meta.load(Ordering::Relaxed);
             let stamp = m >> 1;
-            if m != 0 && s.hash.load(Ordering::Relaxed) == hash {
-                pick = Some((i, Installed::Updated));
+            if m != 0 && head.hash[w].load(Ordering::Relaxed) == hash {
+                pick = Some((w, Installed::Updated));
                 break;
             }
             if m == 0 || now.saturating_sub(stamp) > max_age_ms {
                 if pick.is_none() {
-                    pick = Some((i, Installed::New));
+                    pick = Some((w, Installed::New));
                 }
             } else if stamp < oldest.0 {
-                oldest = (stamp, i);
+                oldest = (stamp, w);
             }
         }
-        let (i, how) = pick.unwrap_or((oldest.1, Installed::Evicted));
-        let s = &set[i];
-        let q = s.seq.load(Ordering::Relaxed);
-        s.seq.store(q.wrapping_add(1), Ordering::Relaxed);
+        let (w, how) = pick.unwrap_or((oldest.1, Installed::Evicted));
+        let b = &self.bodies[base + w];
+        let q = head.seq[w].load(Ordering::Relaxed);
+        head.seq[w].store(q.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
-        s.hash.store(hash, Ordering::Relaxed);
-        s.addr_hi.store((addr >> 64) as u64, Ordering::Relaxed);
-        s.addr_lo.store(addr as u64, Ordering::Relaxed);
-        s.meta.store((now << 1) | u64::from(v6), Ordering::Relaxed);
-        s.seq.store(q.wrapping_add(2), Ordering::Release);
+        head.hash[w].store(hash, Ordering::Relaxed);
+        b.addr_hi.store((addr >> 64) as u64, Ordering::Relaxed);
+        b.addr_lo.store(addr as u64, Ordering::Relaxed);
+        b.meta.store((now << 1) | u64::from(v6), Ordering::Relaxed);
+        head.seq[w].store(q.wrapping_add(2), Ordering::Release);
         how
     }
 }
