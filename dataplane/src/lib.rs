@@ -18,6 +18,7 @@ pub mod cpu;
 pub mod engine;
 pub mod exception;
 pub mod filter;
+pub mod frag;
 pub mod gen;
 pub mod health;
 pub mod icmp;
