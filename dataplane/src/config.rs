@@ -106,8 +106,8 @@ pub struct DataplaneSection {
     /// held, milliseconds.
     #[serde(default = "default_frag_hold")]
     pub frag_hold_ms: u64,
-    /// Fragments each worker holds at most (0 = hold none: drop them as
-    /// `frag_unmatched` at once).
+    /// Fragments each worker holds at most (0 = hold none: a fragment ahead
+    /// of its first is dropped at once, as `frag_hold_full`).
     #[serde(default = "default_frag_hold_slots")]
     pub frag_hold_slots: usize,
 }
@@ -775,6 +775,37 @@ mod tests {
         );
         let e = Config::parse("[gateway]\ngeneve_ports = [\"x\"]\n").unwrap_err();
         assert!(e.contains("geneve_ports") || e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn test_frag_keys() {
+        let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n").unwrap();
+        let d = &c.dataplane;
+        assert_eq!(
+            (d.frag_table_size, d.frag_timeout_ms, d.frag_hold_ms, d.frag_hold_slots),
+            (1024, 1000, 5, 32)
+        );
+        let c = Config::parse(
+            "[dataplane]\nfrag_table_size = 4\nfrag_timeout_ms = 60000\nfrag_hold_ms = 1000\nfrag_hold_slots = 0\n[pcap]\ninput = [\"a.pcap\"]\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        for (line, key) in [
+            ("frag_table_size = 1000", "dataplane.frag_table_size: 1000"),
+            ("frag_table_size = 2", "dataplane.frag_table_size: 2"),
+            ("frag_timeout_ms = 0", "dataplane.frag_timeout_ms: 0"),
+            ("frag_timeout_ms = 60001", "dataplane.frag_timeout_ms: 60001"),
+            ("frag_hold_ms = 0", "dataplane.frag_hold_ms: 0"),
+            ("frag_hold_ms = 1001", "dataplane.frag_hold_ms: 1001"),
+            ("frag_hold_slots = 65", "dataplane.frag_hold_slots: 65"),
+        ] {
+            let c = Config::parse(&format!("[dataplane]\n{line}\n[pcap]\ninput = [\"a.pcap\"]\n"))
+                .unwrap();
+            let p = c.validate();
+            assert!(p.iter().any(|s| s.starts_with(key)), "{line}: {p:?}");
+        }
+        let e = Config::parse("[dataplane]\nfrag_hold_ms = -1\n").unwrap_err();
+        assert!(e.contains("frag_hold_ms"), "{e}");
     }
 
     #[test]
