@@ -600,7 +600,10 @@ impl Config {
                 1 << 20
             ));
         }
-        if d.frag_table_size < 4 || !d.frag_table_size.is_power_of_two() || d.frag_table_size > (1 << 20) {
+        if d.frag_table_size < 4
+            || !d.frag_table_size.is_power_of_two()
+            || d.frag_table_size > (1 << 20)
+        {
             p.push(format!(
                 "dataplane.frag_table_size: {} must be a power of two in 4..={}",
                 d.frag_table_size,
@@ -782,7 +785,12 @@ mod tests {
         let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n").unwrap();
         let d = &c.dataplane;
         assert_eq!(
-            (d.frag_table_size, d.frag_timeout_ms, d.frag_hold_ms, d.frag_hold_slots),
+            (
+                d.frag_table_size,
+                d.frag_timeout_ms,
+                d.frag_hold_ms,
+                d.frag_hold_slots
+            ),
             (1024, 1000, 5, 32)
         );
         let c = Config::parse(
@@ -794,13 +802,18 @@ mod tests {
             ("frag_table_size = 1000", "dataplane.frag_table_size: 1000"),
             ("frag_table_size = 2", "dataplane.frag_table_size: 2"),
             ("frag_timeout_ms = 0", "dataplane.frag_timeout_ms: 0"),
-            ("frag_timeout_ms = 60001", "dataplane.frag_timeout_ms: 60001"),
+            (
+                "frag_timeout_ms = 60001",
+                "dataplane.frag_timeout_ms: 60001",
+            ),
             ("frag_hold_ms = 0", "dataplane.frag_hold_ms: 0"),
             ("frag_hold_ms = 1001", "dataplane.frag_hold_ms: 1001"),
             ("frag_hold_slots = 65", "dataplane.frag_hold_slots: 65"),
         ] {
-            let c = Config::parse(&format!("[dataplane]\n{line}\n[pcap]\ninput = [\"a.pcap\"]\n"))
-                .unwrap();
+            let c = Config::parse(&format!(
+                "[dataplane]\n{line}\n[pcap]\ninput = [\"a.pcap\"]\n"
+            ))
+            .unwrap();
             let p = c.validate();
             assert!(p.iter().any(|s| s.starts_with(key)), "{line}: {p:?}");
         }

@@ -280,7 +280,15 @@ pub fn run_worker<Q: Queue>(
                     stats.drop(*r);
                     dropped.push(pkt);
                 }
-                Verdict::Hold => hold_one(&mut pipeline, &mut hold, &cur, pkt, &meta[i], &mut stats, &mut dropped),
+                Verdict::Hold => hold_one(
+                    &mut pipeline,
+                    &mut hold,
+                    &cur,
+                    pkt,
+                    &meta[i],
+                    &mut stats,
+                    &mut dropped,
+                ),
             }
         }
         if !dropped.is_empty() {

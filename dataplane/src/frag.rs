@@ -217,9 +217,11 @@ impl Frag {
         let now = self.now_us() / 1000;
         // First fragments first, so that a later fragment ahead of its
         // first in the same burst is not held.
-        for (m, _) in meta.iter().zip(v.iter()).filter(|(m, v)| {
-            **v == Verdict::Tx && m.frag == vxlan::FragKind::First
-        }) {
+        for (m, _) in meta
+            .iter()
+            .zip(v.iter())
+            .filter(|(m, v)| **v == Verdict::Tx && m.frag == vxlan::FragKind::First)
+        {
             if t.lb.lookup_service(&lb_key(&m.key)).is_some() {
                 let k = FragKey::of(m);
                 self.counters.table_full +=
@@ -347,7 +349,13 @@ impl<P: Packet> HoldBuffer<P> {
 
     /// Hands each held fragment whose datagram now has an association, or
     /// whose deadline passed at `now_us`, to `each` (at most `max`).
-    pub fn service(&mut self, frag: &mut Frag, now_us: u64, max: usize, mut each: impl FnMut(Out<P>)) {
+    pub fn service(
+        &mut self,
+        frag: &mut Frag,
+        now_us: u64,
+        max: usize,
+        mut each: impl FnMut(Out<P>),
+    ) {
         frag.fresh = false;
         let now_ms = now_us / 1000;
         let mut next = u64::MAX;

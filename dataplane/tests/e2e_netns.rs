@@ -667,7 +667,11 @@ fn e2e_udp_fragments_reach_one_backend() {
     for b in &topo._backends {
         let t0 = Instant::now();
         while !b.sh("ss -lun").contains(&format!("{VIP}:7 ")) {
-            assert!(t0.elapsed() < Duration::from_secs(10), "echo did not start in {}", b.name);
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "echo did not start in {}",
+                b.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -695,7 +699,11 @@ fn e2e_udp_fragments_reach_one_backend() {
         let (name, len) = a
             .split_once(' ')
             .unwrap_or_else(|| panic!("no answer: {answers:?}\n{}", dpgw_log(&topo)));
-        assert_eq!(len, size.to_string(), "{a}: the backend got part of a datagram");
+        assert_eq!(
+            len,
+            size.to_string(),
+            "{a}: the backend got part of a datagram"
+        );
         *per.entry(name.to_string()).or_default() += 1;
     }
     assert!(per.len() >= 2, "30 flows on one backend: {per:?}");
@@ -706,6 +714,10 @@ fn e2e_udp_fragments_reach_one_backend() {
     // 30 datagrams of 3 fragments (more if a try was repeated), in order.
     assert!(f.first >= 30 && f.associated >= 60, "{f:?}");
     assert_eq!(f.table_full, 0, "{f:?}");
-    assert!(!s.total.drops.contains_key("frag_unmatched"), "{:?}", s.total.drops);
+    assert!(
+        !s.total.drops.contains_key("frag_unmatched"),
+        "{:?}",
+        s.total.drops
+    );
     println!("fragments: {f:?}, per backend {per:?}");
 }

@@ -83,7 +83,9 @@ fn fold(mut s: u32) -> u16 {
 fn vxlan(inner: &[u8]) -> Vec<u8> {
     let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
     let total = 20 + 8 + 8 + inner.len();
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1];
+    let mut ip = vec![
+        0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+    ];
     ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     let c = fold(sum(&ip));
     ip[10..12].copy_from_slice(&c.to_be_bytes());
@@ -118,7 +120,14 @@ fn udp(sport: u16, payload: usize, ph: &[u8]) -> Vec<u8> {
 
 /// The inner IPv4 packets of a UDP datagram from `src:sport` to `dst:PORT`,
 /// cut into `n` fragments of `frag` bytes (`n == 1`: not fragmented).
-fn v4_datagram(src: [u8; 4], dst: [u8; 4], sport: u16, id: u16, n: usize, frag: usize) -> Vec<Vec<u8>> {
+fn v4_datagram(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    id: u16,
+    n: usize,
+    frag: usize,
+) -> Vec<Vec<u8>> {
     let mut ph = src.to_vec();
     ph.extend_from_slice(&dst);
     let l4 = udp(sport, n * frag - 8, &ph);
@@ -146,7 +155,14 @@ fn v4_datagram(src: [u8; 4], dst: [u8; 4], sport: u16, id: u16, n: usize, frag: 
 }
 
 /// The same for IPv6 (fragment extension header; `n == 1`: none).
-fn v6_datagram(src: [u8; 16], dst: [u8; 16], sport: u16, id: u32, n: usize, frag: usize) -> Vec<Vec<u8>> {
+fn v6_datagram(
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    id: u32,
+    n: usize,
+    frag: usize,
+) -> Vec<Vec<u8>> {
     let mut ph = src.to_vec();
     ph.extend_from_slice(&dst);
     let l4 = udp(sport, n * frag - 8, &ph);
@@ -194,7 +210,10 @@ fn write_pcap(p: &Path, frames: &[Vec<u8>]) {
 fn read_pcap(p: &Path) -> Vec<Vec<u8>> {
     let d = std::fs::read(p).unwrap();
     // Little-endian classic pcap, µs or ns timestamps.
-    assert!(matches!(&d[0..4], [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1]));
+    assert!(matches!(
+        &d[0..4],
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1]
+    ));
     let mut out = Vec::new();
     let mut o = 24;
     while o + 16 <= d.len() {
@@ -233,7 +252,11 @@ fn replay(frames: &[Vec<u8>], burst: usize, extra: &str) -> Run {
     let frag = shared.telemetry[0].lock().unwrap().frag;
     let out_path = dir.path().join("out.pcap");
     let out = read_pcap(&out_path);
-    assert_eq!(out.len() as u64, s.tx, "every transmitted frame in the capture");
+    assert_eq!(
+        out.len() as u64,
+        s.tx,
+        "every transmitted frame in the capture"
+    );
     Run {
         rx: s.rx,
         tx: s.tx,
@@ -252,12 +275,18 @@ fn to_backend(o: &[u8]) -> Option<(Vec<u8>, &[u8])> {
         [0x08, 0x00] if o[23] == 4 => {
             assert_eq!(fold(sum(&o[14..34])), 0, "outer IPv4 checksum");
             assert_eq!(&o[26..30], &[10, 0, 0, 1], "underlay source");
-            assert_eq!(usize::from(u16::from_be_bytes([o[16], o[17]])), o.len() - 14);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([o[16], o[17]])),
+                o.len() - 14
+            );
             Some((o[30..34].to_vec(), &o[34..]))
         }
         [0x86, 0xdd] if o[20] == 41 => {
             assert_eq!(o[22], 0xfd, "underlay source fd00::1");
-            assert_eq!(usize::from(u16::from_be_bytes([o[18], o[19]])), o.len() - 54);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([o[18], o[19]])),
+                o.len() - 54
+            );
             Some((o[38..54].to_vec(), &o[54..]))
         }
         _ => None,
@@ -334,10 +363,18 @@ fn non_vip() -> Vec<Vec<u8>> {
     f
 }
 
-/// The inner packets' identity: (source, IP id or fragment id).
-fn ident(ip: &[u8]) -> (Vec<u8>, u32) {
+/// A datagram's identity here: (source address, IP id or fragment id).
+type Ident = (Vec<u8>, u32);
+/// A fragment as it left: (backend address, inner IP packet).
+type Sent = (Vec<u8>, Vec<u8>);
+
+/// The inner packet's datagram identity.
+fn ident(ip: &[u8]) -> Ident {
     if ip[0] >> 4 == 4 {
-        (ip[12..16].to_vec(), u32::from(u16::from_be_bytes([ip[4], ip[5]])))
+        (
+            ip[12..16].to_vec(),
+            u32::from(u16::from_be_bytes([ip[4], ip[5]])),
+        )
     } else {
         let id = if ip[6] == 44 {
             u32::from_be_bytes([ip[44], ip[45], ip[46], ip[47]])
@@ -354,7 +391,11 @@ fn reference(ds: &[Datagram]) -> Vec<Vec<u8>> {
     let whole: Vec<Vec<u8>> = ds.iter().map(|d| d.whole.clone()).collect();
     let r = replay(&whole, 32, "");
     assert_eq!(r.tx, ds.len() as u64);
-    let got: Vec<Vec<u8>> = r.out.iter().map(|o| to_backend(o).expect("to a backend").0).collect();
+    let got: Vec<Vec<u8>> = r
+        .out
+        .iter()
+        .map(|o| to_backend(o).expect("to a backend").0)
+        .collect();
     // Not all flows on one backend (else "same backend" proves little).
     for v6 in [false, true] {
         let distinct: std::collections::BTreeSet<_> = got
@@ -418,7 +459,7 @@ fn check_run(ds: &[Datagram], want: &[Vec<u8>], r: &Run, others: usize, expect_h
     assert!(r.frag.held > 0);
     assert_eq!(r.frag.table_full, 0);
     // Where each fragment went, by datagram.
-    let mut seen: BTreeMap<(Vec<u8>, u32), Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+    let mut seen: BTreeMap<Ident, Vec<Sent>> = BTreeMap::new();
     let mut routed = Vec::new();
     for o in &r.out {
         match to_backend(o) {
@@ -428,7 +469,9 @@ fn check_run(ds: &[Datagram], want: &[Vec<u8>], r: &Run, others: usize, expect_h
     }
     for (d, w) in ds.iter().zip(want) {
         let id = ident(&d.sent[0][14..]);
-        let got = seen.get(&id).unwrap_or_else(|| panic!("datagram {id:?} not sent"));
+        let got = seen
+            .get(&id)
+            .unwrap_or_else(|| panic!("datagram {id:?} not sent"));
         assert_eq!(got.len(), d.sent.len(), "{id:?}: every fragment once");
         for (b, ip) in got {
             assert_eq!(b, w, "{id:?} (v6 {}): a fragment to another backend", d.v6);
@@ -439,7 +482,10 @@ fn check_run(ds: &[Datagram], want: &[Vec<u8>], r: &Run, others: usize, expect_h
         }
     }
     // The non-VIP datagram: routed, in the order it came, TTL one lower.
-    let nv_out: Vec<&Vec<u8>> = routed.iter().filter(|o| o[14 + 16..14 + 20] == [10, 50, 0, 1]).collect();
+    let nv_out: Vec<&Vec<u8>> = routed
+        .iter()
+        .filter(|o| o[14 + 16..14 + 20] == [10, 50, 0, 1])
+        .collect();
     assert_eq!(nv_out.len(), nv.len());
     for (o, i) in nv_out.iter().zip(nv.iter()) {
         assert_eq!(o[14 + 8], 63);
@@ -463,9 +509,17 @@ fn tshark_clean(p: &Path, expect_packets: u64) {
         eprintln!("tshark not installed: skipping the dissection check");
         return;
     };
-    assert!(o.status.success(), "tshark failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let bad = String::from_utf8_lossy(&o.stdout);
-    assert!(bad.trim().is_empty(), "tshark finds malformed packets in {}:\n{bad}", p.display());
+    assert!(
+        bad.trim().is_empty(),
+        "tshark finds malformed packets in {}:\n{bad}",
+        p.display()
+    );
     let o = Command::new("tshark").args(["-r"]).arg(p).output().unwrap();
     let n = String::from_utf8_lossy(&o.stdout).lines().count() as u64;
     assert_eq!(n, expect_packets, "tshark packet count");
@@ -532,7 +586,12 @@ fn held_fragment_times_out() {
     assert_eq!(r.drops.get("frag_unmatched"), Some(&1), "{:?}", r.drops);
     assert_eq!(r.tx, r.rx - 1);
     assert_eq!((r.frag.held, r.frag.released, r.frag.associated), (1, 0, 2));
-    let sent: Vec<_> = r.out.iter().filter_map(|o| to_backend(o)).filter(|(_, ip)| ip[12..16] == [10, 1, 2, 3]).collect();
+    let sent: Vec<_> = r
+        .out
+        .iter()
+        .filter_map(|o| to_backend(o))
+        .filter(|(_, ip)| ip[12..16] == [10, 1, 2, 3])
+        .collect();
     assert_eq!(sent.len(), 3);
     assert!(sent.iter().all(|(b, _)| *b == sent[0].0));
 }

@@ -179,10 +179,7 @@ pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
                         && (protocol == proto::TCP || protocol == proto::UDP);
                     let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
                     let p = if has_ports { w(ipv4::HEADER_LEN) } else { 0 };
-                    let frag = FragKind::of(
-                        flg & ipv4::FRAG_OFFSET_MASK,
-                        flg & ipv4::FLAG_MF != 0,
-                    );
+                    let frag = FragKind::of(flg & ipv4::FRAG_OFFSET_MASK, flg & ipv4::FLAG_MF != 0);
                     return Ok(Inner {
                         key: FlowKey {
                             vni,
@@ -245,17 +242,16 @@ pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
             let pkt = &ip[..total];
             let nh = pkt[ipv6::field::NXT_HDR];
             // Fast path: no extension headers.
-            let (protocol, l4_off, first, frag, frag_id) = if nh == proto::TCP || nh == proto::UDP
-            {
+            let (protocol, l4_off, first, frag, frag_id) = if nh == proto::TCP || nh == proto::UDP {
                 (nh, ipv6::HEADER_LEN, true, FragKind::None, 0)
             } else {
                 let u = ipv6::walk_extensions(pkt).map_err(|e| match e {
                     crate::WireError::Truncated => InnerError::Truncated,
                     _ => InnerError::BadHeader,
                 })?;
-                let (frag, id) = u
-                    .fragment
-                    .map_or((FragKind::None, 0), |f| (FragKind::of(f.offset, f.more), f.ident));
+                let (frag, id) = u.fragment.map_or((FragKind::None, 0), |f| {
+                    (FragKind::of(f.offset, f.more), f.ident)
+                });
                 let id = if frag == FragKind::None { 0 } else { id };
                 (
                     u.proto,
@@ -539,7 +535,10 @@ mod tests {
         let i = parse_inner(&v6_frame(44, &ext, &tcp), 9).unwrap();
         assert_eq!((i.key.sport, i.key.dport, i.key.proto), (0, 0, 6));
         assert_eq!((i.frag, i.frag_id), (FragKind::Later, 0x1209));
-        assert_eq!(parse_inner(&v6_frame(6, &[], &tcp), 9).unwrap().frag, FragKind::None);
+        assert_eq!(
+            parse_inner(&v6_frame(6, &[], &tcp), 9).unwrap().frag,
+            FragKind::None
+        );
         // ICMPv6 after dest opts.
         let ext = [58, 0, 0, 0, 0, 0, 0, 0];
         let i = parse_inner(&v6_frame(60, &ext, &[128, 0, 0, 0]), 9).unwrap();

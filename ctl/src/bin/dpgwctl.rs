@@ -1594,7 +1594,9 @@ mod tests {
         s.fragments.associated = 5;
         let t = format_stats(&s);
         assert!(
-            t.contains("fragments:\nFIRST  ASSOCIATED  HELD  RELEASED  TABLE_FULL\n0      5           3"),
+            t.contains(
+                "fragments:\nFIRST  ASSOCIATED  HELD  RELEASED  TABLE_FULL\n0      5           3"
+            ),
             "{t}"
         );
     }
