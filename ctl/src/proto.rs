@@ -798,6 +798,23 @@ pub struct RuleCounters {
     pub hits: u64,
 }
 
+/// The fragment path, all workers: later fragments of a VIP datagram sent
+/// where its first fragment went. Drops are drop reasons
+/// (`frag_unmatched`, `frag_hold_full`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentCounters {
+    /// First fragments to a service that made (or renewed) an association.
+    pub first: u64,
+    /// Later fragments sent on with their datagram's ports.
+    pub associated: u64,
+    /// Later fragments held because they came before their first fragment.
+    pub held: u64,
+    /// Of `associated`: held ones sent on once their first fragment came.
+    pub released: u64,
+    /// Associations that replaced a live one (the table's set was full).
+    pub table_full: u64,
+}
+
 /// Flow-table use (of one worker, or summed).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTableCounters {
@@ -868,6 +885,9 @@ pub struct StatsReport {
     pub flow_tables: Vec<FlowTableCounters>,
     /// Flow tables, summed.
     pub flow_total: FlowTableCounters,
+    /// Fragments of VIP traffic, summed.
+    #[serde(default)]
+    pub fragments: FragmentCounters,
     /// Counters of the DPDK ports (empty unless the daemon runs on DPDK).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortCounters>,

@@ -13,6 +13,9 @@ pub enum Verdict {
     /// For the gateway itself: handed to the slow path (and freed here).
     Punt,
     Drop(DropReason),
+    /// A later fragment whose first fragment has not been seen: the worker
+    /// holds it (see `frag`) and sends it on, or drops it, on a later burst.
+    Hold,
 }
 
 /// Per-packet state passed between stages.
@@ -30,6 +33,10 @@ pub struct Meta {
     /// Set by a stage that already produced the final frame (e.g. encapsulation
     /// to a backend), so routing leaves it alone.
     pub finished: bool,
+    /// Fragment kind of the inner packet (set by the inner parse).
+    pub frag: vxlan::FragKind,
+    /// Its IPv4 / IPv6 fragment identification (0 if not a fragment).
+    pub frag_id: u32,
 }
 
 /// One step of the pipeline. Implementations look only at packets whose verdict

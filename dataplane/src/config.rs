@@ -99,6 +99,23 @@ pub struct DataplaneSection {
     /// Idle timeout of a TCP flow once the client sent a FIN, seconds.
     #[serde(default = "default_fin_timeout")]
     pub fin_timeout_s: u32,
+    /// Entries of each worker's fragment association table (a power of
+    /// two): a datagram's later fragments find its first fragment's ports
+    /// there.
+    #[serde(default = "default_frag_table_size")]
+    pub frag_table_size: usize,
+    /// Lifetime of a fragment association after the last fragment that
+    /// used it, milliseconds.
+    #[serde(default = "default_frag_timeout")]
+    pub frag_timeout_ms: u64,
+    /// How long a later fragment that came before its first fragment is
+    /// held, milliseconds.
+    #[serde(default = "default_frag_hold")]
+    pub frag_hold_ms: u64,
+    /// Fragments each worker holds at most (0 = hold none: a fragment ahead
+    /// of its first is dropped at once, as `frag_hold_full`).
+    #[serde(default = "default_frag_hold_slots")]
+    pub frag_hold_slots: usize,
 }
 
 impl Default for DataplaneSection {
@@ -114,6 +131,10 @@ impl Default for DataplaneSection {
             tcp_timeout_s: default_tcp_timeout(),
             udp_timeout_s: default_udp_timeout(),
             fin_timeout_s: default_fin_timeout(),
+            frag_table_size: default_frag_table_size(),
+            frag_timeout_ms: default_frag_timeout(),
+            frag_hold_ms: default_frag_hold(),
+            frag_hold_slots: default_frag_hold_slots(),
         }
     }
 }
@@ -138,6 +159,18 @@ fn default_udp_timeout() -> u32 {
 }
 fn default_fin_timeout() -> u32 {
     10
+}
+fn default_frag_table_size() -> usize {
+    1024
+}
+fn default_frag_timeout() -> u64 {
+    1000
+}
+fn default_frag_hold() -> u64 {
+    5
+}
+fn default_frag_hold_slots() -> usize {
+    32
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -758,6 +791,35 @@ impl Config {
                 1 << 20
             ));
         }
+        if d.frag_table_size < 4
+            || !d.frag_table_size.is_power_of_two()
+            || d.frag_table_size > (1 << 20)
+        {
+            p.push(format!(
+                "dataplane.frag_table_size: {} must be a power of two in 4..={}",
+                d.frag_table_size,
+                1 << 20
+            ));
+        }
+        if d.frag_timeout_ms == 0 || d.frag_timeout_ms > 60_000 {
+            p.push(format!(
+                "dataplane.frag_timeout_ms: {} is out of range 1..=60000",
+                d.frag_timeout_ms
+            ));
+        }
+        if d.frag_hold_ms == 0 || d.frag_hold_ms > 1000 {
+            p.push(format!(
+                "dataplane.frag_hold_ms: {} is out of range 1..=1000",
+                d.frag_hold_ms
+            ));
+        }
+        if d.frag_hold_slots > crate::io::MAX_HELD {
+            p.push(format!(
+                "dataplane.frag_hold_slots: {} is out of range 0..={} (held fragments keep their packet buffers)",
+                d.frag_hold_slots,
+                crate::io::MAX_HELD
+            ));
+        }
         if d.tcp_timeout_s == 0 || d.udp_timeout_s == 0 {
             p.push("dataplane.tcp_timeout_s / udp_timeout_s: must be at least 1".into());
         }
@@ -946,6 +1008,47 @@ mod tests {
         );
         let e = Config::parse("[gateway]\ngeneve_ports = [\"x\"]\n").unwrap_err();
         assert!(e.contains("geneve_ports") || e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn test_frag_keys() {
+        let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n").unwrap();
+        let d = &c.dataplane;
+        assert_eq!(
+            (
+                d.frag_table_size,
+                d.frag_timeout_ms,
+                d.frag_hold_ms,
+                d.frag_hold_slots
+            ),
+            (1024, 1000, 5, 32)
+        );
+        let c = Config::parse(
+            "[dataplane]\nfrag_table_size = 4\nfrag_timeout_ms = 60000\nfrag_hold_ms = 1000\nfrag_hold_slots = 0\n[pcap]\ninput = [\"a.pcap\"]\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        for (line, key) in [
+            ("frag_table_size = 1000", "dataplane.frag_table_size: 1000"),
+            ("frag_table_size = 2", "dataplane.frag_table_size: 2"),
+            ("frag_timeout_ms = 0", "dataplane.frag_timeout_ms: 0"),
+            (
+                "frag_timeout_ms = 60001",
+                "dataplane.frag_timeout_ms: 60001",
+            ),
+            ("frag_hold_ms = 0", "dataplane.frag_hold_ms: 0"),
+            ("frag_hold_ms = 1001", "dataplane.frag_hold_ms: 1001"),
+            ("frag_hold_slots = 65", "dataplane.frag_hold_slots: 65"),
+        ] {
+            let c = Config::parse(&format!(
+                "[dataplane]\n{line}\n[pcap]\ninput = [\"a.pcap\"]\n"
+            ))
+            .unwrap();
+            let p = c.validate();
+            assert!(p.iter().any(|s| s.starts_with(key)), "{line}: {p:?}");
+        }
+        let e = Config::parse("[dataplane]\nfrag_hold_ms = -1\n").unwrap_err();
+        assert!(e.contains("frag_hold_ms"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 
 use crate::burst::{Meta, Verdict};
 use crate::cpu::{rdtsc, thread_cpu_ns};
+use crate::frag::HoldBuffer;
 use crate::io::{Burst, Packet, Queue, MAX_BURST};
 use crate::observe::Observed;
 use crate::pipeline::Pipeline;
@@ -171,12 +172,15 @@ pub fn run_worker<Q: Queue>(
     let mut verdicts = [Verdict::Tx; MAX_BURST];
     let published = &shared.published[id];
 
-    // Allocate per-worker state (flow table, counters) before timing starts.
-    {
+    // Allocate per-worker state (flow table, counters, fragment table and
+    // hold slots) before timing starts.
+    let mut hold: HoldBuffer<Q::Pkt> = {
         let t = shared.tables.load();
         pipeline.acl.prepare(&t);
         pipeline.lb.prepare(&t);
-    }
+        pipeline.frag.prepare(&t);
+        HoldBuffer::new(t.frag.hold_slots)
+    };
     let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     let c0 = rdtsc();
@@ -214,6 +218,18 @@ pub fn run_worker<Q: Queue>(
         }
         let n = queue.rx_burst(&mut rx, burst_size);
         if n == 0 {
+            if !hold.is_empty() {
+                // Held fragments time out while nothing arrives too.
+                let nh = shared.learned_next_hop.load(Ordering::Relaxed);
+                let mut held = Held {
+                    pipeline: &mut pipeline,
+                    hold: &mut hold,
+                    meta: &mut meta,
+                    verdicts: &mut verdicts,
+                    stats: &mut stats,
+                };
+                held.service(&mut queue, &cur, nh, &mut rx, &mut tx, &mut dropped);
+            }
             if queue.rx_done() {
                 break;
             }
@@ -259,7 +275,7 @@ pub fn run_worker<Q: Queue>(
             pipeline.run(&cur, nh, &mut rx, &mut meta[..n], &mut verdicts[..n]);
         }
 
-        for (pkt, v) in rx.drain(..).zip(verdicts[..n].iter()) {
+        for (i, (pkt, v)) in rx.drain(..).zip(verdicts[..n].iter()).enumerate() {
             match v {
                 Verdict::Tx => {
                     stats.tx_bytes += pkt.data().len() as u64;
@@ -276,12 +292,31 @@ pub fn run_worker<Q: Queue>(
                     stats.drop(*r);
                     dropped.push(pkt);
                 }
+                Verdict::Hold => hold_one(
+                    &mut pipeline,
+                    &mut hold,
+                    &cur,
+                    pkt,
+                    &meta[i],
+                    &mut stats,
+                    &mut dropped,
+                ),
             }
         }
         if !dropped.is_empty() {
             queue.free_burst(&mut dropped);
         }
         transmit(&mut queue, &mut tx, &mut stats);
+        if !hold.is_empty() {
+            let mut held = Held {
+                pipeline: &mut pipeline,
+                hold: &mut hold,
+                meta: &mut meta,
+                verdicts: &mut verdicts,
+                stats: &mut stats,
+            };
+            held.service(&mut queue, &cur, nh, &mut rx, &mut tx, &mut dropped);
+        }
         burst_hist.record(rdtsc().wrapping_sub(b0));
         published.publish(&stats);
         since_flush += 1;
@@ -291,6 +326,11 @@ pub fn run_worker<Q: Queue>(
             hand_off(&mut pending, slot, false);
         }
     }
+    // Fragments still held never see their first fragment now.
+    hold.drain(|p| {
+        stats.drop(DropReason::FragUnmatched);
+        queue.free(p);
+    });
     let cycles = rdtsc().wrapping_sub(c0);
     let busy_ns = t0.elapsed().as_nanos() as u64;
     let on_cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
@@ -308,6 +348,101 @@ pub fn run_worker<Q: Queue>(
         busy_ns,
         on_cpu_ns,
         pinned_to,
+    }
+}
+
+/// Puts a fragment the fragment stage held into the hold buffer, or drops
+/// it (`frag_hold_full`) when every slot is taken.
+#[cold]
+#[inline(never)]
+fn hold_one<P: Packet>(
+    pipeline: &mut Pipeline,
+    hold: &mut HoldBuffer<P>,
+    t: &Tables,
+    pkt: P,
+    meta: &Meta,
+    stats: &mut WorkerStats,
+    dropped: &mut Burst<P>,
+) {
+    let deadline = crate::frag::deadline(&t.frag, pipeline.frag.now_us());
+    match hold.push(pkt, *meta, deadline) {
+        Ok(()) => pipeline.frag.counters.held += 1,
+        Err(pkt) => {
+            stats.drop(DropReason::FragHoldFull);
+            dropped.push(pkt);
+        }
+    }
+}
+
+/// The worker's state the hold buffer's servicing needs.
+struct Held<'a, P> {
+    pipeline: &'a mut Pipeline,
+    hold: &'a mut HoldBuffer<P>,
+    meta: &'a mut [Meta; MAX_BURST],
+    verdicts: &'a mut [Verdict; MAX_BURST],
+    stats: &'a mut WorkerStats,
+}
+
+impl<P: Packet> Held<'_, P> {
+    /// Sends on the held fragments whose first fragment has come (through
+    /// ACL, LB and route, as a burst of their own) and drops those whose
+    /// time ran out (`frag_unmatched`). `rx`, `tx` and `dropped` are empty
+    /// and stay so.
+    #[cold]
+    #[inline(never)]
+    fn service<Q: Queue<Pkt = P>>(
+        &mut self,
+        queue: &mut Q,
+        t: &Tables,
+        nh: u64,
+        rx: &mut Burst<P>,
+        tx: &mut Burst<P>,
+        dropped: &mut Burst<P>,
+    ) {
+        let now = self.pipeline.frag.now_us();
+        if !self.hold.due(&self.pipeline.frag, now) {
+            return;
+        }
+        let (meta, stats) = (&mut *self.meta, &mut *self.stats);
+        self.hold
+            .service(&mut self.pipeline.frag, now, MAX_BURST, |o| match o {
+                crate::frag::Out::Release(p, m) => {
+                    meta[rx.len()] = m;
+                    rx.push(p);
+                }
+                crate::frag::Out::Expired(p) => {
+                    stats.drop(DropReason::FragUnmatched);
+                    dropped.push(p);
+                }
+            });
+        let n = rx.len();
+        if n != 0 {
+            let v = &mut self.verdicts[..n];
+            v.fill(Verdict::Tx);
+            self.pipeline
+                .run_released(t, nh, rx, &mut self.meta[..n], v);
+            for (pkt, v) in rx.drain(..).zip(self.verdicts[..n].iter()) {
+                match v {
+                    Verdict::Tx => {
+                        self.stats.tx_bytes += pkt.data().len() as u64;
+                        tx.push(pkt);
+                    }
+                    Verdict::Drop(r) => {
+                        self.stats.drop(*r);
+                        dropped.push(pkt);
+                    }
+                    // The stages after the fragment stage neither punt nor hold.
+                    Verdict::Punt | Verdict::Hold => {
+                        self.stats.drop(DropReason::FragUnmatched);
+                        dropped.push(pkt);
+                    }
+                }
+            }
+        }
+        if !dropped.is_empty() {
+            queue.free_burst(dropped);
+        }
+        transmit(queue, tx, self.stats);
     }
 }
 

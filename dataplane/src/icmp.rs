@@ -246,6 +246,8 @@ mod tests {
             outer_len: d.inner_offset as u16,
             geneve_len: d.geneve_len,
             finished: false,
+            frag: inner.frag,
+            frag_id: inner.frag_id,
         };
         (b, m)
     }

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod exception;
 pub mod filter;
 pub mod fleet;
+pub mod frag;
 pub mod gen;
 pub mod health;
 pub mod icmp;

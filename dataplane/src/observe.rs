@@ -209,6 +209,7 @@ pub fn verdict_name(v: Verdict) -> &'static str {
         Verdict::Tx => "tx",
         Verdict::Punt => "punt",
         Verdict::Drop(r) => r.name(),
+        Verdict::Hold => "held",
     }
 }
 
@@ -254,7 +255,8 @@ pub fn steps(
 ) -> Vec<String> {
     let mut s = Vec::new();
     match o.after_decap[i] {
-        Verdict::Tx => s.push(format!(
+        // (Decap holds nothing.)
+        Verdict::Tx | Verdict::Hold => s.push(format!(
             "decap: {} VNI {}, {} bytes of outer headers removed",
             overlay_name(t, &o.rx[i]),
             meta.vni,
@@ -275,6 +277,14 @@ pub fn steps(
     match o.after_inner[i] {
         Verdict::Drop(r) => {
             s.push(format!("inner: dropped, {}", r.name()));
+            return s;
+        }
+        Verdict::Hold => {
+            s.push(format!("inner: {}", key_text(&meta.key)));
+            s.push(format!(
+                "frag: a later fragment (id {:#x}) to a VIP before its first fragment: held until it comes (dpgw_drops_total{{reason=\"frag_unmatched\"}} if it does not)",
+                meta.frag_id
+            ));
             return s;
         }
         _ => s.push(format!("inner: {}", key_text(&meta.key))),
@@ -538,6 +548,8 @@ impl Recorder {
                                 point: Point::Punt,
                                 ..rx()
                             },
+                            // Held: what it becomes is not known yet.
+                            Verdict::Hold => rx(),
                         }
                     };
                     match at {

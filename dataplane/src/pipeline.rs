@@ -13,6 +13,7 @@ use crate::tables::Tables;
 pub struct Pipeline {
     pub decap: crate::stages::Decap,
     pub inner: crate::stages::InnerParse,
+    pub frag: crate::frag::Frag,
     pub acl: crate::stages::Acl,
     pub lb: crate::stages::Lb,
     pub route: crate::stages::Route,
@@ -33,6 +34,7 @@ impl Pipeline {
         }
         self.lb.flush_telemetry(t, tel);
         tel.icmp_too_big += std::mem::take(&mut self.route.icmp_too_big);
+        tel.frag.add(&std::mem::take(&mut self.frag.counters));
         tel.acl_cache
             .add(&std::mem::take(&mut self.acl.cache_counts));
     }
@@ -57,6 +59,33 @@ impl Pipeline {
         self.route.unresolved = nh.is_none();
         self.decap.process(t, pkts, meta, verdicts);
         self.inner.process(t, pkts, meta, verdicts);
+        // The one test the common path pays for fragments.
+        if self.inner.frags != 0 {
+            self.inner.frags = 0;
+            self.frag.process(t, pkts, meta, verdicts);
+        }
+        self.acl.process(t, pkts, meta, verdicts);
+        self.lb.process(t, pkts, meta, verdicts);
+        self.route.process(t, pkts, meta, verdicts);
+    }
+
+    /// The stages after the fragment stage, for held fragments whose first
+    /// fragment has come (their ports are in `meta` already).
+    #[cold]
+    #[inline(never)]
+    pub fn run_released<P: Packet>(
+        &mut self,
+        t: &Tables,
+        learned_next_hop: u64,
+        pkts: &mut [P],
+        meta: &mut [Meta],
+        verdicts: &mut [Verdict],
+    ) {
+        let nh = crate::punt::NextHop::decode(learned_next_hop).mac(t.next_hop_mac);
+        self.lb.next_hop = nh.unwrap_or([0; 6]);
+        self.route.next_hop = nh.unwrap_or([0; 6]);
+        self.lb.unresolved = nh.is_none();
+        self.route.unresolved = nh.is_none();
         self.acl.process(t, pkts, meta, verdicts);
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
@@ -85,6 +114,10 @@ impl Pipeline {
         self.decap.process(t, pkts, meta, verdicts);
         o.after_decap[..n].copy_from_slice(verdicts);
         self.inner.process(t, pkts, meta, verdicts);
+        if self.inner.frags != 0 {
+            self.inner.frags = 0;
+            self.frag.process(t, pkts, meta, verdicts);
+        }
         o.after_inner[..n].copy_from_slice(verdicts);
         self.acl.process(t, pkts, meta, verdicts);
         for (i, m) in self.acl.last_results() {

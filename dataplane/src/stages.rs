@@ -70,7 +70,11 @@ impl Stage for Decap {
 /// Inner Ethernet/IP/L4 → `FlowKey`; an inner IPv4 header with a wrong
 /// checksum is dropped (`inner_bad_checksum`, RFC 1812 §5.2.2).
 #[derive(Default)]
-pub struct InnerParse;
+pub struct InnerParse {
+    /// Non-zero when the last burst held a fragment (the pipeline then runs
+    /// the fragment stage; reset by the pipeline).
+    pub frags: u8,
+}
 
 impl Stage for InnerParse {
     #[inline]
@@ -92,6 +96,9 @@ impl Stage for InnerParse {
                 Ok(inner) => {
                     meta[i].key = inner.key;
                     meta[i].l3_off = inner.l3_offset as u16;
+                    meta[i].frag = inner.frag;
+                    meta[i].frag_id = inner.frag_id;
+                    self.frags |= inner.frag as u8;
                     // Ethernet padding after the IP packet is not forwarded.
                     pkts[i].trim(inner.l3_offset + inner.l3_len);
                 }
@@ -556,8 +563,12 @@ impl Stage for Lb {
         for j in 0..n {
             let k = &self.keys[j];
             let i = self.pos[j] as usize;
-            // Non-first fragments have no ports (and no TCP header).
-            self.flags[j] = if k.proto == 6 && (k.sport | k.dport) != 0 {
+            // Non-first fragments have no TCP header (their ports, if
+            // any, are their datagram's: `frag`).
+            self.flags[j] = if k.proto == 6
+                && (k.sport | k.dport) != 0
+                && meta[i].frag != vxlan::FragKind::Later
+            {
                 tcp_flags_of(pkts[i].data(), meta[i].l3_off as usize, k.v6)
             } else {
                 if k.proto == vxlan::proto::ICMP || k.proto == vxlan::proto::ICMPV6 {
@@ -1078,7 +1089,7 @@ mod tests {
         let cfg = Config::parse(text).unwrap();
         let t = Tables::build(&cfg, 1).unwrap();
         let mut lb = Lb::default();
-        let mut inner = InnerParse;
+        let mut inner = InnerParse::default();
         let send = |lb: &mut Lb, inner: &mut InnerParse, src: u8, flags: u8| {
             let mut f = Vec::new();
             vxlan::build_inner_frame(

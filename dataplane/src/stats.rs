@@ -43,6 +43,8 @@ drop_reasons! {
     IcmpQuoteTruncated => "icmp_quote_truncated",
     IcmpQuoteBad => "icmp_quote_bad",
     IcmpNoService => "icmp_no_service",
+    FragUnmatched => "frag_unmatched",
+    FragHoldFull => "frag_hold_full",
     NonVip => "non_vip",
     AclDeny => "acl_deny",
     NoBackend => "no_backend",
@@ -261,6 +263,30 @@ impl AclCacheCounters {
     }
 }
 
+/// What the fragment path did (see `frag`): first fragments that made an
+/// association, later fragments sent on with their datagram's ports
+/// (`associated`, of which `released` after being held), fragments put on
+/// hold, and associations that replaced a live one (`table_full`). Drops
+/// are counted as drop reasons (`frag_unmatched`, `frag_hold_full`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragCounters {
+    pub first: u64,
+    pub associated: u64,
+    pub held: u64,
+    pub released: u64,
+    pub table_full: u64,
+}
+
+impl FragCounters {
+    pub fn add(&mut self, o: &FragCounters) {
+        self.first += o.first;
+        self.associated += o.associated;
+        self.held += o.held;
+        self.released += o.released;
+        self.table_full += o.table_full;
+    }
+}
+
 /// Flow-table lookups and removals (totals since the table was created).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
@@ -328,6 +354,8 @@ pub struct Telemetry {
     pub acl_cache: AclCacheCounters,
     pub flow_capacity: u64,
     pub flow_counters: FlowCounters,
+    /// The fragment path ([`FragCounters`]; counts, added on hand-off).
+    pub frag: FragCounters,
     /// Burst processing time in TSC cycles (not seconds: the TSC rate is
     /// applied by whoever exports it), as [`BurstHistogram::buckets`].
     pub burst_cycle_buckets: [u64; BurstHistogram::BUCKETS],
@@ -351,6 +379,7 @@ impl Telemetry {
         }
         self.icmp_too_big += std::mem::take(&mut from.icmp_too_big);
         self.acl_cache.add(&std::mem::take(&mut from.acl_cache));
+        self.frag.add(&std::mem::take(&mut from.frag));
         for (a, b) in self
             .burst_cycle_buckets
             .iter_mut()

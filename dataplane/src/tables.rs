@@ -36,11 +36,60 @@ pub struct Tables {
     pub geneve_dst_port: u16,
     pub gue_port: u16,
     pub mtu: u16,
+    /// Fragments of VIP traffic ([`crate::frag`]): table size, timeouts.
+    pub frag: FragConfig,
+    /// (address, v6, protocol, VNI or [`ANY_VNI`]) of every service, sorted:
+    /// a later fragment (no ports) is VIP traffic when it matches one.
+    pub frag_vips: Vec<(u128, bool, u8, u32)>,
     /// [`Tables::digest`], computed on first use.
     pub digest: std::sync::OnceLock<String>,
     /// Flow-state sharing with the fleet (`[fleet]`): the same link in every
     /// snapshot of a run.
     pub fleet: Option<Arc<crate::fleet::FleetLink>>,
+}
+
+/// The `[dataplane]` keys of the fragment path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragConfig {
+    /// Entries of each worker's association table.
+    pub table_entries: usize,
+    /// Lifetime of an association after the last fragment that used it, ms.
+    pub timeout_ms: u64,
+    /// How long a fragment waits for its first fragment, ms.
+    pub hold_ms: u64,
+    /// Fragments each worker holds at most (0 = none: drop at once).
+    pub hold_slots: usize,
+}
+
+impl FragConfig {
+    fn of(d: &crate::config::DataplaneSection) -> FragConfig {
+        FragConfig {
+            table_entries: d.frag_table_size,
+            timeout_ms: d.frag_timeout_ms,
+            hold_ms: d.frag_hold_ms,
+            hold_slots: d.frag_hold_slots,
+        }
+    }
+}
+
+/// A service scoped to no VNI, in [`Tables::frag_vips`].
+pub const ANY_VNI: u32 = u32::MAX;
+
+/// [`Tables::frag_vips`] of `lb`.
+fn frag_vips(lb: &lb::LbTables) -> Vec<(u128, bool, u8, u32)> {
+    let mut v: Vec<_> = lb
+        .services()
+        .map(|(_, s)| {
+            let (a, v6) = match s.vip {
+                std::net::IpAddr::V4(a) => (u128::from(u32::from(a)), false),
+                std::net::IpAddr::V6(a) => (u128::from(a), true),
+            };
+            (a, v6, s.proto.number(), s.vni.unwrap_or(ANY_VNI))
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// The compiled ACL and what the counters need to name its rules.
@@ -155,6 +204,18 @@ impl AclTables {
 }
 
 impl Tables {
+    /// True if `k` (a later fragment's key: no ports) is addressed to the
+    /// VIP of a service of its protocol (and VNI, for a scoped service).
+    #[inline]
+    pub fn is_frag_vip(&self, k: &vxlan::FlowKey) -> bool {
+        let v = &self.frag_vips;
+        let at = v.partition_point(|e| (e.0, e.1, e.2) < (k.dst, k.v6, k.proto));
+        v[at..]
+            .iter()
+            .take_while(|e| (e.0, e.1, e.2) == (k.dst, k.v6, k.proto))
+            .any(|e| e.3 == ANY_VNI || e.3 == k.vni)
+    }
+
     /// Builds the tables a config describes (validating it first).
     pub fn build(cfg: &Config, generation: u64) -> Result<Tables, BuildError> {
         let problems = cfg.validate();
@@ -212,6 +273,8 @@ impl Tables {
             geneve_dst_port: self.geneve_dst_port,
             gue_port: self.gue_port,
             mtu: self.mtu,
+            frag: self.frag,
+            frag_vips: self.frag_vips.clone(),
             digest: std::sync::OnceLock::new(),
             fleet: self.fleet.clone(),
         })
@@ -271,6 +334,7 @@ impl Tables {
         if !problems.is_empty() {
             return Err(BuildError(problems));
         }
+        let frag_vips = frag_vips(&lb);
         Ok(Tables {
             generation,
             decap: vxlan::DecapConfig {
@@ -304,6 +368,8 @@ impl Tables {
                 .unwrap_or(vxlan::geneve::PORT),
             gue_port: g.gue_port,
             mtu: g.mtu,
+            frag: FragConfig::of(&cfg.dataplane),
+            frag_vips,
             digest: std::sync::OnceLock::new(),
             fleet,
         })

@@ -128,6 +128,41 @@ for i in range(n):
 print(json.dumps(out))
 "#;
 
+/// UDP echo on the VIP: `python3 -c PY_ECHO VIP NAME` answers each datagram
+/// with `NAME LENGTH` (what it received, reassembled by the kernel).
+const PY_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 7))
+while True:
+    d, a = s.recvfrom(65536)
+    s.sendto(('%s %d' % (sys.argv[2], len(d))).encode(), a)
+"#;
+
+/// UDP client: `python3 - N SIZE` sends one SIZE-byte datagram from each of N
+/// sockets (so N flows) to VIP:7 (up to 3 tries, 2 s each) and prints one
+/// JSON list of the answers (`ERR` for none).
+const PY_UDP: &str = r#"
+import json, socket, sys
+n, size = int(sys.argv[1]), int(sys.argv[2])
+out = []
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.bind(('10.200.0.10', 0))
+    got = 'ERR'
+    for attempt in range(3):
+        s.sendto(bytes([i % 256]) * size, ('10.96.0.100', 7))
+        try:
+            got = s.recvfrom(100)[0].decode()
+            break
+        except socket.timeout:
+            pass
+    s.close()
+    out.append(got)
+print(json.dumps(out))
+"#;
+
 struct Topo {
     // Every namespace is deleted (with the processes in it) when dropped.
     _backends: Vec<Netns>,
@@ -159,10 +194,18 @@ fn mac_of(ns: &Netns, ifname: &str) -> String {
 }
 
 fn build_topology() -> Topo {
-    let rt = Netns::new("e2e-rt");
-    let gw = Netns::new("e2e-gw");
-    let client = Netns::new("e2e-cl");
-    let backends: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("e2e-b{i}"))).collect();
+    build_topology_tagged("e2e")
+}
+
+/// The topology above, its namespaces named after `tag` (tests of this file
+/// run in parallel, in one process).
+fn build_topology_tagged(tag: &str) -> Topo {
+    let rt = Netns::new(&format!("{tag}-rt"));
+    let gw = Netns::new(&format!("{tag}-gw"));
+    let client = Netns::new(&format!("{tag}-cl"));
+    let backends: Vec<Netns> = (1..=3)
+        .map(|i| Netns::new(&format!("{tag}-b{i}")))
+        .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut servers = Vec::new();
     let quiet = "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
@@ -598,4 +641,83 @@ fn e2e_vxlan_client_acl_maglev_backends() {
         .unwrap_or(0);
     assert!(completed > 0, "no partial checksum was completed:\n{log}");
     println!("e2e took {:.1} s\n{log}", t_start.elapsed().as_secs_f64());
+}
+
+/// Fragments end to end: a UDP echo service on the VIP, 4000-byte datagrams
+/// from the client over its 1450-byte overlay (1500-byte underlay), so its
+/// kernel sends each as three fragments; the gateway sends all three to one
+/// backend (the later ones carry no ports: without the fragment association
+/// they would be `non_vip` drops here), whose kernel reassembles the
+/// datagram and answers with its name and the length it received.
+#[test]
+#[ignore = "needs root and ip netns: run by scripts/test.sh as root"]
+fn e2e_udp_fragments_reach_one_backend() {
+    require_root_netns();
+    let mut topo = build_topology_tagged("e2f");
+    for (i, b) in topo._backends.iter().enumerate() {
+        let echo = b
+            .command("python3")
+            .args(["-c", PY_ECHO, VIP, &format!("backend{}", i + 1)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the echo server");
+        topo.servers.push(echo);
+    }
+    for b in &topo._backends {
+        let t0 = Instant::now();
+        while !b.sh("ss -lun").contains(&format!("{VIP}:7 ")) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "echo did not start in {}",
+                b.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let mut cfg = config(&topo);
+    let mut backends = String::new();
+    for (i, ip) in BACKENDS.iter().enumerate() {
+        backends.push_str(&format!(
+            "[[service.backend]]\nip = \"{ip}\"\nmac = \"{}\"\n",
+            backend_mac(i)
+        ));
+    }
+    cfg.push_str(&format!(
+        "[[service]]\nname = \"echo\"\nvip = \"{VIP}\"\nport = 7\nproto = \"udp\"\nencap = \"vxlan\"\n{backends}"
+    ));
+    let sock = start_dpgw(&mut topo, &cfg);
+    let mtu = topo.client.sh("cat /sys/class/net/vxlan0/mtu");
+    assert_eq!(mtu.trim(), "1450", "client overlay MTU");
+
+    let size = 4000usize;
+    let out = run_py(&topo.client, PY_UDP, &["30", &size.to_string()]);
+    let answers: Vec<String> = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("client output {out:?}: {e}\n{}", dpgw_log(&topo)));
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for a in &answers {
+        let (name, len) = a
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("no answer: {answers:?}\n{}", dpgw_log(&topo)));
+        assert_eq!(
+            len,
+            size.to_string(),
+            "{a}: the backend got part of a datagram"
+        );
+        *per.entry(name.to_string()).or_default() += 1;
+    }
+    assert!(per.len() >= 2, "30 flows on one backend: {per:?}");
+    let Some(Data::Stats(s)) = ctl(&sock, Command::Stats) else {
+        panic!("no stats")
+    };
+    let f = &s.fragments;
+    // 30 datagrams of 3 fragments (more if a try was repeated), in order.
+    assert!(f.first >= 30 && f.associated >= 60, "{f:?}");
+    assert_eq!(f.table_full, 0, "{f:?}");
+    assert!(
+        !s.total.drops.contains_key("frag_unmatched"),
+        "{:?}",
+        s.total.drops
+    );
+    println!("fragments: {f:?}, per backend {per:?}");
 }

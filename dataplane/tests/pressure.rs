@@ -219,6 +219,7 @@ impl Driver {
                     panic!("flood packet dropped: {r:?}");
                 }
                 Verdict::Punt => panic!("flood packet punted"),
+                Verdict::Hold => panic!("flood packet held (no fragments here)"),
             }
         }
         self.bufs.clear();

@@ -279,6 +279,34 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
     let ip_in = &inner_frame[l3..l3 + inner.l3_len];
     let k = inner.key;
 
+    // A later fragment (no ports) to the VIP address of a service of its
+    // protocol (and VNI), with no first fragment seen (a fresh pipeline):
+    // held for its first fragment, before the ACL.
+    let dst_ip = if k.v6 {
+        std::net::IpAddr::V6(k.dst.into())
+    } else {
+        std::net::IpAddr::V4((k.dst as u32).into())
+    };
+    let later = if k.v6 {
+        vxlan::ipv6::walk_extensions(ip_in)
+            .ok()
+            .and_then(|u| u.fragment)
+            .is_some_and(|f| f.offset != 0)
+    } else {
+        u16::from_be_bytes([ip_in[6], ip_in[7]]) & 0x1fff != 0
+    };
+    if later
+        && t.lb.services().any(|(_, s)| {
+            s.vip == dst_ip
+                && s.proto.number() == k.proto
+                && s.vni.is_none_or(|v| v == k.vni)
+        })
+    {
+        assert_eq!(v[0], Verdict::Hold, "later fragment to a VIP not held");
+        return;
+    }
+    assert_ne!(v[0], Verdict::Hold, "held, but not a later fragment to a VIP");
+
     // ACL, by the compiled classifier on its own.
     let acl_key = acl::Key {
         vni: k.vni,
@@ -312,11 +340,6 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
         v6: k.v6,
     };
     // An ICMP error to a VIP goes where the flow it quotes goes.
-    let dst_ip = if k.v6 {
-        std::net::IpAddr::V6(k.dst.into())
-    } else {
-        std::net::IpAddr::V4((k.dst as u32).into())
-    };
     let msg = if k.v6 {
         (ip_in[6] == 58).then(|| &ip_in[40..])
     } else {
@@ -405,6 +428,7 @@ pub fn check_pipeline(frame: &[u8], strict: bool) {
             check_routed(out, t, inner_frame, l3, ip_in);
         }
         (_, Verdict::Punt) => panic!("a VXLAN packet was punted to the slow path"),
+        (_, Verdict::Hold) => unreachable!("checked above"),
     }
 }
 

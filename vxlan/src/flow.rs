@@ -5,7 +5,10 @@
 //! Every other protocol (ICMP and ICMPv6 included: type/code are *not* folded
 //! into the ports, so that an echo request and its reply hash alike), and every
 //! non-first fragment (IPv4 offset ≠ 0, IPv6 fragment offset ≠ 0), gets ports 0.
-//! A first fragment carries the L4 header and gets its ports.
+//! A first fragment carries the L4 header and gets its ports. [`Inner::frag`]
+//! says which kind of fragment a packet is (and [`Inner::frag_id`] its IPv4
+//! identification / IPv6 fragment identification), so that a caller can
+//! send a datagram's later fragments where its first one went.
 
 use crate::{be128, be16, be32, ethernet, ipv4, ipv6, proto};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -73,6 +76,39 @@ pub struct Inner {
     /// IP total length (IPv4) or 40 + payload length (IPv6); trailing Ethernet
     /// padding is excluded.
     pub l3_len: usize,
+    /// Which kind of fragment the packet is.
+    pub frag: FragKind,
+    /// The IPv4 identification (zero-extended) or the IPv6 fragment
+    /// header's identification of a fragment; 0 when `frag` is `None`.
+    pub frag_id: u32,
+}
+
+/// Where a packet sits in a fragmented datagram.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FragKind {
+    /// Not a fragment (an IPv6 "atomic fragment", offset 0 without M, is
+    /// a whole datagram: RFC 6946).
+    #[default]
+    None = 0,
+    /// Offset 0 with more fragments to come: carries the L4 header (ports).
+    First = 1,
+    /// Offset ≠ 0: fragment data only, no ports.
+    Later = 2,
+}
+
+impl FragKind {
+    /// The kind of a fragment at byte `offset` with the more-fragments flag `more`.
+    #[inline(always)]
+    pub fn of(offset: u16, more: bool) -> FragKind {
+        if offset != 0 {
+            FragKind::Later
+        } else if more {
+            FragKind::First
+        } else {
+            FragKind::None
+        }
+    }
 }
 
 /// Why [`parse_inner`] failed.
@@ -143,6 +179,7 @@ pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
                         && (protocol == proto::TCP || protocol == proto::UDP);
                     let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
                     let p = if has_ports { w(ipv4::HEADER_LEN) } else { 0 };
+                    let frag = FragKind::of(flg & ipv4::FRAG_OFFSET_MASK, flg & ipv4::FLAG_MF != 0);
                     return Ok(Inner {
                         key: FlowKey {
                             vni,
@@ -155,6 +192,12 @@ pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
                         },
                         l3_offset: l3,
                         l3_len: total,
+                        frag,
+                        frag_id: if frag == FragKind::None {
+                            0
+                        } else {
+                            u32::from(u16::from_be_bytes([h[4], h[5]]))
+                        },
                     });
                 }
             }
@@ -163,7 +206,9 @@ pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
                 _ => InnerError::BadHeader,
             })?;
             let protocol = ip[ipv4::field::PROTOCOL];
-            let frag = be16(ip, ipv4::field::FLG_OFF.start) & ipv4::FRAG_OFFSET_MASK;
+            let flg = be16(ip, ipv4::field::FLG_OFF.start);
+            let frag = flg & ipv4::FRAG_OFFSET_MASK;
+            let kind = FragKind::of(frag, flg & ipv4::FLAG_MF != 0);
             let (sport, dport) = if frag == 0 {
                 ports(protocol, &ip[hl..total])?
             } else {
@@ -181,6 +226,12 @@ pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
                 },
                 l3_offset: l3,
                 l3_len: total,
+                frag: kind,
+                frag_id: if kind == FragKind::None {
+                    0
+                } else {
+                    u32::from(be16(ip, ipv4::field::IDENT.start))
+                },
             })
         }
         ethernet::ethertype::IPV6 => {
@@ -191,14 +242,24 @@ pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
             let pkt = &ip[..total];
             let nh = pkt[ipv6::field::NXT_HDR];
             // Fast path: no extension headers.
-            let (protocol, l4_off, first) = if nh == proto::TCP || nh == proto::UDP {
-                (nh, ipv6::HEADER_LEN, true)
+            let (protocol, l4_off, first, frag, frag_id) = if nh == proto::TCP || nh == proto::UDP {
+                (nh, ipv6::HEADER_LEN, true, FragKind::None, 0)
             } else {
                 let u = ipv6::walk_extensions(pkt).map_err(|e| match e {
                     crate::WireError::Truncated => InnerError::Truncated,
                     _ => InnerError::BadHeader,
                 })?;
-                (u.proto, u.offset, u.fragment.is_none_or(|f| f.offset == 0))
+                let (frag, id) = u.fragment.map_or((FragKind::None, 0), |f| {
+                    (FragKind::of(f.offset, f.more), f.ident)
+                });
+                let id = if frag == FragKind::None { 0 } else { id };
+                (
+                    u.proto,
+                    u.offset,
+                    u.fragment.is_none_or(|f| f.offset == 0),
+                    frag,
+                    id,
+                )
             };
             let (sport, dport) = if first {
                 ports(protocol, &pkt[l4_off..])?
@@ -217,6 +278,8 @@ pub fn parse_inner(frame: &[u8], vni: u32) -> Result<Inner, InnerError> {
                 },
                 l3_offset: l3,
                 l3_len: total,
+                frag,
+                frag_id,
             })
         }
         _ => Err(InnerError::NotIp),
@@ -381,11 +444,20 @@ mod tests {
     #[test]
     fn test_v4_fragments_and_icmp() {
         let mut f = v4_udp_frame();
+        assert_eq!(parse_inner(&f, 0).unwrap().frag, FragKind::None);
+        f[14 + 4..14 + 6].copy_from_slice(&[0xab, 0xcd]); // identification
+        assert_eq!(parse_inner(&f, 0).unwrap().frag_id, 0, "not a fragment");
         f[14 + 6] = 0x20; // MF, offset 0: first fragment keeps ports
-        assert_eq!(parse_inner(&f, 0).unwrap().key.sport, 12345);
+        let i = parse_inner(&f, 0).unwrap();
+        assert_eq!(i.key.sport, 12345);
+        assert_eq!((i.frag, i.frag_id), (FragKind::First, 0xabcd));
         f[14 + 7] = 0x10; // offset 128
-        let k = parse_inner(&f, 0).unwrap().key;
+        let i = parse_inner(&f, 0).unwrap();
+        let k = i.key;
         assert_eq!((k.sport, k.dport, k.proto), (0, 0, 17));
+        assert_eq!((i.frag, i.frag_id), (FragKind::Later, 0xabcd));
+        f[14 + 6] = 0; // the last fragment (no MF) is a later one too
+        assert_eq!(parse_inner(&f, 0).unwrap().frag, FragKind::Later);
         let mut f = v4_udp_frame();
         f[14 + 9] = 1; // ICMP
         let k = parse_inner(&f, 0).unwrap().key;
@@ -453,10 +525,20 @@ mod tests {
         let ext = [44, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 1, 0, 0, 0, 9];
         let i = parse_inner(&v6_frame(0, &ext, &tcp), 9).unwrap();
         assert_eq!((i.key.sport, i.key.proto), (443, 6));
+        assert_eq!((i.frag, i.frag_id), (FragKind::First, 9));
+        // An atomic fragment (offset 0, no M) is a whole datagram.
+        let ext = [6, 0, 0, 0, 0, 0, 0, 7];
+        let i = parse_inner(&v6_frame(44, &ext, &tcp), 9).unwrap();
+        assert_eq!((i.key.sport, i.frag, i.frag_id), (443, FragKind::None, 0));
         // non-first fragment: ports 0, proto = fragment's next header.
-        let ext = [6, 0, 0, 0x08, 0, 0, 0, 9];
+        let ext = [6, 0, 0, 0x08, 0, 0, 0x12, 9];
         let i = parse_inner(&v6_frame(44, &ext, &tcp), 9).unwrap();
         assert_eq!((i.key.sport, i.key.dport, i.key.proto), (0, 0, 6));
+        assert_eq!((i.frag, i.frag_id), (FragKind::Later, 0x1209));
+        assert_eq!(
+            parse_inner(&v6_frame(6, &[], &tcp), 9).unwrap().frag,
+            FragKind::None
+        );
         // ICMPv6 after dest opts.
         let ext = [58, 0, 0, 0, 0, 0, 0, 0];
         let i = parse_inner(&v6_frame(60, &ext, &[128, 0, 0, 0]), 9).unwrap();
@@ -576,6 +658,12 @@ mod tests {
             },
             l3_offset: e.header_len(),
             l3_len: p.total_len(),
+            frag: FragKind::of(p.frag_offset(), p.more_frags()),
+            frag_id: if p.is_fragment() {
+                u32::from(p.ident())
+            } else {
+                0
+            },
         })
     }
 

@@ -72,7 +72,8 @@ pub use encap::{
     gue_header_len, ipip_header_len, vxlan_header_len, InnerSpec, Outer,
 };
 pub use flow::{
-    flow_src_port, inner_checksum_ok, parse_inner, symmetric_hash, FlowKey, Inner, InnerError,
+    flow_src_port, inner_checksum_ok, parse_inner, symmetric_hash, FlowKey, FragKind, Inner,
+    InnerError,
 };
 pub use rewrite::{decrement_ttl, set_macs, TtlError};
 

@@ -1548,6 +1548,20 @@ fn format_stats(s: &StatsReport) -> String {
     }
     out.push_str("\nflow tables:\n");
     out.push_str(&flow_tables(&s.flow_tables, &s.flow_total));
+    let f = &s.fragments;
+    if f != &ctl::FragmentCounters::default() {
+        out.push_str("\nfragments:\n");
+        out.push_str(&table(
+            &["FIRST", "ASSOCIATED", "HELD", "RELEASED", "TABLE_FULL"],
+            &[vec![
+                f.first.to_string(),
+                f.associated.to_string(),
+                f.held.to_string(),
+                f.released.to_string(),
+                f.table_full.to_string(),
+            ]],
+        ));
+    }
     if !s.rules.is_empty() {
         out.push_str("\nrule hits:\n");
         let rows: Vec<Vec<String>> = s
@@ -1666,6 +1680,21 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("0     net_pcap0  1234  0   7 "), "{t}");
+    }
+
+    #[test]
+    fn test_stats_shows_fragments_only_when_there_were_some() {
+        let mut s = StatsReport::default();
+        assert!(!format_stats(&s).contains("fragments:"));
+        s.fragments.held = 3;
+        s.fragments.associated = 5;
+        let t = format_stats(&s);
+        assert!(
+            t.contains(
+                "fragments:\nFIRST  ASSOCIATED  HELD  RELEASED  TABLE_FULL\n0      5           3"
+            ),
+            "{t}"
+        );
     }
 }
 

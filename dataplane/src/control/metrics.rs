@@ -213,6 +213,7 @@ pub fn collect(
     let mut rules: BTreeMap<u32, u64> = BTreeMap::new();
     let mut flow_tables = Vec::new();
     let mut flow_total = FlowTableCounters::default();
+    let mut frag = crate::stats::FragCounters::default();
     for s in desired.services().iter() {
         svc.entry(s.name.clone()).or_default();
         for b in &s.backends {
@@ -236,6 +237,7 @@ pub fn collect(
         for (k, v) in &x.rule_hits {
             *rules.entry(*k).or_default() += v;
         }
+        frag.add(&x.frag);
         let f = flow_counters(Some(i), x);
         add_flows(&mut flow_total, &f);
         flow_tables.push(f);
@@ -285,6 +287,13 @@ pub fn collect(
             .collect(),
         flow_tables,
         flow_total,
+        fragments: ctl::FragmentCounters {
+            first: frag.first,
+            associated: frag.associated,
+            held: frag.held,
+            released: frag.released,
+            table_full: frag.table_full,
+        },
         ports: shared.port_counters(),
         health: shared
             .health
@@ -834,6 +843,27 @@ const FAMILIES: &[Family] = &[
                     ("rehome", f.rehomed),
                 ] {
                     v.push(sample(vec![worker_label(f.worker), ("event", ev.into())], n));
+                }
+            }
+            v
+        },
+    },
+    Family {
+        name: "dpgw_fragments_total",
+        kind: Kind::Counter,
+        help: "Fragments of VIP traffic per worker: first fragments that made an association (first), later fragments sent with their datagram's ports (associated; released: of those, after being held), later fragments held for their first (held), associations that replaced a live one (table_full). Drops are dpgw_drops_total reasons frag_unmatched and frag_hold_full.",
+        optional: false,
+        samples: |s| {
+            let mut v = Vec::new();
+            for (w, t) in s.tel.iter().enumerate() {
+                for (ev, n) in [
+                    ("first", t.frag.first),
+                    ("associated", t.frag.associated),
+                    ("held", t.frag.held),
+                    ("released", t.frag.released),
+                    ("table_full", t.frag.table_full),
+                ] {
+                    v.push(sample(vec![worker_label(Some(w)), ("event", ev.into())], n));
                 }
             }
             v

@@ -59,7 +59,7 @@ use super::{Burst, Packet, Queue, MAX_BURST};
 use crate::config::AfPacketSection;
 
 /// Buffers per worker pool: a full burst in flight twice, plus slack.
-const POOL_SIZE: usize = 2 * MAX_BURST + 64;
+const POOL_SIZE: usize = 2 * MAX_BURST + crate::io::MAX_HELD;
 /// Nominal RX frame size given to the kernel (TPACKET_V3 packs frames of any
 /// size into a block; this only sets `tp_frame_nr`).
 const RX_FRAME_SIZE: u32 = 2048;

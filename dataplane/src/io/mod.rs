@@ -20,6 +20,11 @@ use arrayvec::ArrayVec;
 /// Largest burst the engine supports (the configured burst is 1..=MAX_BURST).
 pub const MAX_BURST: usize = 256;
 
+/// Most packets a worker keeps beyond its bursts (fragments waiting for
+/// their first fragment, `crate::frag`): the backends' buffer pools hold
+/// two full bursts plus this many.
+pub const MAX_HELD: usize = 64;
+
 /// One packet buffer owned by the engine between rx and tx/free.
 ///
 /// `data()` is the frame; `adj`/`prepend` move the start (decap strips the outer

@@ -12,7 +12,7 @@ use crate::config::PcapSection;
 use crate::pcapfile::{write_record, Capture, PcapError};
 
 /// Buffers per worker pool: enough for the largest burst in flight twice.
-const POOL_SIZE: usize = 2 * super::MAX_BURST + 64;
+const POOL_SIZE: usize = 2 * super::MAX_BURST + super::MAX_HELD;
 
 /// Opens a replay: preloads every input capture and spreads its frames over
 /// `workers` queues (software RSS). With `sec.output`, the queues also record
