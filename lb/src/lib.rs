@@ -54,12 +54,14 @@
 pub mod flow_table;
 pub mod health;
 pub mod maglev;
+pub mod sched;
 pub mod spec;
 mod tables;
 
 pub use flow_table::{FlowStats, FlowTable, FlowTableConfig};
 pub use health::{Health, HealthKind, HealthMap, HealthMode, HealthSpec, OnDown};
 pub use maglev::BackendIdx;
+pub use sched::{SchedState, Scheduler};
 pub use spec::{
     BackendSpec, BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services,
 };
@@ -115,6 +117,15 @@ pub fn flow_hash(k: &FlowKey) -> u64 {
     let c = (u64::from(k.vni) << 32) | (u64::from(k.sport) << 16) | u64::from(k.dport);
     let d = (u64::from(k.proto) << 1) | u64::from(k.v6);
     fold_mul(a ^ c ^ K4, b.rotate_left(17) ^ d ^ K5)
+}
+
+/// The client hash of the `src_ip` scheduler: the source address, its
+/// family and the VNI (the client's identity within its tenant), nothing
+/// else, so every flow of a client indexes the same Maglev entry.
+#[inline]
+pub fn client_hash(k: &FlowKey) -> u64 {
+    let a = fold_mul(k.src as u64 ^ K0, (k.src >> 64) as u64 ^ K1);
+    fold_mul(a ^ K4, ((u64::from(k.vni) << 1) | u64::from(k.v6)) ^ K5)
 }
 
 #[cfg(test)]

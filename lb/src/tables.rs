@@ -2,14 +2,15 @@
 //! Maglev tables, and backend selection through the per-worker flow table.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::flow_table::{FlowTable, Pinned, Probe};
 use crate::health::{Health, HealthMap, OnDown};
 use crate::maglev::{self, BackendIdx, Permutation, WeightedBackend};
+use crate::sched::{ConnKey, SchedState, Scheduler, SvcState, NO_COUNTER};
 use crate::spec::{BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services};
-use crate::{flow_hash, fold_mul, FlowKey};
+use crate::{client_hash, flow_hash, fold_mul, FlowKey};
 
 /// Index of a service in an [`LbTables`] snapshot (services are in name order).
 /// Valid for the snapshot that returned it; per-service counters kept by the
@@ -131,6 +132,10 @@ pub struct Service {
     pub encap: EncapKind,
     /// Maglev table size.
     pub table_size: u32,
+    /// How new flows choose a backend.
+    pub scheduler: Scheduler,
+    /// New flows per second per worker (0 = no cap).
+    pub new_flow_rate: u32,
     /// True if the service has health checks.
     pub checked: bool,
     /// Backends sorted by Maglev key (the canonical IP text).
@@ -212,7 +217,7 @@ struct VipSlot {
 }
 
 #[inline]
-fn vip_meta(v6: bool, proto: u8, port: u16) -> u32 {
+pub(crate) fn vip_meta(v6: bool, proto: u8, port: u16) -> u32 {
     META_USED | (u32::from(v6) << 24) | (u32::from(proto) << 16) | u32::from(port)
 }
 
@@ -234,7 +239,16 @@ pub struct LbTables {
     vips: Box<[VipSlot]>,
     /// (vni, service) ranges referenced by `VipSlot::scoped_*`, sorted by vni.
     scoped: Vec<(u32, u32)>,
+    /// Unique per built snapshot (0 for the empty default): flow tables
+    /// re-sync their scheduler state when it changes.
+    id: u64,
 }
+
+/// Flow-table sets swept per burst while a service counts active flows (so
+/// that idle-expired flows stop counting within `sets / 4` bursts).
+const SWEEP_SETS_PER_BURST: usize = 4;
+
+static NEXT_SNAPSHOT: AtomicU64 = AtomicU64::new(1);
 
 /// Builds a snapshot from the desired state.
 pub fn build(services: &Services) -> Result<LbTables, LbError> {
@@ -275,7 +289,100 @@ impl LbTables {
             services: out,
             vips,
             scoped,
+            id: NEXT_SNAPSHOT.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// Brings a worker's scheduler state (kept in its flow table) in line
+    /// with this snapshot: nothing to do (one comparison) when it already
+    /// is; otherwise allocates, so call it before a burst (the burst and
+    /// [`select`](Self::select) call it too). Active-flow counts and rate-cap
+    /// buckets carry over (by VIP/port/protocol/backend and by service
+    /// name); round-robin positions restart.
+    #[inline]
+    pub fn sync_flows(&self, flows: &mut FlowTable) {
+        if !flows.sched.synced(self.id) {
+            self.resync(&mut flows.sched);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn resync(&self, st: &mut SchedState) {
+        let conn_key = |s: &Service, b: &Backend| -> ConnKey {
+            let (vip, v6) = addr_bits(s.vip);
+            (vip, b.r.addr, vip_meta(v6, s.proto.number(), s.port))
+        };
+        let mut keys: Vec<ConnKey> = self
+            .services
+            .iter()
+            .filter(|s| s.scheduler.counts())
+            .flat_map(|s| s.backends.iter().map(move |b| conn_key(s, b)))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let counts: Vec<u32> = keys
+            .iter()
+            .map(|k| st.keys.binary_search(k).map_or(0, |i| st.counts[i]))
+            .collect();
+        let mut old: std::collections::HashMap<String, SvcState> = std::mem::take(&mut st.svcs)
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let mut slot_of = Vec::new();
+        let mut svcs = Vec::with_capacity(self.services.len());
+        for s in &self.services {
+            let base = slot_of.len() as u32;
+            for b in &s.backends {
+                slot_of.push(if s.scheduler.counts() {
+                    keys.binary_search(&conn_key(s, b))
+                        .map_or(NO_COUNTER, |i| i as u32)
+                } else {
+                    NO_COUNTER
+                });
+            }
+            let prev = old.remove(&s.name);
+            svcs.push(SvcState {
+                name: s.name.clone(),
+                base,
+                tokens: prev.as_ref().map_or(0, |p| p.tokens),
+                last: prev.as_ref().map_or(u64::MAX, |p| p.last),
+                rate_limited: prev.map_or(0, |p| p.rate_limited),
+            });
+        }
+        // Counts of services that are gone are still handed out once.
+        st.retired.extend(
+            old.into_values()
+                .filter(|s| s.rate_limited != 0)
+                .map(|s| (s.name, s.rate_limited)),
+        );
+        st.counting = self.services.iter().any(|s| s.scheduler.counts());
+        st.rr = vec![0; slot_of.len()];
+        st.slot_of = slot_of;
+        st.svcs = svcs;
+        st.keys = keys;
+        st.counts = counts;
+        st.snap = self.id;
+    }
+
+    /// The active flows of each backend of `svc` (indexed like
+    /// [`backends`](Self::backends)) as this worker's flow table counts them
+    /// for `least_conn` / `weighted_least_conn`; `None` for other schedulers.
+    pub fn active_flows(&self, svc: ServiceIdx, flows: &FlowTable) -> Option<Vec<u32>> {
+        let s = self.service(svc).filter(|s| s.scheduler.counts())?;
+        let (vip, v6) = addr_bits(s.vip);
+        let meta = vip_meta(v6, s.proto.number(), s.port);
+        let st = &flows.sched;
+        Some(
+            s.backends
+                .iter()
+                .map(|b| {
+                    st.keys
+                        .binary_search(&(vip, b.r.addr, meta))
+                        .map_or(0, |i| st.counts[i])
+                })
+                .collect(),
+        )
     }
 
     /// Number of services.
@@ -361,7 +468,8 @@ impl LbTables {
         now: u64,
     ) -> Option<Selected> {
         let s = self.services.get(svc.0 as usize)?;
-        let (idx, new_flow) = select_in(s, key, hash, flows, now, 0)?;
+        self.sync_flows(flows);
+        let (idx, new_flow) = select_in(s, svc.0 as usize, key, hash, flows, now, 0)?;
         Some(Selected {
             backend: s.backends[usize::from(idx)].r,
             new_flow,
@@ -457,6 +565,10 @@ impl LbTables {
         // cache-resident one the extra passes cost ~10 cycles/packet, so only
         // tables above 2 MiB get them.
         let deep = flows.memory_bytes() > DEEP_PREFETCH_ABOVE_BYTES;
+        self.sync_flows(flows);
+        if flows.sched.counting {
+            flows.sweep(now, SWEEP_SETS_PER_BURST);
+        }
         let mut svcs = [None::<ServiceIdx>; CHUNK];
         let mut hashes = [0u64; CHUNK];
         for (c, (keys, out)) in keys[..n]
@@ -502,7 +614,7 @@ impl LbTables {
                     None => LbVerdict::NotService,
                     Some(svc) => match self.services.get(svc.0 as usize).and_then(|s| {
                         let f = tcp_flags.get(c * CHUNK + i).copied().unwrap_or(0);
-                        select_in(s, k, hashes[i], flows, now, f)
+                        select_in(s, svc.0 as usize, k, hashes[i], flows, now, f)
                     }) {
                         Some((backend, new_flow)) => LbVerdict::Forward {
                             svc,
@@ -538,6 +650,7 @@ pub mod tcp_flags {
 #[inline(always)]
 fn select_in(
     s: &Service,
+    si: usize,
     key: &FlowKey,
     hash: u64,
     flows: &mut FlowTable,
@@ -550,17 +663,28 @@ fn select_in(
                 flows.stats_mut().hits += 1;
                 return Some((p.idx, false));
             }
-            hit_slow(s, hash, flows, slot, p, flags)
+            hit_slow(s, si, key, hash, flows, slot, p, flags)
         }
         Probe::Miss(slot) => {
             flows.stats_mut().misses += 1;
-            let idx = s.pick(hash)?;
             if flags & tcp_flags::RST != 0 {
                 // A reset of a flow we do not know: nothing to remember.
+                let idx = hash_pick(s, key, hash)?;
                 flows.stats_mut().reset += 1;
                 return Some((idx, true));
             }
-            flows.insert_at(slot, key, hash, now, pinned(s, idx));
+            if s.new_flow_rate != 0 && !flows.sched.admit(si, s.new_flow_rate, now) {
+                // Over the cap: a consistent backend, nothing stored.
+                let idx = hash_pick(s, key, hash)?;
+                flows.stats_mut().rate_limited += 1;
+                return Some((idx, true));
+            }
+            let (idx, counter) = choose(s, si, key, hash, &mut flows.sched)?;
+            if counter == NO_COUNTER {
+                flows.insert_at(slot, key, hash, now, pinned(s, idx));
+            } else {
+                flows.insert_counted_at(slot, key, hash, now, pinned(s, idx), counter);
+            }
             if flags & tcp_flags::FIN != 0 {
                 flows.close(slot);
             }
@@ -569,11 +693,130 @@ fn select_in(
     }
 }
 
+/// The backend the service's hash names for this flow (the Maglev table,
+/// indexed by the client hash for `src_ip` and by the flow hash otherwise);
+/// `None` if no backend is eligible.
+#[inline(always)]
+fn hash_pick(s: &Service, key: &FlowKey, hash: u64) -> Option<BackendIdx> {
+    if s.scheduler == Scheduler::SrcIp {
+        s.pick(client_hash(key))
+    } else {
+        s.pick(hash)
+    }
+}
+
+/// The scheduler's choice for a new flow and the active-flow counter to
+/// count it on (`NO_COUNTER` unless the scheduler counts).
+#[inline(always)]
+fn choose(
+    s: &Service,
+    si: usize,
+    key: &FlowKey,
+    hash: u64,
+    st: &mut SchedState,
+) -> Option<(BackendIdx, u32)> {
+    if s.scheduler == Scheduler::Maglev {
+        return s.pick(hash).map(|i| (i, NO_COUNTER));
+    }
+    choose_other(s, si, key, hash, st)
+}
+
+#[inline(never)]
+fn choose_other(
+    s: &Service,
+    si: usize,
+    key: &FlowKey,
+    hash: u64,
+    st: &mut SchedState,
+) -> Option<(BackendIdx, u32)> {
+    if s.table.is_empty() {
+        return None; // no eligible backend
+    }
+    let base = st.svcs.get(si).map_or(usize::MAX, |x| x.base as usize);
+    let n = s.backends.len();
+    let in_state = base != usize::MAX && base + n <= st.slot_of.len();
+    match s.scheduler {
+        Scheduler::Maglev => s.pick(hash).map(|i| (i, NO_COUNTER)),
+        Scheduler::SrcIp => s.pick(client_hash(key)).map(|i| (i, NO_COUNTER)),
+        Scheduler::RoundRobin => {
+            if !in_state {
+                return s.pick(hash).map(|i| (i, NO_COUNTER));
+            }
+            // Smooth weighted round robin (nginx): every eligible backend
+            // gains its weight, the richest is chosen and pays the total.
+            let cur = &mut st.rr[base..base + n];
+            let mut total = 0i64;
+            let mut best = usize::MAX;
+            let mut best_cur = i64::MIN;
+            for (i, b) in s.backends.iter().enumerate() {
+                if !b.eligible() {
+                    continue;
+                }
+                let w = i64::from(b.weight);
+                cur[i] += w;
+                total += w;
+                if cur[i] > best_cur {
+                    best_cur = cur[i];
+                    best = i;
+                }
+            }
+            let c = cur.get_mut(best)?;
+            *c -= total;
+            Some((best as BackendIdx, NO_COUNTER))
+        }
+        Scheduler::LeastConn | Scheduler::WeightedLeastConn => {
+            if !in_state {
+                return s.pick(hash).map(|i| (i, NO_COUNTER));
+            }
+            let weighted = s.scheduler == Scheduler::WeightedLeastConn;
+            // Ties go to the first in a rotation starting where the flow
+            // hash points, so that equal backends share new flows instead of
+            // the first one taking every tie.
+            let start = (((hash >> 32) * n as u64) >> 32) as usize;
+            let mut best = usize::MAX;
+            let (mut best_c, mut best_w) = (u64::MAX, 1u64);
+            for j in 0..n {
+                let i = if start + j >= n {
+                    start + j - n
+                } else {
+                    start + j
+                };
+                let b = &s.backends[i];
+                if !b.eligible() {
+                    continue;
+                }
+                let slot = st.slot_of[base + i];
+                let c = st.counts.get(slot as usize).map_or(0, |&c| u64::from(c));
+                let better = if weighted {
+                    // (c + 1) / w < (best_c + 1) / best_w, without division:
+                    // the load the backend would have after taking the flow.
+                    let w = u64::from(b.weight);
+                    best == usize::MAX || (c + 1) * best_w < (best_c + 1) * w
+                } else {
+                    c < best_c
+                };
+                if better {
+                    best = i;
+                    best_c = c;
+                    best_w = u64::from(b.weight);
+                }
+            }
+            if best == usize::MAX {
+                return None;
+            }
+            Some((best as BackendIdx, st.slot_of[base + best]))
+        }
+    }
+}
+
 /// A hit whose backend list changed since the flow was pinned, or that
 /// carries FIN, SYN or RST.
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn hit_slow(
     s: &Service,
+    si: usize,
+    key: &FlowKey,
     hash: u64,
     flows: &mut FlowTable,
     slot: crate::flow_table::Slot,
@@ -618,7 +861,7 @@ fn hit_slow(
     }
     // Removed, down, or a new connection to a backend that takes none: re-select.
     flows.stats_mut().misses += 1;
-    let Some(idx) = s.pick(hash) else {
+    let Some((idx, counter)) = choose(s, si, key, hash, &mut flows.sched) else {
         flows.remove_at(slot);
         return None;
     };
@@ -627,7 +870,7 @@ fn hit_slow(
         flows.remove_at(slot);
         flows.stats_mut().reset += 1;
     } else {
-        flows.repin(slot, pinned(s, idx));
+        flows.repin_counted(slot, pinned(s, idx), counter);
         if flags & tcp_flags::FIN != 0 {
             flows.close(slot);
         }
@@ -759,6 +1002,8 @@ fn build_service(
         vni: spec.vni,
         encap: spec.encap,
         table_size: spec.table_size,
+        scheduler: spec.scheduler,
+        new_flow_rate: spec.new_flow_rate,
         checked: hs.is_some(),
         backends,
         by_addr,
