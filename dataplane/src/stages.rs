@@ -474,6 +474,22 @@ impl Lb {
             }
         }
         tel.icmp_too_big += std::mem::take(&mut self.icmp_too_big);
+        tel.icmp_errors_forwarded += std::mem::take(&mut self.icmp_errors_forwarded);
+        if let Some(f) = self.flows.as_mut() {
+            f.sched_mut()
+                .take_rate_limited(|name, n| match tel.services.get_mut(name) {
+                    Some(e) => e.rate_limited += n,
+                    None => {
+                        tel.services.insert(
+                            name.to_string(),
+                            TrafficCounters {
+                                rate_limited: n,
+                                ..TrafficCounters::default()
+                            },
+                        );
+                    }
+                });
+        }
         if let Some(f) = &self.flows {
             // Counting live flows scans the whole table: at most once a second.
             let now = self.now_ms();

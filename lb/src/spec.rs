@@ -574,6 +574,24 @@ impl Services {
         Ok(())
     }
 
+    /// Sets a service's scheduler and/or new-flow rate cap (`None` leaves a
+    /// setting as it is). Flows already pinned keep their backends.
+    pub fn set_scheduler(
+        &mut self,
+        service: &str,
+        scheduler: Option<Scheduler>,
+        new_flow_rate: Option<u32>,
+    ) -> Result<(), LbError> {
+        let svc = self.service_mut(service)?;
+        if let Some(s) = scheduler {
+            svc.scheduler = s;
+        }
+        if let Some(r) = new_flow_rate {
+            svc.new_flow_rate = r;
+        }
+        Ok(())
+    }
+
     /// Sets a backend's state.
     pub fn set_state(
         &mut self,

@@ -435,7 +435,7 @@ fn rate_cap_hashes_without_storing_above_the_rate() {
         ..FlowTableConfig::default()
     });
     let mut pf = flows(1 << 14);
-    let mut pick = |t: &LbTables, ft: &mut FlowTable, i: u32, now: u64| {
+    let pick = |t: &LbTables, ft: &mut FlowTable, i: u32, now: u64| {
         send(t, ft, &key(i), tcp_flags::SYN, now).unwrap().0
     };
     for i in 0..1000 {

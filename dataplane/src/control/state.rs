@@ -140,6 +140,13 @@ impl Desired {
             Command::ServiceHealth { name, health } => {
                 next.services.set_health(name, health.clone())?
             }
+            Command::ServiceSet {
+                name,
+                scheduler,
+                new_flow_rate,
+            } => next
+                .services
+                .set_scheduler(name, *scheduler, *new_flow_rate)?,
             Command::ServiceDel { name } => {
                 next.services.del_service(name)?;
             }
