@@ -14,6 +14,13 @@
 //!   `Down` (adding backends, changing weights or draining does not move it);
 //!   flows of removed or down backends are re-selected on their next packet;
 //!   `Draining` and weight-0 backends keep their flows and get no new ones.
+//! * **Schedulers per service** ([`sched`]): `maglev` (the above), `src_ip`
+//!   (Maglev on the client address alone), and `round_robin`, `least_conn`,
+//!   `weighted_least_conn`, whose choices depend on the worker's history
+//!   (round-robin position, active-flow counts kept in its flow table), so
+//!   only the hash schedulers are deterministic across gateways. A per-worker
+//!   new-flow rate cap per service sends flows over it where the hash points
+//!   without storing them.
 //! * **No allocation, lock or atomic per packet**; the snapshot [`LbTables`] is
 //!   immutable and built off the fast path from the desired state [`Services`].
 //!
