@@ -19,9 +19,12 @@
 //! cores on the fast path. Each worker balances its own share of the traffic
 //! (RSS spreads flows over workers), so with W workers the gateway-wide
 //! imbalance is at most W times a worker's: round robin is exact per worker
-//! (each backend's count differs from its share by less than one per worker,
-//! so by less than W overall), least_conn keeps each worker's counts within
-//! its own bound, hence the sum within W times that.
+//! after every Σw of its new flows (in between, a backend is off its share
+//! by what one unfinished cycle leaves, less than Σw; so gateway-wide by
+//! less than W × Σw, and exactly 0 whenever every worker ends a cycle);
+//! least_conn keeps each worker's counts within its own bound, hence the
+//! sum within W times that. Which worker a flow lands on is the RSS hash's
+//! choice, so a worker receiving more new flows simply balances more.
 //!
 //! **Active flows** are flow-table entries: a flow is counted when a
 //! `least_conn`/`weighted_least_conn` service pins it and uncounted when its
