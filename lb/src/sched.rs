@@ -148,12 +148,25 @@ pub(crate) type ConnKey = (u128, u128, u32);
 
 pub(crate) const NO_COUNTER: u32 = u32::MAX;
 
+/// An eligible backend of a service, as the non-hash schedulers scan them
+/// (contiguous, so a scan reads 12 bytes per backend).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Cand {
+    /// Index of the backend in its service.
+    pub idx: u16,
+    pub weight: u32,
+    /// Index into `counts`, or `NO_COUNTER`.
+    pub counter: u32,
+}
+
 /// Per-service state of one worker.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SvcState {
     pub name: String,
-    /// Offset of the service's backends in `slot_of` / `rr`.
-    pub base: u32,
+    /// The service's eligible backends: `cands[cand_start..][..cand_len]`
+    /// (and their round-robin weights at the same positions of `rr`).
+    pub cand_start: u32,
+    pub cand_len: u32,
     /// Token bucket in thousandths of a token (a new flow costs 1000).
     pub tokens: u64,
     /// Time of the last refill (caller's ms); `u64::MAX` = never.
@@ -171,9 +184,9 @@ pub struct SchedState {
     /// Id of the [`LbTables`](crate::LbTables) this state follows (0 = none).
     pub(crate) snap: u64,
     pub(crate) svcs: Vec<SvcState>,
-    /// Per (service base + backend index): index into `counts`, or NO_COUNTER.
-    pub(crate) slot_of: Vec<u32>,
-    /// Smooth-WRR current weights per (service base + backend index).
+    /// Eligible backends of every service (see [`SvcState::cand_start`]).
+    pub(crate) cands: Vec<Cand>,
+    /// Smooth-WRR current weight of each of `cands`.
     pub(crate) rr: Vec<i64>,
     /// Counter identities, sorted; `counts[i]` belongs to `keys[i]`.
     pub(crate) keys: Vec<ConnKey>,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::flow_table::{FlowTable, Pinned, Probe};
 use crate::health::{Health, HealthMap, OnDown};
 use crate::maglev::{self, BackendIdx, Permutation, WeightedBackend};
-use crate::sched::{ConnKey, SchedState, Scheduler, SvcState, NO_COUNTER};
+use crate::sched::{Cand, ConnKey, SchedState, Scheduler, SvcState, NO_COUNTER};
 use crate::spec::{BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services};
 use crate::{client_hash, flow_hash, fold_mul, FlowKey};
 
@@ -329,22 +329,30 @@ impl LbTables {
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
-        let mut slot_of = Vec::new();
+        let mut cands = Vec::new();
         let mut svcs = Vec::with_capacity(self.services.len());
         for s in &self.services {
-            let base = slot_of.len() as u32;
-            for b in &s.backends {
-                slot_of.push(if s.scheduler.counts() {
-                    keys.binary_search(&conn_key(s, b))
-                        .map_or(NO_COUNTER, |i| i as u32)
-                } else {
-                    NO_COUNTER
-                });
+            let cand_start = cands.len() as u32;
+            if s.scheduler != Scheduler::Maglev && s.scheduler != Scheduler::SrcIp {
+                for (i, b) in s.backends.iter().enumerate().filter(|(_, b)| b.eligible()) {
+                    let counter = if s.scheduler.counts() {
+                        keys.binary_search(&conn_key(s, b))
+                            .map_or(NO_COUNTER, |i| i as u32)
+                    } else {
+                        NO_COUNTER
+                    };
+                    cands.push(Cand {
+                        idx: i as BackendIdx,
+                        weight: b.weight,
+                        counter,
+                    });
+                }
             }
             let prev = old.remove(&s.name);
             svcs.push(SvcState {
                 name: s.name.clone(),
-                base,
+                cand_start,
+                cand_len: cands.len() as u32 - cand_start,
                 tokens: prev.as_ref().map_or(0, |p| p.tokens),
                 last: prev.as_ref().map_or(u64::MAX, |p| p.last),
                 rate_limited: prev.map_or(0, |p| p.rate_limited),
@@ -357,8 +365,8 @@ impl LbTables {
                 .map(|s| (s.name, s.rate_limited)),
         );
         st.counting = self.services.iter().any(|s| s.scheduler.counts());
-        st.rr = vec![0; slot_of.len()];
-        st.slot_of = slot_of;
+        st.rr = vec![0; cands.len()];
+        st.cands = cands;
         st.svcs = svcs;
         st.keys = keys;
         st.counts = counts;
@@ -732,79 +740,75 @@ fn choose_other(
     if s.table.is_empty() {
         return None; // no eligible backend
     }
-    let base = st.svcs.get(si).map_or(usize::MAX, |x| x.base as usize);
-    let n = s.backends.len();
-    let in_state = base != usize::MAX && base + n <= st.slot_of.len();
+    let SchedState {
+        svcs,
+        cands,
+        rr,
+        counts,
+        ..
+    } = st;
+    let range = svcs
+        .get(si)
+        .map(|x| x.cand_start as usize..(x.cand_start + x.cand_len) as usize)
+        .filter(|r| r.end <= cands.len() && !r.is_empty());
+    let hashed = |h: u64| s.pick(h).map(|i| (i, NO_COUNTER));
     match s.scheduler {
-        Scheduler::Maglev => s.pick(hash).map(|i| (i, NO_COUNTER)),
-        Scheduler::SrcIp => s.pick(client_hash(key)).map(|i| (i, NO_COUNTER)),
+        Scheduler::Maglev => hashed(hash),
+        Scheduler::SrcIp => hashed(client_hash(key)),
+        // Without state for this snapshot (not synced): Maglev.
+        _ if range.is_none() => hashed(hash),
         Scheduler::RoundRobin => {
-            if !in_state {
-                return s.pick(hash).map(|i| (i, NO_COUNTER));
-            }
+            let r = range?;
             // Smooth weighted round robin (nginx): every eligible backend
             // gains its weight, the richest is chosen and pays the total.
-            let cur = &mut st.rr[base..base + n];
+            let (cs, cur) = (&cands[r.clone()], &mut rr[r]);
             let mut total = 0i64;
-            let mut best = usize::MAX;
+            let mut best = 0;
             let mut best_cur = i64::MIN;
-            for (i, b) in s.backends.iter().enumerate() {
-                if !b.eligible() {
-                    continue;
-                }
-                let w = i64::from(b.weight);
-                cur[i] += w;
-                total += w;
-                if cur[i] > best_cur {
-                    best_cur = cur[i];
-                    best = i;
+            for (j, (c, w)) in cs.iter().zip(cur.iter_mut()).enumerate() {
+                *w += i64::from(c.weight);
+                total += i64::from(c.weight);
+                if *w > best_cur {
+                    best_cur = *w;
+                    best = j;
                 }
             }
-            let c = cur.get_mut(best)?;
-            *c -= total;
-            Some((best as BackendIdx, NO_COUNTER))
+            cur[best] -= total;
+            Some((cs[best].idx, NO_COUNTER))
         }
         Scheduler::LeastConn | Scheduler::WeightedLeastConn => {
-            if !in_state {
-                return s.pick(hash).map(|i| (i, NO_COUNTER));
-            }
+            let cs = &cands[range?];
+            let n = cs.len();
             let weighted = s.scheduler == Scheduler::WeightedLeastConn;
+            let load = |c: &Cand| counts.get(c.counter as usize).map_or(0, |&x| u64::from(x));
             // Ties go to the first in a rotation starting where the flow
             // hash points, so that equal backends share new flows instead of
             // the first one taking every tie.
             let start = (((hash >> 32) * n as u64) >> 32) as usize;
-            let mut best = usize::MAX;
-            let (mut best_c, mut best_w) = (u64::MAX, 1u64);
-            for j in 0..n {
+            let mut best = start;
+            let (mut best_c, mut best_w) = (load(&cs[start]), u64::from(cs[start].weight));
+            for j in 1..n {
                 let i = if start + j >= n {
                     start + j - n
                 } else {
                     start + j
                 };
-                let b = &s.backends[i];
-                if !b.eligible() {
-                    continue;
-                }
-                let slot = st.slot_of[base + i];
-                let c = st.counts.get(slot as usize).map_or(0, |&c| u64::from(c));
+                let c = load(&cs[i]);
+                let w = u64::from(cs[i].weight);
+                // wlc: (c + 1) / w < (best_c + 1) / best_w, without division
+                // (the load the backend would have after taking the flow).
                 let better = if weighted {
-                    // (c + 1) / w < (best_c + 1) / best_w, without division:
-                    // the load the backend would have after taking the flow.
-                    let w = u64::from(b.weight);
-                    best == usize::MAX || (c + 1) * best_w < (best_c + 1) * w
+                    (c + 1) * best_w < (best_c + 1) * w
                 } else {
                     c < best_c
                 };
                 if better {
                     best = i;
                     best_c = c;
-                    best_w = u64::from(b.weight);
+                    best_w = w;
                 }
             }
-            if best == usize::MAX {
-                return None;
-            }
-            Some((best as BackendIdx, st.slot_of[base + best]))
+            Some((cs[best].idx, cs[best].counter))
         }
     }
 }
