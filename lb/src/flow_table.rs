@@ -533,7 +533,9 @@ impl FlowTable {
 
     /// Stores `key → pinned` at `slot` (from a [`Probe::Miss`] of the same key),
     /// counting the replaced entry, if any, as evicted or expired.
-    #[inline]
+    /// (Always inlined: it is the miss path's store, and the uncounting
+    /// branch would otherwise push it out of line.)
+    #[inline(always)]
     pub fn insert_at(&mut self, slot: Slot, key: &FlowKey, hash: u64, now: u64, pinned: Pinned) {
         let (set, w) = (slot.0 / WAYS, slot.0 % WAYS);
         let now32 = now as u32;
