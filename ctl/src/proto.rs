@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub use acl::{Action, FileSpec, RuleSpec};
 pub use lb::{
     BackendSpec, BackendState, EncapKind, Health, HealthKind, HealthMode, HealthSpec, MacAddr,
-    OnDown, Proto, ServiceSpec,
+    OnDown, Proto, Scheduler, ServiceSpec,
 };
 
 /// The protocol version this crate speaks (the `v` field of every message).
@@ -79,6 +79,18 @@ pub enum Command {
         /// The checks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         health: Option<HealthSpec>,
+    },
+    /// Changes a service's scheduler and/or new-flow rate cap (absent =
+    /// unchanged); flows already pinned keep their backends.
+    ServiceSet {
+        /// Service name.
+        name: String,
+        /// `maglev`, `src_ip`, `round_robin`, `least_conn` or `weighted_least_conn`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduler: Option<Scheduler>,
+        /// New flows per second per worker (0 = no cap).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_flow_rate: Option<u32>,
     },
     /// Removes a service and its backends.
     ServiceDel {
@@ -295,6 +307,7 @@ impl Command {
             self,
             Command::ServiceAdd { .. }
                 | Command::ServiceHealth { .. }
+                | Command::ServiceSet { .. }
                 | Command::ServiceDel { .. }
                 | Command::BackendAdd { .. }
                 | Command::BackendDel { .. }
@@ -766,6 +779,10 @@ pub struct ServiceCounters {
     pub bytes: u64,
     /// Flows created.
     pub new_flows: u64,
+    /// New flows over the service's `new_flow_rate`: forwarded where the
+    /// hash points, not stored in the flow table.
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 /// Counters of one backend.
@@ -855,6 +872,9 @@ pub struct FlowTableCounters {
     /// no new flows).
     #[serde(default)]
     pub rehomed: u64,
+    /// New flows over their service's `new_flow_rate` (not stored).
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 /// Answer to `stats`.
@@ -897,6 +917,15 @@ pub struct StatsReport {
     /// Backend health checks.
     #[serde(default)]
     pub health: HealthReport,
+    /// ICMP errors to a VIP (fragmentation needed / packet too big,
+    /// unreachable, time exceeded) sent on to the backend owning the flow
+    /// they quote.
+    #[serde(default)]
+    pub icmp_errors_forwarded: u64,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" replies the
+    /// gateway sent for packets too big to encapsulate or route.
+    #[serde(default)]
+    pub icmp_too_big_sent: u64,
 }
 
 /// Counters of one DPDK port, as the driver keeps them (`rte_eth_stats`):
@@ -990,6 +1019,11 @@ mod tests {
                 limit: Some(3),
             },
             Command::ConfigSave { path: None },
+            Command::ServiceSet {
+                name: "web".into(),
+                scheduler: Some(Scheduler::LeastConn),
+                new_flow_rate: None,
+            },
         ];
         for c in cmds {
             let line = Request::new(c.clone()).to_line();

@@ -331,13 +331,18 @@ pub fn steps(
             let name = t.lb.service(svc).map_or("?", |x| x.name.as_str());
             let b = t.lb.backends(svc).get(backend as usize);
             let how = if new_flow {
+                let k = lb_key(&meta.key);
                 let bucket =
                     t.lb.service(svc)
-                        .map(|sv| {
-                            let h = lb::flow_hash(&lb_key(&meta.key));
-                            sv.bucket(h)
+                        .map(|sv| match sv.scheduler {
+                            lb::Scheduler::Maglev => {
+                                format!("Maglev bucket {}", sv.bucket(lb::flow_hash(&k)))
+                            }
+                            lb::Scheduler::SrcIp => {
+                                format!("src_ip, Maglev bucket {}", sv.bucket(lb::client_hash(&k)))
+                            }
+                            other => format!("scheduler {other}"),
                         })
-                        .map(|b| format!("Maglev bucket {b}"))
                         .unwrap_or_default();
                 format!("new flow, {bucket}")
             } else {

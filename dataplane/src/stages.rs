@@ -484,6 +484,22 @@ impl Lb {
             }
         }
         tel.icmp_too_big += std::mem::take(&mut self.icmp_too_big);
+        tel.icmp_errors_forwarded += std::mem::take(&mut self.icmp_errors_forwarded);
+        if let Some(f) = self.flows.as_mut() {
+            f.sched_mut()
+                .take_rate_limited(|name, n| match tel.services.get_mut(name) {
+                    Some(e) => e.rate_limited += n,
+                    None => {
+                        tel.services.insert(
+                            name.to_string(),
+                            TrafficCounters {
+                                rate_limited: n,
+                                ..TrafficCounters::default()
+                            },
+                        );
+                    }
+                });
+        }
         if let Some(f) = &self.flows {
             // Counting live flows scans the whole table: at most once a second.
             let now = self.now_ms();
@@ -1127,5 +1143,60 @@ mod tests {
         let st = lb.flows.as_ref().unwrap().stats();
         assert_eq!((st.reset, st.closed), (1, 1));
         assert_eq!(live(&lb), 1);
+    }
+
+    /// A service's `new_flow_rate`: new flows over it are forwarded (to the
+    /// hash's backend) but not stored, and reach the telemetry as the
+    /// service's `rate_limited`.
+    #[test]
+    fn test_lb_stage_counts_rate_limited_per_service() {
+        let text = "[pcap]\ninput = [\"x.pcap\"]\n[gateway]\nunderlay_ips = [\"10.0.0.1\"]\n\
+                    [[service]]\nname = \"web\"\nvip = \"192.168.0.1\"\nport = 80\nproto = \"tcp\"\n\
+                    scheduler = \"least_conn\"\nnew_flow_rate = 3\n\
+                    [[service.backend]]\nip = \"10.9.0.1\"\n[[service.backend]]\nip = \"10.9.0.2\"\n";
+        let t = Tables::build(&Config::parse(text).unwrap(), 1).unwrap();
+        let mut lb = Lb::default();
+        let mut inner = InnerParse::default();
+        for src in 1..=10u8 {
+            let mut f = Vec::new();
+            vxlan::build_inner_frame(
+                &vxlan::InnerSpec {
+                    src_mac: [2, 0, 0, 0, 0, 2],
+                    dst_mac: [2, 0, 0, 0, 0, 1],
+                    src: std::net::Ipv4Addr::new(10, 1, 0, src).into(),
+                    dst: std::net::Ipv4Addr::new(192, 168, 0, 1).into(),
+                    proto: 6,
+                    sport: 40000,
+                    dport: 80,
+                    ttl: 64,
+                    frame_len: 80,
+                },
+                &mut f,
+            );
+            let mut b = HeapBuf::with_capacity(256);
+            b.load(&f, 0);
+            let mut pkts = [b];
+            let mut meta = [Meta::default()];
+            let mut v = [Verdict::Tx];
+            inner.process(&t, &mut pkts, &mut meta, &mut v);
+            lb.process(&t, &mut pkts, &mut meta, &mut v);
+            assert_eq!(v[0], Verdict::Tx, "rate-limited flows are forwarded");
+        }
+        let flows = lb.flows.as_ref().unwrap();
+        assert_eq!(
+            flows.live(lb.now_ms()),
+            3,
+            "only the admitted flows are stored"
+        );
+        assert_eq!(flows.stats().rate_limited, 7);
+        let mut tel = Telemetry::default();
+        lb.flush_telemetry(&t, &mut tel);
+        let web = tel.services["web"];
+        assert_eq!((web.packets, web.rate_limited), (10, 7));
+        assert_eq!(tel.flow_counters.rate_limited, 7);
+        // Handed over once.
+        let mut tel = Telemetry::default();
+        lb.flush_telemetry(&t, &mut tel);
+        assert!(tel.services.get("web").is_none_or(|w| w.rate_limited == 0));
     }
 }

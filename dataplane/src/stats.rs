@@ -222,6 +222,8 @@ pub struct TrafficCounters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// New flows over the service's `new_flow_rate` (forwarded, not stored).
+    pub rate_limited: u64,
 }
 
 impl TrafficCounters {
@@ -237,6 +239,7 @@ impl TrafficCounters {
         self.packets += o.packets;
         self.bytes += o.bytes;
         self.new_flows += o.new_flows;
+        self.rate_limited += o.rate_limited;
     }
 
     pub fn is_zero(&self) -> bool {
@@ -303,6 +306,7 @@ pub struct FlowCounters {
     pub closed: u64,
     pub reset: u64,
     pub rehomed: u64,
+    pub rate_limited: u64,
 }
 
 impl FlowCounters {
@@ -318,6 +322,7 @@ impl FlowCounters {
         self.closed += o.closed;
         self.reset += o.reset;
         self.rehomed += o.rehomed;
+        self.rate_limited += o.rate_limited;
     }
 }
 
@@ -335,6 +340,7 @@ impl From<&lb::FlowStats> for FlowCounters {
             closed: s.closed,
             reset: s.reset,
             rehomed: s.rehomed,
+            rate_limited: s.rate_limited,
         }
     }
 }
@@ -351,6 +357,8 @@ pub struct Telemetry {
     pub flows_in_use: u64,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" replies sent.
     pub icmp_too_big: u64,
+    /// ICMP errors to a VIP sent on to the backend owning the quoted flow.
+    pub icmp_errors_forwarded: u64,
     pub acl_cache: AclCacheCounters,
     pub flow_capacity: u64,
     pub flow_counters: FlowCounters,
@@ -378,6 +386,7 @@ impl Telemetry {
             self.backends.entry(k).or_default().add(&v);
         }
         self.icmp_too_big += std::mem::take(&mut from.icmp_too_big);
+        self.icmp_errors_forwarded += std::mem::take(&mut from.icmp_errors_forwarded);
         self.acl_cache.add(&std::mem::take(&mut from.acl_cache));
         self.frag.add(&std::mem::take(&mut from.frag));
         for (a, b) in self
@@ -455,6 +464,7 @@ mod tests {
             packets: 2,
             bytes: 200,
             new_flows: 1,
+            rate_limited: 0,
         };
         let mut worker = Telemetry::default();
         let mut slot = Telemetry::default();

@@ -438,6 +438,11 @@ impl Tables {
                 "svc|{}|{}|{}|{:?}|{:?}|{:?}|{}",
                 s.name, s.vip, s.port, s.proto, s.vni, s.encap, s.table_size
             ));
+            // Only when not the default, so that the digests of existing
+            // configurations stay what they were.
+            if s.scheduler != lb::Scheduler::Maglev || s.new_flow_rate != 0 {
+                h.str(&format!("sched|{}|{}", s.scheduler, s.new_flow_rate));
+            }
             for b in s.backends() {
                 h.str(&format!(
                     "be|{}|{}|{:?}|{:?}|{:?}|{}",
@@ -472,5 +477,39 @@ impl Tables {
             _ => h.str("acl|none"),
         }
         format!("{:016x}", h.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn test_digest_covers_scheduler_and_rate_cap() {
+        let d = |extra: &str| {
+            let text = format!(
+                "[pcap]\ninput = [\"x.pcap\"]\n[gateway]\nunderlay_ips = [\"10.0.0.1\"]\n\
+                 [[service]]\nname = \"web\"\nvip = \"10.96.0.1\"\nport = 80\nproto = \"tcp\"\n\
+                 {extra}\n[[service.backend]]\nip = \"10.9.0.1\"\n"
+            );
+            Tables::build(&Config::parse(&text).unwrap(), 1)
+                .unwrap()
+                .digest()
+                .to_string()
+        };
+        let maglev = d("");
+        assert_eq!(maglev, d("scheduler = \"maglev\"\nnew_flow_rate = 0"));
+        let lc = d("scheduler = \"least_conn\"");
+        assert_ne!(lc, maglev);
+        assert_ne!(lc, d("scheduler = \"round_robin\""));
+        assert_ne!(d("new_flow_rate = 100"), maglev);
+        assert_ne!(d("new_flow_rate = 100"), d("new_flow_rate = 200"));
+        let e = Config::parse(
+            "[[service]]\nname = \"web\"\nvip = \"10.96.0.1\"\nport = 80\nproto = \"tcp\"\nscheduler = \"lc\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("scheduler") && e.contains("least_conn"), "{e}");
     }
 }

@@ -47,6 +47,7 @@
 //! so the flow was re-selected), promoted, demoted, closed (FIN) and reset
 //! (RST).
 
+use crate::sched::{ConnKey, SchedState};
 use crate::FlowKey;
 
 /// Ways per set.
@@ -116,6 +117,9 @@ pub struct FlowStats {
     pub closed: u64,
     /// Entries ended at once by a client RST.
     pub reset: u64,
+    /// New flows over their service's `new_flow_rate`: sent where the hash
+    /// points, not stored.
+    pub rate_limited: u64,
 }
 
 /// What a flow is pinned to: the backend's address (its identity across table
@@ -238,17 +242,20 @@ impl Entry {
 
 /// Tag bit 0 marks a used way (an empty way has tag 0); bit 1 marks TCP so the
 /// replacement scan knows each way's timeout without reading the entry; bit 2
-/// marks a protected entry and bit 3 a closing one (FIN seen). A lookup
-/// compares tags with bits 2 and 3 masked off.
+/// marks a protected entry, bit 3 a closing one (FIN seen) and bit 4 one
+/// counted as an active flow of its backend (a `least_conn` service's: its
+/// end must uncount it, see [`crate::sched`]). A lookup compares tags with
+/// bits 2 to 4 masked off.
 const TAG_USED: u32 = 1;
 const TAG_TCP: u32 = 2;
 const TAG_PROTECTED: u32 = 4;
 const TAG_CLOSING: u32 = 8;
-const TAG_STATE: u32 = TAG_PROTECTED | TAG_CLOSING;
+const TAG_COUNTED: u32 = 16;
+const TAG_STATE: u32 = TAG_PROTECTED | TAG_CLOSING | TAG_COUNTED;
 
 #[inline]
 fn make_tag(hash: u64, proto: u8) -> u32 {
-    ((hash >> 32) as u32 & !15) | TAG_USED | if proto == 6 { TAG_TCP } else { 0 }
+    ((hash >> 32) as u32 & !31) | TAG_USED | if proto == 6 { TAG_TCP } else { 0 }
 }
 
 /// Added to the remaining life of live protected ways when choosing a victim,
@@ -321,6 +328,9 @@ pub struct FlowTable {
     fin_timeout: u32,
     sweep_cursor: usize,
     stats: FlowStats,
+    /// The schedulers' per-worker state (round-robin positions, active-flow
+    /// counts, rate-cap buckets): here because entries' ends drive the counts.
+    pub(crate) sched: SchedState,
 }
 
 impl std::fmt::Debug for FlowTable {
@@ -352,6 +362,7 @@ impl FlowTable {
             fin_timeout: cfg.fin_timeout,
             sweep_cursor: 0,
             stats: FlowStats::default(),
+            sched: SchedState::default(),
         }
     }
 
@@ -376,9 +387,35 @@ impl FlowTable {
         &mut self.stats
     }
 
-    /// Empties the table (counters are kept).
+    /// Empties the table (counters are kept; active-flow counts are zeroed).
     pub fn clear(&mut self) {
         self.meta.fill(Meta::default());
+        self.sched.reset_counts();
+    }
+
+    /// The schedulers' per-worker state.
+    pub fn sched(&self) -> &SchedState {
+        &self.sched
+    }
+
+    /// The schedulers' per-worker state (e.g. to
+    /// [`take_rate_limited`](SchedState::take_rate_limited)).
+    pub fn sched_mut(&mut self) -> &mut SchedState {
+        &mut self.sched
+    }
+
+    /// Uncounts the entry at `i`, whose tag says it is counted (it is
+    /// ending or moving to another backend).
+    #[cold]
+    #[inline(never)]
+    fn uncount(&mut self, i: usize) {
+        let e = &self.entries[i];
+        let key: ConnKey = (
+            e.dst,
+            e.baddr,
+            crate::tables::vip_meta(e.flags & FLAG_V6 != 0, e.proto, e.ports as u16),
+        );
+        self.sched.release(key);
     }
 
     #[inline]
@@ -458,6 +495,9 @@ impl FlowTable {
                 if now32.wrapping_sub(meta.seen[w]) > timeout_of(t, tcp_t, udp_t, fin_t) {
                     meta.tags[w] = 0;
                     self.stats.expired += 1;
+                    if t & TAG_COUNTED != 0 {
+                        self.uncount(base + w);
+                    }
                     return Probe::Miss(Slot(base + w));
                 }
                 meta.seen[w] = now32;
@@ -493,7 +533,9 @@ impl FlowTable {
 
     /// Stores `key → pinned` at `slot` (from a [`Probe::Miss`] of the same key),
     /// counting the replaced entry, if any, as evicted or expired.
-    #[inline]
+    /// (Always inlined: it is the miss path's store, and the uncounting
+    /// branch would otherwise push it out of line.)
+    #[inline(always)]
     pub fn insert_at(&mut self, slot: Slot, key: &FlowKey, hash: u64, now: u64, pinned: Pinned) {
         let (set, w) = (slot.0 / WAYS, slot.0 % WAYS);
         let now32 = now as u32;
@@ -502,6 +544,10 @@ impl FlowTable {
         };
         let old = meta.tags[w];
         if old != 0 {
+            if old & TAG_COUNTED != 0 {
+                self.uncount(slot.0);
+            }
+            let meta = &self.meta[set];
             if now32.wrapping_sub(meta.seen[w]) > self.timeout(old) {
                 self.stats.expired += 1;
             } else {
@@ -519,10 +565,67 @@ impl FlowTable {
         self.entries[slot.0] = Entry::new(key, pinned);
     }
 
+    /// [`insert_at`](Self::insert_at), counting the flow as active on
+    /// scheduler counter `counter` (until its entry ends).
+    #[inline]
+    pub(crate) fn insert_counted_at(
+        &mut self,
+        slot: Slot,
+        key: &FlowKey,
+        hash: u64,
+        now: u64,
+        pinned: Pinned,
+        counter: u32,
+    ) {
+        self.insert_at(slot, key, hash, now, pinned);
+        if counter != crate::sched::NO_COUNTER {
+            if let Some(meta) = self.meta.get_mut(slot.0 / WAYS) {
+                meta.tags[slot.0 % WAYS] |= TAG_COUNTED;
+                self.sched.acquire(counter);
+            }
+        }
+    }
+
+    /// Re-pins the flow at `slot` (from a [`Probe::Hit`]) to a new backend,
+    /// moving its active-flow count: uncounted from the old backend if it was
+    /// counted, counted on `counter` unless that is `NO_COUNTER`.
+    #[inline]
+    pub(crate) fn repin_counted(&mut self, slot: Slot, pinned: Pinned, counter: u32) {
+        let (set, w) = (slot.0 / WAYS, slot.0 % WAYS);
+        let Some(&t) = self.meta.get(set).map(|m| &m.tags[w]) else {
+            return;
+        };
+        if t & TAG_COUNTED != 0 {
+            self.uncount(slot.0);
+        }
+        if let Some(e) = self.entries.get_mut(slot.0) {
+            e.baddr = pinned.addr;
+            e.bidx = pinned.idx;
+            e.gen = pinned.gen;
+            e.flags = (e.flags & FLAG_V6) | if pinned.v6 { FLAG_BACKEND_V6 } else { 0 };
+        }
+        let tag = &mut self.meta[set].tags[w];
+        if counter != crate::sched::NO_COUNTER && t != 0 {
+            *tag |= TAG_COUNTED;
+            self.sched.acquire(counter);
+        } else {
+            *tag &= !TAG_COUNTED;
+        }
+    }
+
     /// Re-pins the flow at `slot` (from a [`Probe::Hit`]) to another backend or
-    /// updates its index hint.
+    /// updates its index hint. A flow counted as active that moves to another
+    /// address is uncounted.
     #[inline]
     pub fn repin(&mut self, slot: Slot, pinned: Pinned) {
+        let moved = self
+            .entries
+            .get(slot.0)
+            .is_some_and(|e| e.baddr != pinned.addr);
+        if moved {
+            self.repin_counted(slot, pinned, crate::sched::NO_COUNTER);
+            return;
+        }
         if let Some(e) = self.entries.get_mut(slot.0) {
             e.baddr = pinned.addr;
             e.bidx = pinned.idx;
@@ -552,7 +655,10 @@ impl FlowTable {
     #[inline]
     pub fn remove_at(&mut self, slot: Slot) {
         if let Some(meta) = self.meta.get_mut(slot.0 / WAYS) {
-            meta.tags[slot.0 % WAYS] = 0;
+            let t = std::mem::take(&mut meta.tags[slot.0 % WAYS]);
+            if t & TAG_COUNTED != 0 {
+                self.uncount(slot.0);
+            }
         }
     }
 
@@ -643,6 +749,9 @@ impl FlowTable {
                 let t = self.meta[set].tags[w];
                 if t != 0 && now32.wrapping_sub(self.meta[set].seen[w]) > self.timeout(t) {
                     self.meta[set].tags[w] = 0;
+                    if t & TAG_COUNTED != 0 {
+                        self.uncount(set * WAYS + w);
+                    }
                     cleared += 1;
                 }
             }

@@ -14,6 +14,13 @@
 //!   `Down` (adding backends, changing weights or draining does not move it);
 //!   flows of removed or down backends are re-selected on their next packet;
 //!   `Draining` and weight-0 backends keep their flows and get no new ones.
+//! * **Schedulers per service** ([`sched`]): `maglev` (the above), `src_ip`
+//!   (Maglev on the client address alone), and `round_robin`, `least_conn`,
+//!   `weighted_least_conn`, whose choices depend on the worker's history
+//!   (round-robin position, active-flow counts kept in its flow table), so
+//!   only the hash schedulers are deterministic across gateways. A per-worker
+//!   new-flow rate cap per service sends flows over it where the hash points
+//!   without storing them.
 //! * **No allocation, lock or atomic per packet**; the snapshot [`LbTables`] is
 //!   immutable and built off the fast path from the desired state [`Services`].
 //!
@@ -54,6 +61,7 @@
 pub mod flow_table;
 pub mod health;
 pub mod maglev;
+pub mod sched;
 pub mod shared_flows;
 pub mod spec;
 mod tables;
@@ -61,6 +69,7 @@ mod tables;
 pub use flow_table::{FlowStats, FlowTable, FlowTableConfig};
 pub use health::{Health, HealthKind, HealthMap, HealthMode, HealthSpec, OnDown};
 pub use maglev::BackendIdx;
+pub use sched::{SchedState, Scheduler};
 pub use spec::{
     BackendSpec, BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services,
 };
@@ -116,6 +125,15 @@ pub fn flow_hash(k: &FlowKey) -> u64 {
     let c = (u64::from(k.vni) << 32) | (u64::from(k.sport) << 16) | u64::from(k.dport);
     let d = (u64::from(k.proto) << 1) | u64::from(k.v6);
     fold_mul(a ^ c ^ K4, b.rotate_left(17) ^ d ^ K5)
+}
+
+/// The client hash of the `src_ip` scheduler: the source address, its
+/// family and the VNI (the client's identity within its tenant), nothing
+/// else, so every flow of a client indexes the same Maglev entry.
+#[inline]
+pub fn client_hash(k: &FlowKey) -> u64 {
+    let a = fold_mul(k.src as u64 ^ K0, (k.src >> 64) as u64 ^ K1);
+    fold_mul(a ^ K4, ((u64::from(k.vni) << 1) | u64::from(k.v6)) ^ K5)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::health::{HealthMode, HealthSpec};
 use crate::maglev::{self, MAX_BACKENDS};
+use crate::sched::Scheduler;
 
 /// The transport protocol of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -175,6 +176,10 @@ fn default_weight() -> u32 {
     1
 }
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 fn default_table_size() -> u32 {
     maglev::DEFAULT_TABLE_SIZE
 }
@@ -230,6 +235,13 @@ pub struct ServiceSpec {
     /// Maglev table size `M` (prime, default 65537).
     #[serde(default = "default_table_size")]
     pub table_size: u32,
+    /// How new flows choose a backend (default `maglev`; see [`crate::sched`]).
+    #[serde(default, skip_serializing_if = "Scheduler::is_default")]
+    pub scheduler: Scheduler,
+    /// At most this many new flows per second per worker (0 = no cap);
+    /// above it new flows go where the hash points and are not stored.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub new_flow_rate: u32,
     /// Health checks of the backends (`[service.health]`; absent = none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
@@ -249,6 +261,8 @@ impl ServiceSpec {
             vni: None,
             encap: EncapKind::Ipip,
             table_size: maglev::DEFAULT_TABLE_SIZE,
+            scheduler: Scheduler::Maglev,
+            new_flow_rate: 0,
             health: None,
             backends: Vec::new(),
         }
@@ -557,6 +571,24 @@ impl Services {
         next.health = health;
         next.validate()?;
         *svc = next;
+        Ok(())
+    }
+
+    /// Sets a service's scheduler and/or new-flow rate cap (`None` leaves a
+    /// setting as it is). Flows already pinned keep their backends.
+    pub fn set_scheduler(
+        &mut self,
+        service: &str,
+        scheduler: Option<Scheduler>,
+        new_flow_rate: Option<u32>,
+    ) -> Result<(), LbError> {
+        let svc = self.service_mut(service)?;
+        if let Some(s) = scheduler {
+            svc.scheduler = s;
+        }
+        if let Some(r) = new_flow_rate {
+            svc.new_flow_rate = r;
+        }
         Ok(())
     }
 

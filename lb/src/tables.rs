@@ -2,14 +2,15 @@
 //! Maglev tables, and backend selection through the per-worker flow table.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::flow_table::{FlowTable, Pinned, Probe};
 use crate::health::{Health, HealthMap, OnDown};
 use crate::maglev::{self, BackendIdx, Permutation, WeightedBackend};
+use crate::sched::{Cand, ConnKey, SchedState, Scheduler, SvcState, NO_COUNTER};
 use crate::spec::{BackendState, EncapKind, LbError, MacAddr, Proto, ServiceSpec, Services};
-use crate::{flow_hash, fold_mul, FlowKey};
+use crate::{client_hash, flow_hash, fold_mul, FlowKey};
 
 /// Index of a service in an [`LbTables`] snapshot (services are in name order).
 /// Valid for the snapshot that returned it; per-service counters kept by the
@@ -131,6 +132,10 @@ pub struct Service {
     pub encap: EncapKind,
     /// Maglev table size.
     pub table_size: u32,
+    /// How new flows choose a backend.
+    pub scheduler: Scheduler,
+    /// New flows per second per worker (0 = no cap).
+    pub new_flow_rate: u32,
     /// True if the service has health checks.
     pub checked: bool,
     /// Backends sorted by Maglev key (the canonical IP text).
@@ -212,7 +217,7 @@ struct VipSlot {
 }
 
 #[inline]
-fn vip_meta(v6: bool, proto: u8, port: u16) -> u32 {
+pub(crate) fn vip_meta(v6: bool, proto: u8, port: u16) -> u32 {
     META_USED | (u32::from(v6) << 24) | (u32::from(proto) << 16) | u32::from(port)
 }
 
@@ -234,6 +239,9 @@ pub struct LbTables {
     vips: Box<[VipSlot]>,
     /// (vni, service) ranges referenced by `VipSlot::scoped_*`, sorted by vni.
     scoped: Vec<(u32, u32)>,
+    /// Unique per built snapshot (0 for the empty default): flow tables
+    /// re-sync their scheduler state when it changes.
+    id: u64,
     /// Other gateways' choices, consulted on a flow-table miss.
     shared: Option<SharedRef>,
 }
@@ -243,6 +251,12 @@ struct SharedRef {
     store: std::sync::Arc<crate::shared_flows::SharedFlows>,
     max_age_ms: u64,
 }
+
+/// Flow-table sets swept per burst while a service counts active flows (so
+/// that idle-expired flows stop counting within `sets / 4` bursts).
+const SWEEP_SETS_PER_BURST: usize = 4;
+
+static NEXT_SNAPSHOT: AtomicU64 = AtomicU64::new(1);
 
 /// Builds a snapshot from the desired state.
 pub fn build(services: &Services) -> Result<LbTables, LbError> {
@@ -294,9 +308,110 @@ impl LbTables {
             services: out,
             vips,
             scoped,
+            id: NEXT_SNAPSHOT.fetch_add(1, Ordering::Relaxed),
             // The store outlives snapshots: keep the previous one's.
             shared: prev.shared.clone(),
         })
+    }
+
+    /// Brings a worker's scheduler state (kept in its flow table) in line
+    /// with this snapshot: nothing to do (one comparison) when it already
+    /// is; otherwise allocates, so call it before a burst (the burst and
+    /// [`select`](Self::select) call it too). Active-flow counts and rate-cap
+    /// buckets carry over (by VIP/port/protocol/backend and by service
+    /// name); round-robin positions restart.
+    #[inline]
+    pub fn sync_flows(&self, flows: &mut FlowTable) {
+        if !flows.sched.synced(self.id) {
+            self.resync(&mut flows.sched);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn resync(&self, st: &mut SchedState) {
+        let conn_key = |s: &Service, b: &Backend| -> ConnKey {
+            let (vip, v6) = addr_bits(s.vip);
+            (vip, b.r.addr, vip_meta(v6, s.proto.number(), s.port))
+        };
+        let mut keys: Vec<ConnKey> = self
+            .services
+            .iter()
+            .filter(|s| s.scheduler.counts())
+            .flat_map(|s| s.backends.iter().map(move |b| conn_key(s, b)))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let counts: Vec<u32> = keys
+            .iter()
+            .map(|k| st.keys.binary_search(k).map_or(0, |i| st.counts[i]))
+            .collect();
+        let mut old: std::collections::HashMap<String, SvcState> = std::mem::take(&mut st.svcs)
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let mut cands = Vec::new();
+        let mut svcs = Vec::with_capacity(self.services.len());
+        for s in &self.services {
+            let cand_start = cands.len() as u32;
+            if s.scheduler != Scheduler::Maglev && s.scheduler != Scheduler::SrcIp {
+                for (i, b) in s.backends.iter().enumerate().filter(|(_, b)| b.eligible()) {
+                    let counter = if s.scheduler.counts() {
+                        keys.binary_search(&conn_key(s, b))
+                            .map_or(NO_COUNTER, |i| i as u32)
+                    } else {
+                        NO_COUNTER
+                    };
+                    cands.push(Cand {
+                        idx: i as BackendIdx,
+                        weight: b.weight,
+                        counter,
+                    });
+                }
+            }
+            let prev = old.remove(&s.name);
+            svcs.push(SvcState {
+                name: s.name.clone(),
+                cand_start,
+                cand_len: cands.len() as u32 - cand_start,
+                tokens: prev.as_ref().map_or(0, |p| p.tokens),
+                last: prev.as_ref().map_or(u64::MAX, |p| p.last),
+                rate_limited: prev.map_or(0, |p| p.rate_limited),
+            });
+        }
+        // Counts of services that are gone are still handed out once.
+        st.retired.extend(
+            old.into_values()
+                .filter(|s| s.rate_limited != 0)
+                .map(|s| (s.name, s.rate_limited)),
+        );
+        st.counting = self.services.iter().any(|s| s.scheduler.counts());
+        st.rr = vec![0; cands.len()];
+        st.cands = cands;
+        st.svcs = svcs;
+        st.keys = keys;
+        st.counts = counts;
+        st.snap = self.id;
+    }
+
+    /// The active flows of each backend of `svc` (indexed like
+    /// [`backends`](Self::backends)) as this worker's flow table counts them
+    /// for `least_conn` / `weighted_least_conn`; `None` for other schedulers.
+    pub fn active_flows(&self, svc: ServiceIdx, flows: &FlowTable) -> Option<Vec<u32>> {
+        let s = self.service(svc).filter(|s| s.scheduler.counts())?;
+        let (vip, v6) = addr_bits(s.vip);
+        let meta = vip_meta(v6, s.proto.number(), s.port);
+        let st = &flows.sched;
+        Some(
+            s.backends
+                .iter()
+                .map(|b| {
+                    st.keys
+                        .binary_search(&(vip, b.r.addr, meta))
+                        .map_or(0, |i| st.counts[i])
+                })
+                .collect(),
+        )
     }
 
     /// Number of services.
@@ -382,7 +497,17 @@ impl LbTables {
         now: u64,
     ) -> Option<Selected> {
         let s = self.services.get(svc.0 as usize)?;
-        let (idx, new_flow) = select_in(s, key, hash, flows, now, 0, self.shared.as_ref())?;
+        self.sync_flows(flows);
+        let (idx, new_flow) = select_in(
+            s,
+            svc.0 as usize,
+            key,
+            hash,
+            flows,
+            now,
+            0,
+            self.shared.as_ref(),
+        )?;
         Some(Selected {
             backend: s.backends[usize::from(idx)].r,
             new_flow,
@@ -478,6 +603,10 @@ impl LbTables {
         // cache-resident one the extra passes cost ~10 cycles/packet, so only
         // tables above 2 MiB get them.
         let deep = flows.memory_bytes() > DEEP_PREFETCH_ABOVE_BYTES;
+        self.sync_flows(flows);
+        if flows.sched.counting {
+            flows.sweep(now, SWEEP_SETS_PER_BURST);
+        }
         let mut svcs = [None::<ServiceIdx>; CHUNK];
         let mut hashes = [0u64; CHUNK];
         for (c, (keys, out)) in keys[..n]
@@ -523,7 +652,16 @@ impl LbTables {
                     None => LbVerdict::NotService,
                     Some(svc) => match self.services.get(svc.0 as usize).and_then(|s| {
                         let f = tcp_flags.get(c * CHUNK + i).copied().unwrap_or(0);
-                        select_in(s, k, hashes[i], flows, now, f, self.shared.as_ref())
+                        select_in(
+                            s,
+                            svc.0 as usize,
+                            k,
+                            hashes[i],
+                            flows,
+                            now,
+                            f,
+                            self.shared.as_ref(),
+                        )
                     }) {
                         Some((backend, new_flow)) => LbVerdict::Forward {
                             svc,
@@ -557,8 +695,10 @@ pub mod tcp_flags {
 /// flow is new (see [`LbTables::select`] and, for `flags`,
 /// [`LbTables::process_burst_flags_with`]).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn select_in(
     s: &Service,
+    si: usize,
     key: &FlowKey,
     hash: u64,
     flows: &mut FlowTable,
@@ -572,20 +712,38 @@ fn select_in(
                 flows.stats_mut().hits += 1;
                 return Some((p.idx, false));
             }
-            hit_slow(s, hash, flows, slot, p, flags)
+            hit_slow(s, si, key, hash, flows, slot, p, flags)
         }
         Probe::Miss(slot) => {
             flows.stats_mut().misses += 1;
-            let idx = match shared.and_then(|x| shared_choice(s, x, hash)) {
-                Some(idx) => idx,
-                None => s.pick(hash)?,
-            };
             if flags & tcp_flags::RST != 0 {
                 // A reset of a flow we do not know: nothing to remember.
+                let idx = hash_pick(s, key, hash)?;
                 flows.stats_mut().reset += 1;
                 return Some((idx, true));
             }
-            flows.insert_at(slot, key, hash, now, pinned(s, idx));
+            // Another gateway's choice (a flow ECMP moved here): an
+            // established flow, so neither rate-capped nor scheduled again
+            // (and not counted by least_conn on this worker).
+            let shared_idx = shared.and_then(|x| shared_choice(s, x, hash));
+            if shared_idx.is_none()
+                && s.new_flow_rate != 0
+                && !flows.sched.admit(si, s.new_flow_rate, now)
+            {
+                // Over the cap: a consistent backend, nothing stored.
+                let idx = hash_pick(s, key, hash)?;
+                flows.stats_mut().rate_limited += 1;
+                return Some((idx, true));
+            }
+            let (idx, counter) = match shared_idx {
+                Some(idx) => (idx, NO_COUNTER),
+                None => choose(s, si, key, hash, &mut flows.sched)?,
+            };
+            if counter == NO_COUNTER {
+                flows.insert_at(slot, key, hash, now, pinned(s, idx));
+            } else {
+                flows.insert_counted_at(slot, key, hash, now, pinned(s, idx), counter);
+            }
             if flags & tcp_flags::FIN != 0 {
                 flows.close(slot);
             }
@@ -606,11 +764,126 @@ fn shared_choice(s: &Service, x: &SharedRef, hash: u64) -> Option<BackendIdx> {
     Some(idx)
 }
 
+/// The backend the service's hash names for this flow (the Maglev table,
+/// indexed by the client hash for `src_ip` and by the flow hash otherwise);
+/// `None` if no backend is eligible.
+#[inline(always)]
+fn hash_pick(s: &Service, key: &FlowKey, hash: u64) -> Option<BackendIdx> {
+    if s.scheduler == Scheduler::SrcIp {
+        s.pick(client_hash(key))
+    } else {
+        s.pick(hash)
+    }
+}
+
+/// The scheduler's choice for a new flow and the active-flow counter to
+/// count it on (`NO_COUNTER` unless the scheduler counts).
+#[inline(always)]
+fn choose(
+    s: &Service,
+    si: usize,
+    key: &FlowKey,
+    hash: u64,
+    st: &mut SchedState,
+) -> Option<(BackendIdx, u32)> {
+    if s.scheduler == Scheduler::Maglev {
+        return s.pick(hash).map(|i| (i, NO_COUNTER));
+    }
+    choose_other(s, si, key, hash, st)
+}
+
+#[inline(never)]
+fn choose_other(
+    s: &Service,
+    si: usize,
+    key: &FlowKey,
+    hash: u64,
+    st: &mut SchedState,
+) -> Option<(BackendIdx, u32)> {
+    if s.table.is_empty() {
+        return None; // no eligible backend
+    }
+    let SchedState {
+        svcs,
+        cands,
+        rr,
+        counts,
+        ..
+    } = st;
+    let range = svcs
+        .get(si)
+        .map(|x| x.cand_start as usize..(x.cand_start + x.cand_len) as usize)
+        .filter(|r| r.end <= cands.len() && !r.is_empty());
+    let hashed = |h: u64| s.pick(h).map(|i| (i, NO_COUNTER));
+    match s.scheduler {
+        Scheduler::Maglev => hashed(hash),
+        Scheduler::SrcIp => hashed(client_hash(key)),
+        // Without state for this snapshot (not synced): Maglev.
+        _ if range.is_none() => hashed(hash),
+        Scheduler::RoundRobin => {
+            let r = range?;
+            // Smooth weighted round robin (nginx): every eligible backend
+            // gains its weight, the richest is chosen and pays the total.
+            let (cs, cur) = (&cands[r.clone()], &mut rr[r]);
+            let mut total = 0i64;
+            let mut best = 0;
+            let mut best_cur = i64::MIN;
+            for (j, (c, w)) in cs.iter().zip(cur.iter_mut()).enumerate() {
+                *w += i64::from(c.weight);
+                total += i64::from(c.weight);
+                if *w > best_cur {
+                    best_cur = *w;
+                    best = j;
+                }
+            }
+            cur[best] -= total;
+            Some((cs[best].idx, NO_COUNTER))
+        }
+        Scheduler::LeastConn | Scheduler::WeightedLeastConn => {
+            let cs = &cands[range?];
+            let n = cs.len();
+            let weighted = s.scheduler == Scheduler::WeightedLeastConn;
+            let load = |c: &Cand| counts.get(c.counter as usize).map_or(0, |&x| u64::from(x));
+            // Ties go to the first in a rotation starting where the flow
+            // hash points, so that equal backends share new flows instead of
+            // the first one taking every tie.
+            let start = (((hash >> 32) * n as u64) >> 32) as usize;
+            let mut best = start;
+            let (mut best_c, mut best_w) = (load(&cs[start]), u64::from(cs[start].weight));
+            for j in 1..n {
+                let i = if start + j >= n {
+                    start + j - n
+                } else {
+                    start + j
+                };
+                let c = load(&cs[i]);
+                let w = u64::from(cs[i].weight);
+                // wlc: (c + 1) / w < (best_c + 1) / best_w, without division
+                // (the load the backend would have after taking the flow).
+                let better = if weighted {
+                    (c + 1) * best_w < (best_c + 1) * w
+                } else {
+                    c < best_c
+                };
+                if better {
+                    best = i;
+                    best_c = c;
+                    best_w = w;
+                }
+            }
+            Some((cs[best].idx, cs[best].counter))
+        }
+    }
+}
+
 /// A hit whose backend list changed since the flow was pinned, or that
 /// carries FIN, SYN or RST.
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn hit_slow(
     s: &Service,
+    si: usize,
+    key: &FlowKey,
     hash: u64,
     flows: &mut FlowTable,
     slot: crate::flow_table::Slot,
@@ -655,7 +928,7 @@ fn hit_slow(
     }
     // Removed, down, or a new connection to a backend that takes none: re-select.
     flows.stats_mut().misses += 1;
-    let Some(idx) = s.pick(hash) else {
+    let Some((idx, counter)) = choose(s, si, key, hash, &mut flows.sched) else {
         flows.remove_at(slot);
         return None;
     };
@@ -664,7 +937,7 @@ fn hit_slow(
         flows.remove_at(slot);
         flows.stats_mut().reset += 1;
     } else {
-        flows.repin(slot, pinned(s, idx));
+        flows.repin_counted(slot, pinned(s, idx), counter);
         if flags & tcp_flags::FIN != 0 {
             flows.close(slot);
         }
@@ -796,6 +1069,8 @@ fn build_service(
         vni: spec.vni,
         encap: spec.encap,
         table_size: spec.table_size,
+        scheduler: spec.scheduler,
+        new_flow_rate: spec.new_flow_rate,
         checked: hs.is_some(),
         backends,
         by_addr,

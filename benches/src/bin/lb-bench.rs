@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! lb-bench [--backends 10,100,1000] [--table-sizes 65537,655373] [--flows 4096,262144]
-//!          [--miss-keys N] [--iters K] [--burst B] [--json]
+//!          [--miss-keys N] [--iters K] [--burst B] [--schedulers S,..] [--json]
 //! ```
 //!
 //! For every (backends N, table size M):
@@ -18,7 +18,12 @@
 //! * `hit_scalar`: the same, one packet at a time without the burst's
 //!   flow-table prefetch pass (evidence for or against that trick);
 //! * `miss`: every packet a new flow (a stream of distinct keys through a
-//!   16 Ki-flow table): Maglev pick + insert (+ eviction).
+//!   16 Ki-flow table): Maglev pick + insert (+ eviction);
+//! * `miss_src_ip`, `miss_rr`, `miss_lc`, `miss_wlc` (with `--schedulers`):
+//!   the same stream through a service with that scheduler (client hash;
+//!   smooth weighted round robin; least active flows, whose evictions also
+//!   uncount the evicted flow), i.e. each scheduler's selection cost on top
+//!   of the insert.
 //!
 //! Per-packet costs are the median over K passes; cycles are TSC ticks (the
 //! TSC is invariant here; its rate is calibrated against `Instant` and printed).
@@ -33,7 +38,7 @@ use dataplane::cpu::rdtsc;
 use lb::maglev::{self, Permutation, WeightedBackend};
 use lb::{
     build, flow_hash, BackendSpec, FlowKey, FlowTable, FlowTableConfig, LbTables, LbVerdict, Proto,
-    ServiceSpec, Services,
+    Scheduler, ServiceSpec, Services,
 };
 
 #[derive(Parser, Debug)]
@@ -60,6 +65,10 @@ struct Args {
     /// Burst size.
     #[arg(long, default_value_t = 32)]
     burst: usize,
+    /// Schedulers besides maglev to run the miss case with (src_ip,
+    /// round_robin, least_conn, weighted_least_conn).
+    #[arg(long, value_delimiter = ',')]
+    schedulers: Vec<String>,
     /// One JSON object per case instead of a table.
     #[arg(long)]
     json: bool,
@@ -128,8 +137,13 @@ fn backend_ip(i: usize) -> IpAddr {
 }
 
 fn services(n: usize, m: u32) -> Services {
+    services_with(n, m, Scheduler::Maglev)
+}
+
+fn services_with(n: usize, m: u32, scheduler: Scheduler) -> Services {
     let mut spec = ServiceSpec::new("bench", VIP.into(), 80, Proto::Tcp);
     spec.table_size = m;
+    spec.scheduler = scheduler;
     spec.backends = (0..n).map(|i| BackendSpec::new(backend_ip(i))).collect();
     Services::from_specs([spec]).expect("valid bench config")
 }
@@ -250,6 +264,17 @@ fn main() {
         if let Err(e) = maglev::check_table_size(m) {
             eprintln!("lb-bench: --table-sizes: {e}");
             std::process::exit(2);
+        }
+    }
+    let mut scheds = Vec::new();
+    for s in &args.schedulers {
+        match s.parse::<Scheduler>() {
+            Ok(Scheduler::Maglev) => {}
+            Ok(x) => scheds.push(x),
+            Err(e) => {
+                eprintln!("lb-bench: --schedulers: {e}");
+                std::process::exit(2);
+            }
         }
     }
     let tsc_per_ns = calibrate();
@@ -409,6 +434,24 @@ fn main() {
                 burst_pass(&tables, &stream, args.burst),
             );
             report("miss", stream.len(), &r);
+            for &sc in &scheds {
+                let t = build(&services_with(n, m, sc)).expect("build");
+                let mut ft = flow_table(1 << 14);
+                let r = measure(
+                    args.iters,
+                    stream.len(),
+                    &mut ft,
+                    burst_pass(&t, &stream, args.burst),
+                );
+                let mode = match sc {
+                    Scheduler::SrcIp => "miss_src_ip",
+                    Scheduler::RoundRobin => "miss_rr",
+                    Scheduler::LeastConn => "miss_lc",
+                    Scheduler::WeightedLeastConn => "miss_wlc",
+                    Scheduler::Maglev => "miss",
+                };
+                report(mode, stream.len(), &r);
+            }
         }
     }
 }

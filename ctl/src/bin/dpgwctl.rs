@@ -253,8 +253,26 @@ enum ServiceCmd {
         /// Maglev table size (prime).
         #[arg(long)]
         table_size: Option<u32>,
+        /// How new flows choose a backend: maglev (default), src_ip,
+        /// round_robin, least_conn or weighted_least_conn.
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// At most this many new flows per second per worker (0 = no cap).
+        #[arg(long)]
+        new_flow_rate: Option<u32>,
         #[command(flatten)]
         health: HealthArgs,
+    },
+    /// Changes a service's scheduler and/or new-flow rate cap; flows
+    /// already pinned keep their backends.
+    Set {
+        name: String,
+        /// maglev, src_ip, round_robin, least_conn or weighted_least_conn.
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// New flows per second per worker (0 = no cap).
+        #[arg(long)]
+        new_flow_rate: Option<u32>,
     },
     /// Sets a service's health checks (`--kind none` removes them); their
     /// state restarts at unknown.
@@ -513,6 +531,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 vni,
                 encap,
                 table_size,
+                scheduler,
+                new_flow_rate,
                 health,
             } => {
                 let proto = match proto {
@@ -530,6 +550,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 if let Some(m) = table_size {
                     spec.table_size = m;
                 }
+                if let Some(s) = scheduler {
+                    spec.scheduler = s.parse()?;
+                }
+                spec.new_flow_rate = new_flow_rate.unwrap_or(0);
                 spec.health = health.spec()?;
                 Command::ServiceAdd { service: spec }
             }
@@ -537,6 +561,20 @@ fn run(cli: Cli) -> Result<(), String> {
                 name,
                 health: health.spec()?,
             },
+            ServiceCmd::Set {
+                name,
+                scheduler,
+                new_flow_rate,
+            } => {
+                if scheduler.is_none() && new_flow_rate.is_none() {
+                    return Err("service set: give --scheduler and/or --new-flow-rate".into());
+                }
+                Command::ServiceSet {
+                    name,
+                    scheduler: scheduler.map(|s| s.parse()).transpose()?,
+                    new_flow_rate,
+                }
+            }
             ServiceCmd::Del { name } => Command::ServiceDel { name },
             ServiceCmd::List => Command::ServiceList,
         },
@@ -1167,6 +1205,11 @@ fn human(cmd: &Command, r: &Response) -> String {
                         s.proto.to_string(),
                         s.encap.to_string(),
                         s.table_size.to_string(),
+                        s.scheduler.to_string(),
+                        match s.new_flow_rate {
+                            0 => "-".into(),
+                            r => r.to_string(),
+                        },
                         s.backends.len().to_string(),
                         s.health
                             .as_ref()
@@ -1179,7 +1222,17 @@ fn human(cmd: &Command, r: &Response) -> String {
                 .collect();
             table(
                 &[
-                    "NAME", "VNI", "VIP", "PORT", "PROTO", "ENCAP", "TABLE", "BACKENDS", "CHECKS",
+                    "NAME",
+                    "VNI",
+                    "VIP",
+                    "PORT",
+                    "PROTO",
+                    "ENCAP",
+                    "TABLE",
+                    "SCHEDULER",
+                    "RATE_CAP",
+                    "BACKENDS",
+                    "CHECKS",
                 ],
                 &rows,
             )
@@ -1479,6 +1532,10 @@ fn format_stats(s: &StatsReport) -> String {
             &rows,
         ));
     }
+    out.push_str(&format!(
+        "icmp: {} errors to a VIP forwarded to the flow's backend, {} too-big replies sent\n",
+        s.icmp_errors_forwarded, s.icmp_too_big_sent
+    ));
     if !s.total.drops.is_empty() {
         out.push_str("\ndrops by reason:\n");
         let rows: Vec<Vec<String>> = s
@@ -1511,10 +1568,14 @@ fn format_stats(s: &StatsReport) -> String {
                     x.packets.to_string(),
                     x.bytes.to_string(),
                     x.new_flows.to_string(),
+                    x.rate_limited.to_string(),
                 ]
             })
             .collect();
-        out.push_str(&table(&["SERVICE", "PACKETS", "BYTES", "NEW_FLOWS"], &rows));
+        out.push_str(&table(
+            &["SERVICE", "PACKETS", "BYTES", "NEW_FLOWS", "RATE_LIMITED"],
+            &rows,
+        ));
     }
     if !s.backends.is_empty() {
         out.push_str("\nbackends:\n");
@@ -1605,6 +1666,24 @@ mod tests {
                 ..
             })
         ));
+        let c = Cli::try_parse_from([
+            "dpgwctl",
+            "service",
+            "set",
+            "web",
+            "--scheduler",
+            "least_conn",
+            "--new-flow-rate",
+            "1000",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Service(ServiceCmd::Set {
+                new_flow_rate: Some(1000),
+                ..
+            })
+        ));
         assert!(Cli::try_parse_from(["dpgwctl", "backend", "add", "web", "10.0.0.300"]).is_err());
         assert!(Cli::try_parse_from(["dpgwctl", "rule", "add", "--src", "10.0.0.0/8"]).is_err());
     }
@@ -1674,7 +1753,9 @@ mod tests {
             imissed: 7,
             ..Default::default()
         });
+        s.icmp_errors_forwarded = 3;
         let t = format_stats(&s);
+        assert!(t.contains("icmp: 3 errors to a VIP forwarded"), "{t}");
         assert!(
             t.contains("DPDK ports:\nPORT  DEVICE     RX    TX  MISSED"),
             "{t}"

@@ -155,6 +155,7 @@ fn flow_counters(worker: Option<usize>, t: &Telemetry) -> FlowTableCounters {
         closed: t.flow_counters.closed,
         reset: t.flow_counters.reset,
         rehomed: t.flow_counters.rehomed,
+        rate_limited: t.flow_counters.rate_limited,
     }
 }
 
@@ -172,6 +173,7 @@ fn add_flows(a: &mut FlowTableCounters, b: &FlowTableCounters) {
     a.closed += b.closed;
     a.reset += b.reset;
     a.rehomed += b.rehomed;
+    a.rate_limited += b.rate_limited;
 }
 
 /// Everything `stats` reports.
@@ -250,6 +252,7 @@ pub fn collect(
             packets: v.packets,
             bytes: v.bytes,
             new_flows: v.new_flows,
+            rate_limited: v.rate_limited,
         })
         .collect();
     let backends = be
@@ -300,6 +303,8 @@ pub fn collect(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .report(),
+        icmp_errors_forwarded: tel.iter().map(|t| t.icmp_errors_forwarded).sum(),
+        icmp_too_big_sent: tel.iter().map(|t| t.icmp_too_big).sum(),
     }
 }
 
@@ -766,6 +771,13 @@ const FAMILIES: &[Family] = &[
         samples: |s| per_service(s, |x| x.new_flows),
     },
     Family {
+        name: "dpgw_service_rate_limited_total",
+        kind: Kind::Counter,
+        help: "New flows over the service's new_flow_rate: forwarded where the hash points, not stored in the flow table.",
+        optional: false,
+        samples: |s| per_service(s, |x| x.rate_limited),
+    },
+    Family {
         name: "dpgw_backend_packets_total",
         kind: Kind::Counter,
         help: "Packets sent to the backend.",
@@ -841,6 +853,7 @@ const FAMILIES: &[Family] = &[
                     ("fin", f.closed),
                     ("rst", f.reset),
                     ("rehome", f.rehomed),
+                    ("rate_limited", f.rate_limited),
                 ] {
                     v.push(sample(vec![worker_label(f.worker), ("event", ev.into())], n));
                 }
@@ -867,6 +880,28 @@ const FAMILIES: &[Family] = &[
                 }
             }
             v
+        },
+    },
+    Family {
+        name: "dpgw_icmp_errors_forwarded_total",
+        kind: Kind::Counter,
+        help: "ICMP errors to a VIP (fragmentation needed / packet too big, unreachable, time exceeded) sent on to the backend that owns the flow they quote, per worker.",
+        optional: false,
+        samples: |s| {
+            (s.tel.iter().enumerate())
+                .map(|(w, t)| sample(vec![worker_label(Some(w))], t.icmp_errors_forwarded))
+                .collect()
+        },
+    },
+    Family {
+        name: "dpgw_icmp_too_big_sent_total",
+        kind: Kind::Counter,
+        help: "ICMP fragmentation-needed / ICMPv6 packet-too-big replies the gateway sent, per worker.",
+        optional: false,
+        samples: |s| {
+            (s.tel.iter().enumerate())
+                .map(|(w, t)| sample(vec![worker_label(Some(w))], t.icmp_too_big))
+                .collect()
         },
     },
     Family {
@@ -1016,6 +1051,7 @@ mod tests {
                 packets: 50 + w,
                 bytes: 5000,
                 new_flows: 2,
+                rate_limited: 0,
             };
             t.services.insert("web".into(), web);
             t.services.insert(
@@ -1024,10 +1060,13 @@ mod tests {
                     packets: 1,
                     bytes: 2,
                     new_flows: 3,
+                    rate_limited: 0,
                 },
             );
             t.backends
                 .insert(("web".into(), "192.168.1.1".parse().unwrap()), web);
+            t.icmp_errors_forwarded = 5 + w;
+            t.icmp_too_big = 1;
             t.flows_in_use = 12 + w;
             t.flow_capacity = 1024;
             t.flow_counters = crate::stats::FlowCounters {
@@ -1062,6 +1101,7 @@ mod tests {
                 packets: 101,
                 bytes: 10_000,
                 new_flows: 4,
+                rate_limited: 17,
             },
             ServiceCounters {
                 name: "dns \"q\"".into(),
@@ -1069,6 +1109,7 @@ mod tests {
                 packets: 2,
                 bytes: 4,
                 new_flows: 6,
+                rate_limited: 0,
             },
         ];
         r.backends = vec![
@@ -1250,6 +1291,21 @@ mod tests {
                 "dpgw_service_new_flows_total",
                 "dpgw_service_new_flows_total{service=\"dns \\\"q\\\"\"}",
                 6.0,
+            ),
+            (
+                "dpgw_service_rate_limited_total",
+                "dpgw_service_rate_limited_total{service=\"web\"}",
+                17.0,
+            ),
+            (
+                "dpgw_icmp_errors_forwarded_total",
+                "dpgw_icmp_errors_forwarded_total{worker=\"1\"}",
+                6.0,
+            ),
+            (
+                "dpgw_icmp_too_big_sent_total",
+                "dpgw_icmp_too_big_sent_total{worker=\"0\"}",
+                1.0,
             ),
             (
                 "dpgw_backend_bytes_total",

@@ -140,6 +140,13 @@ impl Desired {
             Command::ServiceHealth { name, health } => {
                 next.services.set_health(name, health.clone())?
             }
+            Command::ServiceSet {
+                name,
+                scheduler,
+                new_flow_rate,
+            } => next
+                .services
+                .set_scheduler(name, *scheduler, *new_flow_rate)?,
             Command::ServiceDel { name } => {
                 next.services.del_service(name)?;
             }
@@ -467,6 +474,48 @@ ip = "192.168.0.1"
             let e = d.apply(&cmd).unwrap_err().to_string();
             assert!(e.contains(want), "{cmd:?}: {e}");
         }
+    }
+
+    #[test]
+    fn test_service_set_scheduler() {
+        let d = Desired::new(&base()).unwrap();
+        let c = d
+            .apply(&Command::ServiceSet {
+                name: "web".into(),
+                scheduler: Some(lb::Scheduler::WeightedLeastConn),
+                new_flow_rate: Some(500),
+            })
+            .unwrap();
+        let text = c.next.config().to_toml();
+        assert!(
+            text.contains("scheduler = \"weighted_least_conn\"")
+                && text.contains("new_flow_rate = 500"),
+            "{text}"
+        );
+        let again = Config::parse(&text).unwrap();
+        assert_eq!(again.service[0].scheduler, lb::Scheduler::WeightedLeastConn);
+        // Only what is given changes.
+        let c = c
+            .next
+            .apply(&Command::ServiceSet {
+                name: "web".into(),
+                scheduler: None,
+                new_flow_rate: Some(0),
+            })
+            .unwrap();
+        let web = c.next.services().get("web").unwrap();
+        assert_eq!(
+            (web.scheduler, web.new_flow_rate),
+            (lb::Scheduler::WeightedLeastConn, 0)
+        );
+        let e = d
+            .apply(&Command::ServiceSet {
+                name: "nope".into(),
+                scheduler: Some(lb::Scheduler::SrcIp),
+                new_flow_rate: None,
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotFound);
     }
 
     #[test]
