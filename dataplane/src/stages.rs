@@ -526,7 +526,13 @@ impl Lb {
     /// first burst so the allocation is not on the fast path).
     pub fn prepare(&mut self, t: &Tables) {
         if self.flows.is_none() {
-            self.flows = Some(lb::flow_table::FlowTable::new(t.flow_cfg));
+            let mut f = lb::flow_table::FlowTable::new(t.flow_cfg);
+            if t.fleet.is_some() {
+                // Half the longest idle timeout: a peer's copy (used for that
+                // long after it arrived) is renewed before it expires.
+                f.set_reshare_period(t.flow_cfg.tcp_timeout.max(t.flow_cfg.udp_timeout) / 2);
+            }
+            self.flows = Some(f);
             self.epoch = Some(std::time::Instant::now());
         }
         if self.generation != t.generation {
@@ -614,6 +620,19 @@ impl Stage for Lb {
             &mut self.out[..n],
             Some(crate::cpu::prefetch),
         );
+        if t.fleet.is_some() {
+            // Active flows crossing a re-share period go to the fleet again,
+            // so the peers' copies age like this table's entries.
+            let batch = &mut self.fleet_batch;
+            let fleet = &t.fleet;
+            flows.drain_reshare(|h, addr, v6| {
+                if batch.push(h, addr, v6) {
+                    if let Some(f) = fleet {
+                        f.offer(batch);
+                    }
+                }
+            });
+        }
         for &j in &self.icmp_at[..n_icmp] {
             let i = self.pos[j as usize] as usize;
             match self.out[j as usize] {

@@ -331,7 +331,17 @@ pub struct FlowTable {
     /// The schedulers' per-worker state (round-robin positions, active-flow
     /// counts, rate-cap buckets): here because entries' ends drive the counts.
     pub(crate) sched: SchedState,
+    /// Hits whose previous packet was before a multiple of the re-share
+    /// period and this one after (`(seen ^ now) & mask != 0`) are noted in
+    /// `reshare`: a fleet re-announces its active flows once per period.
+    /// 0 = off.
+    reshare_mask: u32,
+    reshare: [(u64, u128, bool); RESHARE],
+    reshare_len: usize,
 }
+
+/// Re-share notes kept between two drains (one burst); more are not noted.
+const RESHARE: usize = 64;
 
 impl std::fmt::Debug for FlowTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -363,7 +373,30 @@ impl FlowTable {
             sweep_cursor: 0,
             stats: FlowStats::default(),
             sched: SchedState::default(),
+            reshare_mask: 0,
+            reshare: [(0, 0, false); RESHARE],
+            reshare_len: 0,
         }
+    }
+
+    /// Notes, on a hit, each flow that had no packet since the last multiple
+    /// of `period_ms` (rounded down to a power of two; 0 = off), so that
+    /// every active flow is noted once per period: the fleet re-announces
+    /// it and the peers' copy stays as fresh as this entry.
+    pub fn set_reshare_period(&mut self, period_ms: u32) {
+        self.reshare_mask = match period_ms {
+            0 => 0,
+            p => !((1u32 << (31 - p.leading_zeros())) - 1),
+        };
+    }
+
+    /// Hands out and forgets the flows noted since the last call:
+    /// `(flow hash, backend address, v6)`.
+    pub fn drain_reshare(&mut self, mut f: impl FnMut(u64, u128, bool)) {
+        for &(h, a, v6) in &self.reshare[..self.reshare_len] {
+            f(h, a, v6);
+        }
+        self.reshare_len = 0;
     }
 
     /// Number of flows the table can hold.
@@ -500,12 +533,18 @@ impl FlowTable {
                     }
                     return Probe::Miss(Slot(base + w));
                 }
+                let crossed = (meta.seen[w] ^ now32) & self.reshare_mask != 0;
                 meta.seen[w] = now32;
                 if t & TAG_PROTECTED == 0 {
                     // The flow's second packet: promote it.
                     promote(meta, w, now32, tcp_t, udp_t, fin_t, &mut self.stats);
                 }
-                return Probe::Hit(Slot(base + w), e.pinned());
+                let p = e.pinned();
+                if crossed && self.reshare_len < RESHARE {
+                    self.reshare[self.reshare_len] = (hash, p.addr, p.v6);
+                    self.reshare_len += 1;
+                }
+                return Probe::Hit(Slot(base + w), p);
             }
         }
         // Victim: an empty way, else the one with the least remaining life,
@@ -803,6 +842,47 @@ mod tests {
         assert_eq!(FlowTable::BYTES_PER_ENTRY, 72);
         assert_eq!(FlowTable::new(cfg(1000)).capacity(), 1024);
         assert_eq!(FlowTable::new(cfg(0)).capacity(), WAYS);
+    }
+
+    #[test]
+    fn reshare_notes_each_active_flow_once_per_period() {
+        let mut t = FlowTable::new(FlowTableConfig {
+            capacity: 1024,
+            tcp_timeout: 1_000_000,
+            udp_timeout: 1_000_000,
+            fin_timeout: 1_000_000,
+        });
+        let noted = |t: &mut FlowTable| {
+            let mut v = Vec::new();
+            t.drain_reshare(|h, a, _| v.push((h, a)));
+            v
+        };
+        let (a, b) = (key(1, 6), key(2, 6));
+        let (ha, hb) = (flow_hash(&a), flow_hash(&b));
+        t.insert(&a, ha, 10, pin(3));
+        t.insert(&b, hb, 10, pin(4));
+        // Off: nothing is ever noted.
+        assert!(matches!(t.lookup(&a, ha, 5000), Probe::Hit(..)));
+        assert!(noted(&mut t).is_empty());
+        t.set_reshare_period(1500); // rounds down to 1024 ms
+        t.lookup(&a, ha, 5100); // a: 5000 -> 5100, one period (4 * 1024 ..)
+        t.lookup(&b, hb, 5100); // b: 10 -> 5100, crossed
+        assert_eq!(noted(&mut t), [(hb, 5)]);
+        t.lookup(&a, ha, 5119);
+        t.lookup(&b, hb, 5119);
+        assert!(noted(&mut t).is_empty(), "within one period");
+        t.lookup(&a, ha, 5120); // crosses 5120 = 5 * 1024
+        t.lookup(&a, ha, 5200);
+        assert_eq!(noted(&mut t), [(ha, 4)]);
+        t.lookup(&b, hb, 9000); // idle across several boundaries: once
+        t.lookup(&b, hb, 9001);
+        assert_eq!(noted(&mut t), [(hb, 5)]);
+        // At most RESHARE notes between drains, never more.
+        t.set_reshare_period(1);
+        for i in 0..200 {
+            t.lookup(&a, ha, 10_000 + 2 * i);
+        }
+        assert_eq!(noted(&mut t).len(), RESHARE);
     }
 
     #[test]
