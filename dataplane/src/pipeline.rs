@@ -39,6 +39,17 @@ impl Pipeline {
             .add(&std::mem::take(&mut self.acl.cache_counts));
     }
 
+    /// Hands the LB and route stages the next-hop MAC for this burst (none
+    /// while ARP/ND is pending: they drop what would be sent).
+    #[inline(always)]
+    fn set_next_hop(&mut self, t: &Tables, learned_next_hop: u64) {
+        let nh = crate::punt::NextHop::decode(learned_next_hop).mac(t.next_hop_mac);
+        self.lb.next_hop = nh.unwrap_or([0; 6]);
+        self.route.next_hop = nh.unwrap_or([0; 6]);
+        self.lb.unresolved = nh.is_none();
+        self.route.unresolved = nh.is_none();
+    }
+
     /// Runs the stages over one burst. `learned_next_hop` is the slow path's
     /// next-hop state ([`crate::punt::NextHop`]: 0 = use the configured
     /// MAC, learned MAC, or pending = drop as `next_hop_unresolved`).
@@ -52,11 +63,7 @@ impl Pipeline {
         verdicts: &mut [Verdict],
     ) {
         // An unresolved next hop (ARP/ND pending) drops what would be sent.
-        let nh = crate::punt::NextHop::decode(learned_next_hop).mac(t.next_hop_mac);
-        self.lb.next_hop = nh.unwrap_or([0; 6]);
-        self.route.next_hop = nh.unwrap_or([0; 6]);
-        self.lb.unresolved = nh.is_none();
-        self.route.unresolved = nh.is_none();
+        self.set_next_hop(t, learned_next_hop);
         self.decap.process(t, pkts, meta, verdicts);
         self.inner.process(t, pkts, meta, verdicts);
         // The one test the common path pays for fragments.
@@ -81,11 +88,7 @@ impl Pipeline {
         meta: &mut [Meta],
         verdicts: &mut [Verdict],
     ) {
-        let nh = crate::punt::NextHop::decode(learned_next_hop).mac(t.next_hop_mac);
-        self.lb.next_hop = nh.unwrap_or([0; 6]);
-        self.route.next_hop = nh.unwrap_or([0; 6]);
-        self.lb.unresolved = nh.is_none();
-        self.route.unresolved = nh.is_none();
+        self.set_next_hop(t, learned_next_hop);
         self.acl.process(t, pkts, meta, verdicts);
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
@@ -106,11 +109,7 @@ impl Pipeline {
     ) {
         let n = pkts.len();
         o.begin(pkts);
-        let nh = crate::punt::NextHop::decode(learned_next_hop).mac(t.next_hop_mac);
-        self.lb.next_hop = nh.unwrap_or([0; 6]);
-        self.route.next_hop = nh.unwrap_or([0; 6]);
-        self.lb.unresolved = nh.is_none();
-        self.route.unresolved = nh.is_none();
+        self.set_next_hop(t, learned_next_hop);
         self.decap.process(t, pkts, meta, verdicts);
         o.after_decap[..n].copy_from_slice(verdicts);
         self.inner.process(t, pkts, meta, verdicts);
