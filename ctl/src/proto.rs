@@ -251,6 +251,134 @@ pub enum Command {
     GatewayUndrain,
     /// The announcement's state, why, and since when.
     GatewayStatus,
+    /// The tenant networks (`[[tenant]]`).
+    TenantList,
+    /// Adds a tenant network: its VNI and the prefixes the outside reaches
+    /// it at.
+    TenantAdd {
+        /// As in `[[tenant]]`.
+        tenant: TenantSpec,
+    },
+    /// Removes a tenant network (its learned VTEPs are forgotten).
+    TenantDel {
+        /// Its VNI.
+        vni: u32,
+    },
+    /// Where tenant addresses live: static entries and learned ones.
+    VtepList {
+        /// Only this tenant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vni: Option<u32>,
+    },
+    /// Adds (or replaces) a static address → VTEP entry of a tenant.
+    VtepAdd {
+        /// The tenant.
+        vni: u32,
+        /// The tenant address (inside one of its prefixes).
+        addr: IpAddr,
+        /// The VTEP's underlay address.
+        vtep: IpAddr,
+        /// Inner destination MAC of frames to it (absent = broadcast).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mac: Option<MacAddr>,
+    },
+    /// Removes a static entry.
+    VtepDel {
+        /// The tenant.
+        vni: u32,
+        /// The tenant address.
+        addr: IpAddr,
+    },
+    /// Forgets learned entries (static ones stay).
+    VtepFlush {
+        /// Only this tenant's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vni: Option<u32>,
+    },
+}
+
+/// How traffic from the outside is carried into a tenant network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayEncap {
+    /// VXLAN to `vxlan_ports[0]`.
+    #[default]
+    Vxlan,
+    /// Geneve without options to `geneve_ports[0]` (6081 if none).
+    Geneve,
+}
+
+/// A tenant network: `[[tenant]]` in the configuration, `tenant_add` on
+/// the control socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Its VNI (24 bits).
+    pub vni: u32,
+    /// Prefixes of its addresses (`172.16.0.0/16`, `fd10::/48`): a plain IP
+    /// packet to one of them is encapsulated into this VNI.
+    pub prefixes: Vec<String>,
+    /// `vxlan` (default) or `geneve`.
+    #[serde(default)]
+    pub encap: OverlayEncap,
+    /// Static address → VTEP entries (`[[tenant.vtep]]`): used before, and
+    /// never displaced by, learned ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vtep: Vec<StaticVtep>,
+}
+
+/// One static entry of a tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticVtep {
+    /// The tenant address.
+    pub addr: IpAddr,
+    /// The VTEP's underlay address.
+    pub vtep: IpAddr,
+    /// Inner destination MAC (absent = broadcast, which a kernel VXLAN
+    /// device accepts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+}
+
+/// One address → VTEP entry as `vtep_list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VtepRow {
+    pub vni: u32,
+    pub addr: IpAddr,
+    pub vtep: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// `static` or `learned`.
+    pub source: String,
+    /// Seconds since a packet last confirmed it (learned entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_s: Option<u32>,
+    /// Times it moved to another VTEP or MAC (learned entries).
+    #[serde(default)]
+    pub moves: u32,
+}
+
+/// Outside → overlay traffic and the address → VTEP table, summed over
+/// the workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayCounters {
+    /// Plain IP packets encapsulated into a tenant network.
+    pub encapsulated: u64,
+    /// Of them, to a static entry.
+    pub to_static: u64,
+    /// Entries learned (new addresses).
+    pub learned: u64,
+    /// Learned addresses that moved to another VTEP or MAC.
+    pub moved: u64,
+    /// New entries that replaced the least recently used one of a full set.
+    pub evicted: u64,
+    /// New addresses not learned: the per-worker learning rate was spent.
+    pub learn_limited: u64,
+    /// Not learned this time: another worker was writing the same set.
+    pub learn_busy: u64,
+    /// Live learned entries.
+    pub entries: u64,
 }
 
 /// Where `capture` takes packets.
@@ -316,6 +444,10 @@ impl Command {
                 | Command::RuleAdd { .. }
                 | Command::RuleDel { .. }
                 | Command::RuleLoad { .. }
+                | Command::TenantAdd { .. }
+                | Command::TenantDel { .. }
+                | Command::VtepAdd { .. }
+                | Command::VtepDel { .. }
         )
     }
 }
@@ -494,6 +626,19 @@ pub enum Data {
     Applied(ApplyReport),
     /// The gateway's announcement.
     Gateway(GatewayReport),
+    /// Tenant networks.
+    Tenants {
+        /// In VNI order.
+        tenants: Vec<TenantSpec>,
+    },
+    /// Address → VTEP entries.
+    Vteps {
+        /// Static ones first, then learned ones; each by VNI and address.
+        vteps: Vec<VtepRow>,
+        /// How many learned entries were forgotten (`vtep_flush`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flushed: Option<u64>,
+    },
 }
 
 /// The difference between the running state and a desired file.
@@ -926,6 +1071,10 @@ pub struct StatsReport {
     /// gateway sent for packets too big to encapsulate or route.
     #[serde(default)]
     pub icmp_too_big_sent: u64,
+    /// Outside → overlay traffic and address learning (absent without
+    /// `[[tenant]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayCounters>,
 }
 
 /// Counters of one DPDK port, as the driver keeps them (`rte_eth_stats`):

@@ -33,6 +33,9 @@ pub struct Meta {
     /// Set by a stage that already produced the final frame (e.g. encapsulation
     /// to a backend), so routing leaves it alone.
     pub finished: bool,
+    /// A plain IP packet from the outside to a tenant address (`vni` is the
+    /// tenant's; nothing was decapsulated): [`crate::overlay`] sends it in.
+    pub inbound: bool,
     /// Fragment kind of the inner packet (set by the inner parse).
     pub frag: vxlan::FragKind,
     /// Its IPv4 / IPv6 fragment identification (0 if not a fragment).

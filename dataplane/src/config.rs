@@ -47,6 +47,13 @@ pub struct Config {
     /// Flow-state sharing with the other gateways (`fleet.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetSection>,
+    /// Tenant networks the outside reaches through the gateway: `[[tenant]]`
+    /// with `vni`, `prefixes`, `encap`, `[[tenant.vtep]]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenant: Vec<ctl::TenantSpec>,
+    /// The learned address → VTEP table of the tenants (`[fdb]`).
+    #[serde(default, skip_serializing_if = "FdbSection::is_default")]
+    pub fdb: FdbSection,
     /// Tenant ACL: `[acl]` with `default`, `[[acl.vni]]`, `[[acl.rule]]`, `[[acl.file]]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<acl::AclSpec>,
@@ -524,6 +531,184 @@ impl FleetSection {
     }
 }
 
+/// `[fdb]`: the table of where tenant addresses live, learned from the
+/// tenants' traffic (see `vxlan::fdb`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FdbSection {
+    /// Entries (all tenants; rounded up to a power of two).
+    #[serde(default = "default_fdb_capacity")]
+    pub capacity: usize,
+    /// Seconds a learned entry lives after the last packet that confirmed it.
+    #[serde(default = "default_fdb_age_s")]
+    pub age_s: u32,
+    /// New addresses each worker learns per second at most (moves and
+    /// confirmations are not limited).
+    #[serde(default = "default_fdb_learn_rate")]
+    pub learn_rate: u32,
+}
+
+impl Default for FdbSection {
+    fn default() -> Self {
+        FdbSection {
+            capacity: default_fdb_capacity(),
+            age_s: default_fdb_age_s(),
+            learn_rate: default_fdb_learn_rate(),
+        }
+    }
+}
+
+impl FdbSection {
+    fn is_default(&self) -> bool {
+        *self == FdbSection::default()
+    }
+}
+
+fn default_fdb_capacity() -> usize {
+    65_536
+}
+fn default_fdb_age_s() -> u32 {
+    300
+}
+fn default_fdb_learn_rate() -> u32 {
+    1000
+}
+
+/// A tenant prefix, parsed: the address (IPv4 in the low 32 bits) and mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TenantPrefix {
+    pub addr: u128,
+    pub mask: u128,
+    pub len: u8,
+    pub v6: bool,
+}
+
+impl TenantPrefix {
+    pub fn contains(&self, a: u128, v6: bool) -> bool {
+        v6 == self.v6 && a & self.mask == self.addr
+    }
+
+    /// True when the two share an address.
+    pub fn overlaps(&self, o: &TenantPrefix) -> bool {
+        self.v6 == o.v6 && (self.addr & o.mask == o.addr || o.addr & self.mask == self.addr)
+    }
+}
+
+/// Parses a `[[tenant]]` prefix (errors name the value).
+pub fn parse_tenant_prefix(s: &str) -> Result<TenantPrefix, String> {
+    let bad = || format!("{s:?} is not an address prefix (such as 172.16.0.0/16 or fd10::/48)");
+    match acl::parse_prefix(s).map_err(|_| bad())? {
+        acl::Prefix::Any => Err(bad()),
+        acl::Prefix::V4 { addr, len } => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::from(u32::MAX << (32 - len))
+            };
+            Ok(TenantPrefix {
+                addr: u128::from(u32::from(addr)),
+                mask,
+                len,
+                v6: false,
+            })
+        }
+        acl::Prefix::V6 { addr, len } => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            Ok(TenantPrefix {
+                addr: u128::from(addr),
+                mask,
+                len,
+                v6: true,
+            })
+        }
+    }
+}
+
+/// An address as a flow key holds it: (IPv4 in the low 32 bits, v6).
+pub fn addr_key(a: IpAddr) -> (u128, bool) {
+    match a {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), false),
+        IpAddr::V6(a) => (u128::from(a), true),
+    }
+}
+
+/// The problems of the `[[tenant]]` list and `[fdb]` (each names its key).
+fn validate_tenants(c: &Config, p: &mut Vec<String>) {
+    let f = &c.fdb;
+    if f.capacity == 0 || f.capacity > 1 << 26 {
+        p.push(format!(
+            "fdb.capacity: {} is out of range 1..=67108864",
+            f.capacity
+        ));
+    }
+    if f.age_s == 0 || f.age_s > 86_400 {
+        p.push(format!("fdb.age_s: {} is out of range 1..=86400", f.age_s));
+    }
+    let mut all: Vec<(u32, TenantPrefix, String)> = Vec::new();
+    let mut vnis = std::collections::HashSet::new();
+    for (i, t) in c.tenant.iter().enumerate() {
+        let at = format!("tenant[{i}]");
+        if t.vni > 0xff_ffff {
+            p.push(format!("{at}.vni: {} does not fit 24 bits", t.vni));
+        }
+        if !vnis.insert(t.vni) {
+            p.push(format!("{at}.vni: {} is already another tenant's", t.vni));
+        }
+        if t.prefixes.is_empty() {
+            p.push(format!("{at}.prefixes: at least one prefix is required"));
+        }
+        let mut mine = Vec::new();
+        for s in &t.prefixes {
+            match parse_tenant_prefix(s) {
+                Err(e) => p.push(format!("{at}.prefixes: {e}")),
+                Ok(q) => {
+                    for (v, o, os) in &all {
+                        if o.overlaps(&q) {
+                            p.push(format!(
+                                "{at}.prefixes: {s} overlaps {os} of tenant {v} (an address must belong to one tenant)"
+                            ));
+                        }
+                    }
+                    all.push((t.vni, q, s.clone()));
+                    mine.push(q);
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (j, v) in t.vtep.iter().enumerate() {
+            let (a, v6) = addr_key(v.addr);
+            if !mine.iter().any(|q| q.contains(a, v6)) {
+                p.push(format!(
+                    "{at}.vtep[{j}].addr: {} is in none of the tenant's prefixes",
+                    v.addr
+                ));
+            }
+            if !seen.insert(v.addr) {
+                p.push(format!(
+                    "{at}.vtep[{j}].addr: {} has another static entry",
+                    v.addr
+                ));
+            }
+            let has_src = c
+                .gateway
+                .vtep_ips
+                .iter()
+                .chain(&c.gateway.underlay_ips)
+                .any(|s| s.is_ipv6() == v.vtep.is_ipv6());
+            if !has_src {
+                p.push(format!(
+                    "{at}.vtep[{j}].vtep: {} needs a gateway.vtep_ips or gateway.underlay_ips address of its family as the outer source",
+                    v.vtep
+                ));
+            }
+        }
+    }
+}
+
 fn default_fleet_capacity() -> usize {
     262_144
 }
@@ -867,6 +1052,7 @@ impl Config {
                 g.mtu
             ));
         }
+        validate_tenants(self, &mut p);
         if let Some(f) = &self.fleet {
             if let Err(e) = f.addresses() {
                 p.push(e);

@@ -115,6 +115,49 @@ pub fn too_big_reply<P: Packet>(p: &mut P, m: &Meta, mtu: u32, local_mac: [u8; 6
     true
 }
 
+/// [`too_big_reply`] for a plain packet from the outside (no outer headers):
+/// the reply goes back to the sender as a plain frame, to the MAC the packet
+/// came from. Returns false if it cannot be built (the packet is dropped).
+pub fn too_big_reply_plain<P: Packet>(p: &mut P, m: &Meta, mtu: u32, local_mac: [u8; 6]) -> bool {
+    let l3 = m.l3_off as usize;
+    let data = p.data();
+    if data.len() < l3 + ipv4::HEADER_LEN {
+        return false;
+    }
+    let Ok(eth) = EthernetFrame::new_checked(data) else {
+        return false;
+    };
+    let came_from = eth.src_addr();
+    let mut quote = [0u8; QUOTE];
+    let qn = (data.len() - l3).min(QUOTE);
+    quote[..qn].copy_from_slice(&data[l3..l3 + qn]);
+    let mut ip = [0u8; ipv6::HEADER_LEN + icmp::HEADER_LEN + QUOTE];
+    let Some(ip_len) = reply_ip(&mut ip, m, mtu, &quote[..qn]) else {
+        return false;
+    };
+    let total = ethernet::HEADER_LEN + ip_len;
+    if p.data().len() < total {
+        return false;
+    }
+    p.trim(total);
+    let d = p.data_mut();
+    let eth = EthernetRepr {
+        src: local_mac,
+        dst: came_from,
+        tags: [None, None],
+        ethertype: if m.key.v6 {
+            ethernet::ethertype::IPV6
+        } else {
+            ethernet::ethertype::IPV4
+        },
+    };
+    let Ok(eth_len) = eth.emit(d) else {
+        return false;
+    };
+    d[eth_len..eth_len + ip_len].copy_from_slice(&ip[..ip_len]);
+    true
+}
+
 /// Writes the reply's IP packet into `ip`: from the VIP to the client, an
 /// ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" announcing
 /// `mtu` and quoting `quote`. Returns its length.
@@ -246,6 +289,7 @@ mod tests {
             outer_len: d.inner_offset as u16,
             geneve_len: d.geneve_len,
             finished: false,
+            inbound: false,
             frag: inner.frag,
             frag_id: inner.frag_id,
         };

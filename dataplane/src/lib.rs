@@ -30,6 +30,7 @@ pub mod log;
 #[allow(unsafe_code)]
 pub mod netlink;
 pub mod observe;
+pub mod overlay;
 pub mod pcapfile;
 pub mod pipeline;
 pub mod punt;

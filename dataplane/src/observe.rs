@@ -131,6 +131,8 @@ pub struct Observed {
     pub acl_rule: Vec<Option<u32>>,
     /// The load balancer's answer, if it ran on the packet.
     pub lb: Vec<Option<lb::LbVerdict>>,
+    /// What the overlay stage did (sent into a tenant, learned a VTEP).
+    pub overlay: Vec<crate::overlay::Note>,
 }
 
 impl Default for Observed {
@@ -145,6 +147,7 @@ impl Default for Observed {
             after_acl: vec![Verdict::Tx; n],
             acl_rule: vec![None; n],
             lb: vec![None; n],
+            overlay: vec![crate::overlay::Note::None; n],
         }
     }
 }
@@ -159,8 +162,43 @@ impl Observed {
             self.rx[i].extend_from_slice(&d[..d.len().min(self.snap)]);
             self.acl_rule[i] = None;
             self.lb[i] = None;
+            self.overlay[i] = crate::overlay::Note::None;
         }
     }
+}
+
+/// The overlay stage's line of a walk, if it did something.
+fn overlay_step(n: crate::overlay::Note) -> Option<String> {
+    use crate::overlay::Note;
+    let vtep = |e: &vxlan::fdb::VtepEntry| {
+        if e.vtep_v6 {
+            std::net::Ipv6Addr::from(e.vtep).to_string()
+        } else {
+            std::net::Ipv4Addr::from(e.vtep as u32).to_string()
+        }
+    };
+    Some(match n {
+        Note::None => return None,
+        Note::ToVtep(e, stat) => format!(
+            "overlay: destination lives behind VTEP {} (MAC {}, {} entry): encapsulated into the tenant",
+            vtep(&e),
+            crate::config::format_mac(&e.mac),
+            if stat { "static" } else { "learned" }
+        ),
+        Note::NoVtep => "overlay: no VTEP known for the destination (dpgw_drops_total{reason=\"no_vtep\"})".into(),
+        Note::TooBig => "overlay: too big once encapsulated: ICMP too big to the sender (or mtu_exceeded)".into(),
+        Note::Learned(r) => format!(
+            "overlay: source learned ({})",
+            match r {
+                vxlan::fdb::Learned::Known | vxlan::fdb::Learned::Refreshed => "known at this VTEP",
+                vxlan::fdb::Learned::New => "new entry",
+                vxlan::fdb::Learned::Evicted => "new entry, replaced the oldest of its set",
+                vxlan::fdb::Learned::Moved => "moved here from another VTEP",
+                vxlan::fdb::Learned::Limited => "not learned: learning rate spent",
+                vxlan::fdb::Learned::Busy => "not learned this time: set busy",
+            }
+        ),
+    })
 }
 
 /// The facts a filter sees for packet `i` of an observed burst.
@@ -255,6 +293,10 @@ pub fn steps(
 ) -> Vec<String> {
     let mut s = Vec::new();
     match o.after_decap[i] {
+        Verdict::Tx if meta.inbound => s.push(format!(
+            "decap: plain IP from the outside to tenant VNI {} (its prefixes hold the destination)",
+            meta.vni
+        )),
         // (Decap holds nothing.)
         Verdict::Tx | Verdict::Hold => s.push(format!(
             "decap: {} VNI {}, {} bytes of outer headers removed",
@@ -306,6 +348,13 @@ pub fn steps(
         }
     }
     if o.after_acl[i] != Verdict::Tx {
+        s.push(format!("verdict: {}", verdict_name(v)));
+        return s;
+    }
+    if let Some(line) = overlay_step(o.overlay[i]) {
+        s.push(line);
+    }
+    if meta.inbound {
         s.push(format!("verdict: {}", verdict_name(v)));
         return s;
     }

@@ -15,6 +15,7 @@ pub struct Pipeline {
     pub inner: crate::stages::InnerParse,
     pub frag: crate::frag::Frag,
     pub acl: crate::stages::Acl,
+    pub overlay: crate::overlay::Overlay,
     pub lb: crate::stages::Lb,
     pub route: crate::stages::Route,
 }
@@ -34,6 +35,10 @@ impl Pipeline {
         }
         self.lb.flush_telemetry(t, tel);
         tel.icmp_too_big += std::mem::take(&mut self.route.icmp_too_big);
+        tel.icmp_too_big += std::mem::take(&mut self.overlay.icmp_too_big);
+        let oc = std::mem::take(&mut self.overlay.counters);
+        tel.overlay.encapsulated += oc.encapsulated;
+        tel.overlay.to_static += oc.to_static;
         tel.frag.add(&std::mem::take(&mut self.frag.counters));
         tel.acl_cache
             .add(&std::mem::take(&mut self.acl.cache_counts));
@@ -48,6 +53,8 @@ impl Pipeline {
         self.route.next_hop = nh.unwrap_or([0; 6]);
         self.lb.unresolved = nh.is_none();
         self.route.unresolved = nh.is_none();
+        self.overlay.next_hop = self.route.next_hop;
+        self.overlay.unresolved = nh.is_none();
     }
 
     /// Runs the stages over one burst. `learned_next_hop` is the slow path's
@@ -72,6 +79,7 @@ impl Pipeline {
             self.frag.process(t, pkts, meta, verdicts);
         }
         self.acl.process(t, pkts, meta, verdicts);
+        self.overlay.process(t, pkts, meta, verdicts);
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
     }
@@ -90,6 +98,7 @@ impl Pipeline {
     ) {
         self.set_next_hop(t, learned_next_hop);
         self.acl.process(t, pkts, meta, verdicts);
+        self.overlay.process(t, pkts, meta, verdicts);
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
     }
@@ -123,6 +132,10 @@ impl Pipeline {
             o.acl_rule[i] = Some(m);
         }
         o.after_acl[..n].copy_from_slice(verdicts);
+        self.overlay.observe = true;
+        self.overlay.process(t, pkts, meta, verdicts);
+        self.overlay.observe = false;
+        o.overlay[..n].copy_from_slice(&self.overlay.notes[..n]);
         self.lb.process(t, pkts, meta, verdicts);
         for (i, v) in self.lb.last_results() {
             o.lb[i] = Some(v);

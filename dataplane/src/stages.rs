@@ -27,6 +27,27 @@ fn gather<K>(
     n
 }
 
+/// [`gather`] of the packets no stage has finished yet (the LB stage's view:
+/// what the overlay stage sent into a tenant is not VIP traffic).
+#[inline(always)]
+fn gather_open<K>(
+    meta: &[Meta],
+    v: &[Verdict],
+    keys: &mut [K],
+    pos: &mut [u16],
+    convert: impl Fn(&vxlan::FlowKey) -> K,
+) -> usize {
+    let mut n = 0;
+    for (i, m) in meta.iter().enumerate() {
+        if v[i] == Verdict::Tx && !m.finished {
+            keys[n] = convert(&m.key);
+            pos[n] = i as u16;
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Outer headers → VNI + inner Ethernet frame (the outer bytes are stripped in place).
 #[derive(Default)]
 pub struct Decap;
@@ -53,6 +74,7 @@ impl Stage for Decap {
                     meta[i].outer_len = d.inner_offset as u16;
                     meta[i].geneve_len = d.geneve_len;
                     meta[i].finished = false;
+                    meta[i].inbound = false;
                 }
                 Err(
                     vxlan::DecapError::NotIp
@@ -61,6 +83,23 @@ impl Stage for Decap {
                 ) if crate::exception::is_exception(pkts[i].data(), t) => {
                     v[i] = Verdict::Punt;
                 }
+                // Plain IP from the outside to a tenant address (its
+                // fragments too): into the overlay.
+                Err(
+                    e @ (vxlan::DecapError::NotUdp
+                    | vxlan::DecapError::NotVxlan
+                    | vxlan::DecapError::OuterFragment),
+                ) => match crate::overlay::inbound_tenant(pkts[i].data(), t) {
+                    Some(vni) => {
+                        let m = &mut meta[i];
+                        m.vni = vni;
+                        m.inbound = true;
+                        m.outer_len = 0;
+                        m.geneve_len = 0;
+                        m.finished = false;
+                    }
+                    None => v[i] = Verdict::Drop(e.into()),
+                },
                 Err(e) => v[i] = Verdict::Drop(e.into()),
             }
         }
@@ -560,8 +599,8 @@ impl Stage for Lb {
         self.last = 0;
         if t.lb.is_empty() {
             if t.non_vip == NonVip::Drop {
-                for x in v.iter_mut() {
-                    if *x == Verdict::Tx {
+                for (x, m) in v.iter_mut().zip(meta.iter()) {
+                    if *x == Verdict::Tx && !m.finished {
                         *x = Verdict::Drop(DropReason::NonVip);
                     }
                 }
@@ -569,7 +608,7 @@ impl Stage for Lb {
             return;
         }
         self.prepare(t);
-        let n = gather(meta, v, &mut self.keys, &mut self.pos, |k| lb::FlowKey {
+        let n = gather_open(meta, v, &mut self.keys, &mut self.pos, |k| lb::FlowKey {
             vni: k.vni,
             src: k.src,
             dst: k.dst,

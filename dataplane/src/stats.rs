@@ -46,6 +46,7 @@ drop_reasons! {
     FragUnmatched => "frag_unmatched",
     FragHoldFull => "frag_hold_full",
     NonVip => "non_vip",
+    NoVtep => "no_vtep",
     AclDeny => "acl_deny",
     NoBackend => "no_backend",
     NoHeadroom => "no_headroom",
@@ -345,6 +346,15 @@ impl From<&lb::FlowStats> for FlowCounters {
     }
 }
 
+/// Per-worker counts of the overlay stage (the address table keeps its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverlayTelemetry {
+    /// Plain IP packets encapsulated into a tenant.
+    pub encapsulated: u64,
+    /// Of them, to a static entry.
+    pub to_static: u64,
+}
+
 /// Slow-path counters of one worker, keyed by stable names/ids.
 #[derive(Clone, Debug, Default)]
 pub struct Telemetry {
@@ -364,6 +374,8 @@ pub struct Telemetry {
     pub flow_counters: FlowCounters,
     /// The fragment path ([`FragCounters`]; counts, added on hand-off).
     pub frag: FragCounters,
+    /// Outside → overlay ([`OverlayTelemetry`]; counts, added on hand-off).
+    pub overlay: OverlayTelemetry,
     /// Burst processing time in TSC cycles (not seconds: the TSC rate is
     /// applied by whoever exports it), as [`BurstHistogram::buckets`].
     pub burst_cycle_buckets: [u64; BurstHistogram::BUCKETS],
@@ -385,6 +397,9 @@ impl Telemetry {
         for (k, v) in from.backends.drain() {
             self.backends.entry(k).or_default().add(&v);
         }
+        let o = std::mem::take(&mut from.overlay);
+        self.overlay.encapsulated += o.encapsulated;
+        self.overlay.to_static += o.to_static;
         self.icmp_too_big += std::mem::take(&mut from.icmp_too_big);
         self.icmp_errors_forwarded += std::mem::take(&mut from.icmp_errors_forwarded);
         self.acl_cache.add(&std::mem::take(&mut from.acl_cache));

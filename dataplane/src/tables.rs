@@ -46,6 +46,153 @@ pub struct Tables {
     /// Flow-state sharing with the fleet (`[fleet]`): the same link in every
     /// snapshot of a run.
     pub fleet: Option<Arc<crate::fleet::FleetLink>>,
+    /// The tenant networks the outside reaches (`[[tenant]]`); `None`
+    /// without any: plain IP packets are dropped as `not_vxlan`.
+    pub overlay: Option<Arc<Overlay>>,
+    /// Where tenant addresses were seen: the same table in every snapshot of
+    /// a run (while `[fdb]` keeps its size and age).
+    pub fdb: Option<Arc<FdbHandle>>,
+}
+
+/// The tenants of a snapshot: prefixes, encapsulation, static entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overlay {
+    /// Every tenant prefix with its VNI (prefixes of two tenants never overlap).
+    pub prefixes: Vec<(crate::config::TenantPrefix, u32)>,
+    /// (VNI, how to encapsulate to it), sorted by VNI.
+    pub tenants: Vec<(u32, ctl::OverlayEncap)>,
+    /// Static entries: ((VNI, address, v6), where), sorted.
+    pub statics: Vec<((u32, u128, bool), vxlan::fdb::VtepEntry)>,
+    /// Outer source addresses (the first VTEP address of the family, else the
+    /// underlay one).
+    pub src_v4: Option<std::net::Ipv4Addr>,
+    pub src_v6: Option<std::net::Ipv6Addr>,
+    /// New addresses a worker learns per second at most.
+    pub learn_rate: u32,
+}
+
+impl Overlay {
+    fn of(cfg: &Config) -> Option<Overlay> {
+        if cfg.tenant.is_empty() {
+            return None;
+        }
+        let g = &cfg.gateway;
+        let mut prefixes = Vec::new();
+        let mut tenants = Vec::new();
+        let mut statics = Vec::new();
+        for t in &cfg.tenant {
+            tenants.push((t.vni, t.encap));
+            for p in &t.prefixes {
+                if let Ok(q) = crate::config::parse_tenant_prefix(p) {
+                    prefixes.push((q, t.vni));
+                }
+            }
+            for v in &t.vtep {
+                let (a, v6) = crate::config::addr_key(v.addr);
+                let (vtep, vtep_v6) = crate::config::addr_key(v.vtep);
+                statics.push((
+                    (t.vni, a, v6),
+                    vxlan::fdb::VtepEntry {
+                        vtep,
+                        vtep_v6,
+                        mac: v.mac.map_or([0xff; 6], |m| m.0),
+                    },
+                ));
+            }
+        }
+        // Longest first: a test in order finds the most specific (they do
+        // not overlap anyway).
+        prefixes.sort_by_key(|(q, _)| std::cmp::Reverse(q.len));
+        tenants.sort_by_key(|t| t.0);
+        statics.sort_by_key(|s| s.0);
+        let first = |v6: bool| {
+            g.vtep_ips
+                .iter()
+                .chain(&g.underlay_ips)
+                .copied()
+                .find(|a| a.is_ipv6() == v6)
+        };
+        Some(Overlay {
+            prefixes,
+            tenants,
+            statics,
+            src_v4: first(false).and_then(|a| match a {
+                std::net::IpAddr::V4(v) => Some(v),
+                _ => None,
+            }),
+            src_v6: first(true).and_then(|a| match a {
+                std::net::IpAddr::V6(v) => Some(v),
+                _ => None,
+            }),
+            learn_rate: cfg.fdb.learn_rate,
+        })
+    }
+
+    /// The tenant (VNI) whose prefixes hold `a`.
+    #[inline]
+    pub fn tenant_of(&self, a: u128, v6: bool) -> Option<u32> {
+        self.prefixes
+            .iter()
+            .find(|(q, _)| q.contains(a, v6))
+            .map(|(_, v)| *v)
+    }
+
+    /// True when `a` is in one of tenant `vni`'s prefixes.
+    #[inline]
+    pub fn holds(&self, vni: u32, a: u128, v6: bool) -> bool {
+        self.prefixes
+            .iter()
+            .any(|(q, v)| *v == vni && q.contains(a, v6))
+    }
+
+    /// How traffic into tenant `vni` is encapsulated (`None`: no such tenant).
+    #[inline]
+    pub fn encap_of(&self, vni: u32) -> Option<ctl::OverlayEncap> {
+        self.tenants
+            .binary_search_by_key(&vni, |t| t.0)
+            .ok()
+            .map(|i| self.tenants[i].1)
+    }
+
+    /// The static entry of `a` in tenant `vni`.
+    #[inline]
+    pub fn static_of(&self, vni: u32, a: u128, v6: bool) -> Option<&vxlan::fdb::VtepEntry> {
+        if self.statics.is_empty() {
+            return None;
+        }
+        self.statics
+            .binary_search_by_key(&(vni, a, v6), |s| s.0)
+            .ok()
+            .map(|i| &self.statics[i].1)
+    }
+}
+
+/// The learned table and the clock its entries are stamped with.
+#[derive(Debug)]
+pub struct FdbHandle {
+    pub fdb: vxlan::fdb::Fdb,
+    origin: std::time::Instant,
+    capacity: usize,
+}
+
+impl FdbHandle {
+    pub fn new(f: &crate::config::FdbSection) -> FdbHandle {
+        FdbHandle {
+            fdb: vxlan::fdb::Fdb::new(f.capacity, f.age_s),
+            origin: std::time::Instant::now(),
+            capacity: f.capacity,
+        }
+    }
+
+    /// Seconds since the table was made, from 1.
+    #[inline]
+    pub fn now_s(&self) -> u32 {
+        self.origin.elapsed().as_secs() as u32 + 1
+    }
+
+    fn fits(&self, f: &crate::config::FdbSection) -> bool {
+        self.capacity == f.capacity && self.fdb.age_s() == f.age_s
+    }
 }
 
 /// The `[dataplane]` keys of the fragment path.
@@ -277,6 +424,8 @@ impl Tables {
             frag_vips: self.frag_vips.clone(),
             digest: std::sync::OnceLock::new(),
             fleet: self.fleet.clone(),
+            overlay: self.overlay.clone(),
+            fdb: self.fdb.clone(),
         })
     }
 
@@ -334,6 +483,16 @@ impl Tables {
         if !problems.is_empty() {
             return Err(BuildError(problems));
         }
+        let overlay = Overlay::of(cfg);
+        let fdb = overlay.as_ref().map(|_| {
+            prev.and_then(|p| p.fdb.clone())
+                .filter(|f| f.fits(&cfg.fdb))
+                .unwrap_or_else(|| Arc::new(FdbHandle::new(&cfg.fdb)))
+        });
+        let overlay = match (overlay, prev.and_then(|p| p.overlay.as_ref())) {
+            (Some(o), Some(p)) if **p == o => Some(p.clone()),
+            (o, _) => o.map(Arc::new),
+        };
         let frag_vips = frag_vips(&lb);
         Ok(Tables {
             generation,
@@ -372,6 +531,8 @@ impl Tables {
             frag_vips,
             digest: std::sync::OnceLock::new(),
             fleet,
+            overlay,
+            fdb,
         })
     }
 }
@@ -475,6 +636,19 @@ impl Tables {
                 }
             }
             _ => h.str("acl|none"),
+        }
+        // Only with tenants, so that the digests of existing configurations
+        // stay what they were.
+        if let Some(o) = &self.overlay {
+            for (q, v) in &o.prefixes {
+                h.str(&format!("tenant|{v}|{q:?}"));
+            }
+            for (v, e) in &o.tenants {
+                h.str(&format!("encap|{v}|{e:?}"));
+            }
+            for (k, e) in &o.statics {
+                h.str(&format!("static|{k:?}|{e:?}"));
+            }
         }
         format!("{:016x}", h.0)
     }

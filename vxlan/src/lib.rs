@@ -53,6 +53,7 @@ pub mod checksum;
 pub mod decap;
 pub mod encap;
 pub mod ethernet;
+pub mod fdb;
 pub mod flow;
 pub mod geneve;
 pub mod gso;

@@ -157,6 +157,15 @@ enum Cmd {
     /// router running BGP through BIRD or FRR.
     #[command(subcommand)]
     Gateway(GatewayCmd),
+    /// Tenant networks the outside reaches through the gateway (`[[tenant]]`):
+    /// a plain IP packet to one of a tenant's prefixes is encapsulated into
+    /// its VNI, to the VTEP its destination lives behind.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Where tenant addresses live (address → VTEP): static entries and
+    /// those learned from the tenant's traffic.
+    #[command(subcommand)]
+    Vtep(VtepCmd),
     /// Checks that the daemon answers.
     Ping,
     /// Writes the man pages (dpgwctl.1 and its subcommands) into a directory.
@@ -460,6 +469,64 @@ enum GatewayCmd {
 }
 
 #[derive(Subcommand)]
+enum TenantCmd {
+    /// The tenant networks.
+    List,
+    /// Adds a tenant network.
+    Add {
+        /// Its VNI.
+        #[arg(long)]
+        vni: u32,
+        /// A prefix of its addresses (repeat for more), e.g. 172.16.0.0/16.
+        #[arg(long = "prefix", required = true)]
+        prefixes: Vec<String>,
+        /// How the outside's packets are carried in: vxlan or geneve.
+        #[arg(long, default_value = "vxlan")]
+        encap: String,
+    },
+    /// Removes a tenant network.
+    Del {
+        #[arg(long)]
+        vni: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum VtepCmd {
+    /// Static and learned entries.
+    List {
+        #[arg(long)]
+        vni: Option<u32>,
+    },
+    /// Adds (or replaces) a static entry.
+    Add {
+        #[arg(long)]
+        vni: u32,
+        /// The tenant address.
+        #[arg(long)]
+        addr: IpAddr,
+        /// The VTEP's underlay address.
+        #[arg(long)]
+        vtep: IpAddr,
+        /// Inner destination MAC (default: broadcast).
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Removes a static entry.
+    Del {
+        #[arg(long)]
+        vni: u32,
+        #[arg(long)]
+        addr: IpAddr,
+    },
+    /// Forgets learned entries (static ones stay).
+    Flush {
+        #[arg(long)]
+        vni: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCmd {
     /// Prints the running state as a config file `dpgw run` accepts.
     Dump,
@@ -747,6 +814,46 @@ fn run(cli: Cli) -> Result<(), String> {
             GatewayCmd::Drain => Command::GatewayDrain,
             GatewayCmd::Undrain => Command::GatewayUndrain,
             GatewayCmd::Status => Command::GatewayStatus,
+        },
+        Cmd::Tenant(t) => match t {
+            TenantCmd::List => Command::TenantList,
+            TenantCmd::Add {
+                vni,
+                prefixes,
+                encap,
+            } => Command::TenantAdd {
+                tenant: ctl::TenantSpec {
+                    vni,
+                    prefixes,
+                    encap: match encap.as_str() {
+                        "vxlan" => ctl::OverlayEncap::Vxlan,
+                        "geneve" => ctl::OverlayEncap::Geneve,
+                        other => {
+                            return Err(format!("--encap: {other:?} is not one of vxlan, geneve"))
+                        }
+                    },
+                    vtep: Vec::new(),
+                },
+            },
+            TenantCmd::Del { vni } => Command::TenantDel { vni },
+        },
+        Cmd::Vtep(v) => match v {
+            VtepCmd::List { vni } => Command::VtepList { vni },
+            VtepCmd::Add {
+                vni,
+                addr,
+                vtep,
+                mac,
+            } => Command::VtepAdd {
+                vni,
+                addr,
+                vtep,
+                mac: mac
+                    .map(|m| m.parse::<MacAddr>().map_err(|e| format!("--mac: {e}")))
+                    .transpose()?,
+            },
+            VtepCmd::Del { vni, addr } => Command::VtepDel { vni, addr },
+            VtepCmd::Flush { vni } => Command::VtepFlush { vni },
         },
         Cmd::Config(c) => match c {
             ConfigCmd::Dump => Command::ConfigDump,
@@ -1435,6 +1542,51 @@ fn human(cmd: &Command, r: &Response) -> String {
                 g.table,
                 if g.drained { ", drained by operator" } else { "" },
                 g.transitions
+            )
+        }
+        (Some(Data::Tenants { tenants }), _) => {
+            let rows: Vec<Vec<String>> = tenants
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.vni.to_string(),
+                        format!("{:?}", t.encap).to_lowercase(),
+                        t.prefixes.join(","),
+                        t.vtep.len().to_string(),
+                    ]
+                })
+                .collect();
+            table(&["VNI", "ENCAP", "PREFIXES", "STATIC"], &rows)
+        }
+        (
+            Some(Data::Vteps {
+                flushed: Some(n), ..
+            }),
+            _,
+        ) => {
+            format!(
+                "{n} learned entr{} forgotten\n",
+                if *n == 1 { "y" } else { "ies" }
+            )
+        }
+        (Some(Data::Vteps { vteps, .. }), _) => {
+            let rows: Vec<Vec<String>> = vteps
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.vni.to_string(),
+                        v.addr.to_string(),
+                        v.vtep.to_string(),
+                        v.mac.map_or("-".into(), |m| m.to_string()),
+                        v.source.clone(),
+                        v.age_s.map_or("-".into(), |a| format!("{a}s")),
+                        v.moves.to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &["VNI", "ADDRESS", "VTEP", "MAC", "SOURCE", "AGE", "MOVES"],
+                &rows,
             )
         }
         (Some(Data::WatchStarted { id, .. }), _) => format!("watch {id} started\n"),

@@ -273,9 +273,25 @@ pub fn collect(
             }
         })
         .collect();
-    let fleet = shared.tables.load().fleet.as_ref().map(|f| f.report());
+    let snap = shared.tables.load();
+    let fleet = snap.fleet.as_ref().map(|f| f.report());
+    let overlay = snap.fdb.as_ref().map(|f| {
+        let c = f.fdb.counters();
+        ctl::OverlayCounters {
+            encapsulated: tel.iter().map(|t| t.overlay.encapsulated).sum(),
+            to_static: tel.iter().map(|t| t.overlay.to_static).sum(),
+            learned: c.new,
+            moved: c.moved,
+            evicted: c.evicted,
+            learn_limited: c.limited,
+            learn_busy: c.busy,
+            entries: f.fdb.entries(f.now_s()).len() as u64,
+        }
+    });
+    drop(snap);
     StatsReport {
         fleet,
+        overlay,
         generation,
         digest,
         uptime_s: sampler.start.elapsed().as_secs_f64(),
@@ -599,6 +615,36 @@ const FAMILIES: &[Family] = &[
             .map(|(w, v)| sample(vec![("what", w.to_string())], v))
             .collect()
         },
+    },
+    Family {
+        name: "dpgw_overlay_total",
+        kind: Kind::Counter,
+        help: "Outside -> overlay: plain IP packets encapsulated into a tenant (and of them to static entries); address -> VTEP learning: new entries, moves, evictions, new addresses not learned (rate spent, set busy).",
+        optional: true,
+        samples: |s| {
+            let Some(o) = &s.report.overlay else {
+                return Vec::new();
+            };
+            [
+                ("encapsulated", o.encapsulated),
+                ("to_static", o.to_static),
+                ("learned", o.learned),
+                ("moved", o.moved),
+                ("evicted", o.evicted),
+                ("learn_limited", o.learn_limited),
+                ("learn_busy", o.learn_busy),
+            ]
+            .into_iter()
+            .map(|(w, v)| sample(vec![("what", w.to_string())], v))
+            .collect()
+        },
+    },
+    Family {
+        name: "dpgw_overlay_vtep_entries",
+        kind: Kind::Gauge,
+        help: "Live learned address -> VTEP entries.",
+        optional: true,
+        samples: |s| s.report.overlay.iter().map(|o| sample(vec![], o.entries)).collect(),
     },
     Family {
         name: "dpgw_fleet_peer_silent",
@@ -1227,7 +1273,11 @@ mod tests {
         // no [announce] section).
         let names: Vec<&str> = FAMILIES
             .iter()
-            .filter(|x| !x.name.starts_with("dpgw_announce_") && !x.name.starts_with("dpgw_fleet_"))
+            .filter(|x| {
+                !x.name.starts_with("dpgw_announce_")
+                    && !x.name.starts_with("dpgw_fleet_")
+                    && !x.name.starts_with("dpgw_overlay_")
+            })
             .map(|x| x.name)
             .collect();
         assert_eq!(f.keys().count(), names.len());

@@ -560,6 +560,13 @@ impl Server {
             Err(e) => return Outcome::Now(Response::error(ErrorCode::BadRequest, e)),
         };
         if cmd.is_mutation() {
+            if let Command::TenantDel { vni } = &cmd {
+                // Its learned entries go with it (a tenant added again
+                // learns afresh).
+                if let Some(f) = &self.shared.tables.load().fdb {
+                    f.fdb.flush(Some(*vni));
+                }
+            }
             return self.mutate(&cmd);
         }
         match &cmd {
@@ -610,6 +617,20 @@ impl Server {
             } => super::watch::flows_list(&self.shared, service.clone(), *backend, *vni, *limit)
                 .map(Some),
             Command::Explain { packet } => super::watch::explain(&self.shared, packet).map(Some),
+            Command::VtepList { vni } => Ok(Some(vtep_list(&self.shared.tables.load(), *vni))),
+            Command::VtepFlush { vni } => {
+                let n = self
+                    .shared
+                    .tables
+                    .load()
+                    .fdb
+                    .as_ref()
+                    .map_or(0, |f| f.fdb.flush(*vni));
+                Ok(Some(Data::Vteps {
+                    vteps: Vec::new(),
+                    flushed: Some(n as u64),
+                }))
+            }
             other => match self.desired.list(other) {
                 Some(Ok(Data::Backends { mut backends })) => {
                     // The checker's view beside the admin state.
@@ -941,4 +962,53 @@ fn log_change(cmd: &Command, generation: u64) {
         "config_change",
         &[("generation", &generation), ("cmd", &name), ("args", &v)],
     );
+}
+
+/// Answer to `vtep_list`: the snapshot's static entries, then the learned
+/// ones, each sorted by VNI and address.
+fn vtep_list(t: &crate::tables::Tables, vni: Option<u32>) -> Data {
+    fn ip(a: u128, v6: bool) -> std::net::IpAddr {
+        if v6 {
+            std::net::IpAddr::V6(a.into())
+        } else {
+            std::net::IpAddr::V4((a as u32).into())
+        }
+    }
+    let mac = |m: [u8; 6]| (m != [0xff; 6]).then_some(ctl::MacAddr(m));
+    let mut vteps = Vec::new();
+    if let Some(o) = &t.overlay {
+        for ((v, a, v6), e) in &o.statics {
+            if vni.is_none_or(|x| x == *v) {
+                vteps.push(ctl::VtepRow {
+                    vni: *v,
+                    addr: ip(*a, *v6),
+                    vtep: ip(e.vtep, e.vtep_v6),
+                    mac: mac(e.mac),
+                    source: "static".into(),
+                    age_s: None,
+                    moves: 0,
+                });
+            }
+        }
+    }
+    if let Some(f) = &t.fdb {
+        let mut learned = f.fdb.entries(f.now_s());
+        learned.retain(|e| vni.is_none_or(|x| x == e.vni));
+        learned.sort_by_key(|e| (e.vni, e.v6, e.addr));
+        for e in learned {
+            vteps.push(ctl::VtepRow {
+                vni: e.vni,
+                addr: ip(e.addr, e.v6),
+                vtep: ip(e.at.vtep, e.at.vtep_v6),
+                mac: Some(ctl::MacAddr(e.at.mac)),
+                source: "learned".into(),
+                age_s: Some(e.age_s),
+                moves: e.moves,
+            });
+        }
+    }
+    Data::Vteps {
+        vteps,
+        flushed: None,
+    }
 }

@@ -46,6 +46,12 @@ pub enum StateError {
     /// The change would leave the configuration invalid (each problem names its key).
     #[error("{}", .0.join("; "))]
     Invalid(Vec<String>),
+    #[error("tenant {0}: no such tenant")]
+    NoSuchTenant(u32),
+    #[error("tenant {0}: already exists")]
+    TenantExists(u32),
+    #[error("vtep: tenant {0} has no static entry for {1}")]
+    NoSuchVtep(u32, std::net::IpAddr),
     /// A read-only command was given where a mutation was expected.
     #[error("{0} is not a mutation")]
     NotAMutation(String),
@@ -60,7 +66,10 @@ impl StateError {
             StateError::Lb(
                 L::DuplicateService(_) | L::DuplicateVip { .. } | L::DuplicateBackend { .. },
             ) => ErrorCode::AlreadyExists,
-            StateError::NoSuchRule(_) => ErrorCode::NotFound,
+            StateError::NoSuchRule(_)
+            | StateError::NoSuchTenant(_)
+            | StateError::NoSuchVtep(..) => ErrorCode::NotFound,
+            StateError::TenantExists(_) => ErrorCode::AlreadyExists,
             StateError::DuplicateRuleId(_) | StateError::RuleIdInUse { .. } => {
                 ErrorCode::AlreadyExists
             }
@@ -215,6 +224,55 @@ impl Desired {
                 let ids = next.push_rules(specs, *replace)?;
                 data = Some(Data::RuleIds { ids });
             }
+            Command::TenantAdd { tenant } => {
+                if next.cfg.tenant.iter().any(|t| t.vni == tenant.vni) {
+                    return Err(StateError::TenantExists(tenant.vni));
+                }
+                next.cfg.tenant.push(tenant.clone());
+                next.cfg.tenant.sort_by_key(|t| t.vni);
+            }
+            Command::TenantDel { vni } => {
+                let pos = next
+                    .cfg
+                    .tenant
+                    .iter()
+                    .position(|t| t.vni == *vni)
+                    .ok_or(StateError::NoSuchTenant(*vni))?;
+                next.cfg.tenant.remove(pos);
+            }
+            Command::VtepAdd {
+                vni,
+                addr,
+                vtep,
+                mac,
+            } => {
+                let t = next
+                    .cfg
+                    .tenant
+                    .iter_mut()
+                    .find(|t| t.vni == *vni)
+                    .ok_or(StateError::NoSuchTenant(*vni))?;
+                t.vtep.retain(|v| v.addr != *addr);
+                t.vtep.push(ctl::StaticVtep {
+                    addr: *addr,
+                    vtep: *vtep,
+                    mac: *mac,
+                });
+                t.vtep.sort_by_key(|v| v.addr);
+            }
+            Command::VtepDel { vni, addr } => {
+                let t = next
+                    .cfg
+                    .tenant
+                    .iter_mut()
+                    .find(|t| t.vni == *vni)
+                    .ok_or(StateError::NoSuchTenant(*vni))?;
+                let before = t.vtep.len();
+                t.vtep.retain(|v| v.addr != *addr);
+                if t.vtep.len() == before {
+                    return Err(StateError::NoSuchVtep(*vni, *addr));
+                }
+            }
             other => return Err(StateError::NotAMutation(format!("{other:?}"))),
         }
         next.cfg.service = next.services.to_specs();
@@ -311,6 +369,9 @@ impl Desired {
             }
             Command::ConfigDump => Ok(Data::Config {
                 toml: self.cfg.to_toml(),
+            }),
+            Command::TenantList => Ok(Data::Tenants {
+                tenants: self.cfg.tenant.clone(),
             }),
             _ => return None,
         })
