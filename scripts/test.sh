@@ -21,7 +21,7 @@ trap 'rm -f "$log" "$rootlog"' EXIT
 # workspace run lists them as ignored; as root they run below by name and the
 # script fails unless every one of them ran and passed. (`afpacket_bench` is a
 # benchmark, not a test: it is not run here.)
-root_targets=(afpacket afpacket_exception e2e_netns health_netns fleet_netns)
+root_targets=(afpacket afpacket_exception e2e_netns health_netns fleet_netns overlay_netns)
 
 echo "== fmt"
 cargo fmt --all -- --check
