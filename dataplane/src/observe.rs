@@ -297,6 +297,10 @@ pub fn steps(
             "decap: plain IP from the outside to tenant VNI {} (its prefixes hold the destination)",
             meta.vni
         )),
+        Verdict::Tx if meta.outer_len == 0 => s.push(format!(
+            "decap: plain ICMP error to a VIP about a client of tenant VNI {} (its prefixes hold the quoted destination)",
+            meta.vni
+        )),
         // (Decap holds nothing.)
         Verdict::Tx | Verdict::Hold => s.push(format!(
             "decap: {} VNI {}, {} bytes of outer headers removed",

@@ -33,6 +33,33 @@ pub fn inbound_tenant(frame: &[u8], t: &Tables) -> Option<u32> {
     o.tenant_of(a, v6)
 }
 
+/// For a plain ICMP/ICMPv6 error addressed to a service VIP (a router on the
+/// path of a backend's direct reply to a client, e.g. "fragmentation
+/// needed"): the tenant (VNI) of the client its quote is about, i.e. whose
+/// prefixes hold the quoted destination. The LB stage then sends the error
+/// to the backend owning that client's flow. `None` for anything else.
+#[cold]
+#[inline(never)]
+pub fn icmp_error_tenant(frame: &[u8], t: &Tables) -> Option<u32> {
+    let o = t.overlay.as_ref()?;
+    let inner = vxlan::parse_inner(frame, 0).ok()?;
+    let k = &inner.key;
+    if k.proto != vxlan::proto::ICMP && k.proto != vxlan::proto::ICMPV6 {
+        return None;
+    }
+    if !t.frag_vips.iter().any(|e| e.0 == k.dst && e.1 == k.v6) {
+        return None;
+    }
+    let ip = frame.get(inner.l3_offset..inner.l3_offset + inner.l3_len)?;
+    let hl = if k.v6 {
+        40
+    } else {
+        usize::from(ip.first()? & 0x0f) * 4
+    };
+    let q = vxlan::icmp::quoted_flow(ip.get(hl..)?, k.v6).ok()??;
+    o.tenant_of(q.src, k.v6)
+}
+
 /// The destination address of an Ethernet (up to two VLAN tags) IPv4/IPv6
 /// frame.
 fn plain_dst(f: &[u8]) -> Option<(u128, bool)> {
@@ -519,6 +546,67 @@ mod tests {
             Ipv4Addr::new(198, 18, 1, 99)
         );
         assert_eq!(p.overlay.counters.to_static, 1);
+    }
+
+    /// A router's "fragmentation needed" for a backend's direct reply to a
+    /// tenant client reaches the gateway as plain IP to the VIP: it goes to
+    /// the backend owning the client's flow, in the client's VNI.
+    #[test]
+    fn test_plain_icmp_error_to_a_vip_reaches_the_flow_owner() {
+        use etherparse::{Icmpv4Type, PacketBuilder};
+        let t = tables(
+            "[[service]]\nname = \"web\"\nvip = \"10.96.0.100\"\nport = 80\nproto = \"tcp\"\nencap = \"vxlan\"\n\
+             [[service.backend]]\nip = \"198.18.2.11\"\nmac = \"02:00:00:00:01:01\"\n",
+        );
+        let mut p = Pipeline::default();
+        // The quoted packet: the backend's reply VIP:80 -> 172.16.0.10:40000.
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv4([10, 96, 0, 100], [172, 16, 0, 10], 63)
+            .tcp(80, 40000, 1, 1000)
+            .write(&mut quoted, &[0u8; 64])
+            .unwrap();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(ROUTER_MAC, GW_MAC)
+            .ipv4([198, 18, 1, 1], [10, 96, 0, 100], 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                },
+            ))
+            .write(&mut f, &quoted[..28 + 20])
+            .unwrap();
+        let (v, out, m) = run(&mut p, &t, &f);
+        assert_eq!(v, Verdict::Tx);
+        assert!(m.finished && !m.inbound && m.vni == 100);
+        let s = SlicedPacket::from_ethernet(&out).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &s.net else {
+            panic!()
+        };
+        assert_eq!(
+            ip.header().destination_addr(),
+            Ipv4Addr::new(198, 18, 2, 11)
+        );
+        let Some(TransportSlice::Udp(u)) = &s.transport else {
+            panic!()
+        };
+        assert_eq!(&u.payload()[4..7], &[0, 0, 100], "the client's VNI");
+        assert_eq!(&u.payload()[8 + 14..], &f[14..], "the error, unchanged");
+        assert_eq!(p.lb.icmp_errors_forwarded, 1);
+        // About a client of no tenant: dropped as before.
+        let mut q2 = quoted.clone();
+        q2[16..20].copy_from_slice(&[10, 9, 9, 9]);
+        let mut f2 = Vec::new();
+        PacketBuilder::ethernet2(ROUTER_MAC, GW_MAC)
+            .ipv4([198, 18, 1, 1], [10, 96, 0, 100], 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                },
+            ))
+            .write(&mut f2, &q2[..48])
+            .unwrap();
+        let (v, _, _) = run(&mut p, &t, &f2);
+        assert_eq!(v, Verdict::Drop(DropReason::NotUdp));
     }
 
     #[test]

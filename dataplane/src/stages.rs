@@ -98,7 +98,19 @@ impl Stage for Decap {
                         m.geneve_len = 0;
                         m.finished = false;
                     }
-                    None => v[i] = Verdict::Drop(e.into()),
+                    // An ICMP error to a VIP about a tenant client's
+                    // flow: to the LB, as a packet of that tenant.
+                    None => match crate::overlay::icmp_error_tenant(pkts[i].data(), t) {
+                        Some(vni) => {
+                            let m = &mut meta[i];
+                            m.vni = vni;
+                            m.inbound = false;
+                            m.outer_len = 0;
+                            m.geneve_len = 0;
+                            m.finished = false;
+                        }
+                        None => v[i] = Verdict::Drop(e.into()),
+                    },
                 },
                 Err(e) => v[i] = Verdict::Drop(e.into()),
             }

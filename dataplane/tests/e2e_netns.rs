@@ -721,3 +721,92 @@ fn e2e_udp_fragments_reach_one_backend() {
     );
     println!("fragments: {f:?}, per backend {per:?}");
 }
+
+/// A download: `python3 - BYTES TIMEOUT` GETs /big from the VIP and prints
+/// how many bytes (headers and body) arrived before the end or the timeout.
+const PY_DOWNLOAD: &str = r#"
+import socket, sys, time
+want, timeout = int(sys.argv[1]), float(sys.argv[2])
+c = socket.create_connection(('10.96.0.100', 80), timeout=timeout)
+c.sendall(b'GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+got, t0 = 0, time.time()
+try:
+    while time.time() - t0 < timeout:
+        d = c.recv(65536)
+        if not d:
+            break
+        got += len(d)
+except Exception:
+    pass
+print(got)
+"#;
+
+/// PMTU discovery through the gateway: the backends' direct replies to the
+/// client cross a 1400-byte link (the router's side toward the client), so
+/// the router answers their full-size segments with "fragmentation needed"
+/// addressed to the VIP, which the router routes to the gateway as plain IP.
+/// Without `[[tenant]]` the gateway cannot tell whose flow it is about (the
+/// VNI), drops it and the download stalls; once the client's overlay prefix
+/// is a tenant (`dpgwctl tenant add`, live), the error goes to the backend
+/// owning the flow, whose TCP lowers its segment size, and a 2 MB download
+/// completes.
+#[test]
+#[ignore = "needs root and ip netns: run by scripts/test.sh as root"]
+fn e2e_pmtu_discovery_on_the_direct_return_path() {
+    require_root_netns();
+    let mut topo = build_topology_tagged("e2p");
+    let size = 2_000_000usize;
+    for i in 0..BACKENDS.len() {
+        let www = topo.dir.path().join(format!("www{}", i + 1));
+        std::fs::write(www.join("big"), vec![b'x'; size]).unwrap();
+    }
+    topo.rt.sh(&format!("ip route add {VIP}/32 via 198.18.0.1"));
+    topo.rt.sh("ip link set r-c mtu 1400");
+    let cfg = config(&topo);
+    let sock = start_dpgw(&mut topo, &cfg);
+    let body = |timeout: &str| -> usize {
+        let out = run_py(&topo.client, PY_DOWNLOAD, &[&size.to_string(), timeout]);
+        out.trim().parse::<usize>().unwrap_or(0)
+    };
+    let stalled = body("4");
+    assert!(
+        stalled < size,
+        "without forwarding the errors the download should stall (got {stalled})"
+    );
+    let Some(Data::Stats(s)) = ctl(&sock, Command::Stats) else {
+        panic!("no stats")
+    };
+    let dropped = s.total.drops.get("not_udp").copied().unwrap_or(0);
+    assert!(
+        dropped >= 1,
+        "the errors reach the gateway: {:?}",
+        s.total.drops
+    );
+    ctl(
+        &sock,
+        Command::TenantAdd {
+            tenant: ctl::TenantSpec {
+                vni: 100,
+                prefixes: vec!["10.200.0.0/24".into()],
+                encap: ctl::OverlayEncap::Vxlan,
+                vtep: Vec::new(),
+            },
+        },
+    );
+    let got = body("20");
+    let Some(Data::Stats(s)) = ctl(&sock, Command::Stats) else {
+        panic!("no stats")
+    };
+    // (The count includes the response headers.)
+    assert!(
+        got > size,
+        "got {got}: download with PMTU discovery through the gateway (errors forwarded: {})\n{}",
+        s.icmp_errors_forwarded,
+        dpgw_log(&topo)
+    );
+    assert!(s.icmp_errors_forwarded >= 1, "{s:?}");
+    println!(
+        "stalled at {stalled} bytes without; {got} with {} ICMP errors forwarded",
+        s.icmp_errors_forwarded
+    );
+}
