@@ -63,6 +63,9 @@ pub struct Shared {
     /// The route announcement, when `[announce]` is configured (set once at
     /// start; `crate::announce::Announcer`).
     pub announce: std::sync::OnceLock<Arc<dyn Announce>>,
+    /// The slow path's frames for worker 0 to send, when the workers own the
+    /// I/O (DPDK); set once before the workers start.
+    pub inject: std::sync::OnceLock<Arc<crate::punt::Inject>>,
 }
 
 pub use crate::io::PortSource;
@@ -95,6 +98,7 @@ impl Shared {
             publish: Mutex::new(()),
             health: Mutex::new(HealthBoard::default()),
             announce: std::sync::OnceLock::new(),
+            inject: std::sync::OnceLock::new(),
         })
     }
 
@@ -197,9 +201,19 @@ pub fn run_worker<Q: Queue>(
     // What a trace or capture notes per burst; allocated when one is first armed.
     let mut observed: Option<Box<Observed>> = None;
     let query = &shared.flow_query[id];
+    let inject = if id == 0 {
+        shared.inject.get().cloned()
+    } else {
+        None
+    };
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
+        }
+        if let Some(inj) = &inject {
+            if !inj.is_empty() {
+                send_injected(&mut queue, inj, &mut tx);
+            }
         }
         if query.pending.load(Ordering::Relaxed) {
             let now = pipeline.lb.now_ms();
@@ -488,6 +502,30 @@ fn hand_off(pending: &mut Telemetry, slot: &Mutex<Telemetry>, wait: bool) {
         Err(TryLockError::WouldBlock) => slot.lock().unwrap_or_else(|p| p.into_inner()),
     };
     guard.take_from(pending);
+}
+
+/// Sends the slow path's queued frames (at most a burst) on `queue`; they
+/// are not the workers' traffic, so they are counted in `inj`, not in the
+/// worker's counters.
+#[cold]
+#[inline(never)]
+fn send_injected<Q: Queue>(queue: &mut Q, inj: &crate::punt::Inject, tx: &mut Burst<Q::Pkt>) {
+    let mut no_buf = 0u64;
+    inj.drain(32, |f| match queue.alloc_frame(f) {
+        Some(p) => tx.push(p),
+        None => no_buf += 1,
+    });
+    let mut sent = 0;
+    for _ in 0..4 {
+        if tx.is_empty() {
+            break;
+        }
+        sent += queue.tx_burst(tx);
+    }
+    let left = tx.len() as u64;
+    queue.free_burst(tx);
+    inj.sent.fetch_add(sent as u64, Ordering::Relaxed);
+    inj.dropped.fetch_add(no_buf + left, Ordering::Relaxed);
 }
 
 /// Sends `tx`, retrying a partial send a few times; what is left is freed and

@@ -138,3 +138,63 @@ impl Punt for QueuePunt {
         }
     }
 }
+
+/// The way back for a slow path whose I/O belongs to the workers (DPDK: the
+/// kernel does not own the NIC): the slow path's frames (ARP/ND replies and
+/// requests, echo replies, health probes) are copied into fixed buffers of a
+/// bounded lock-free queue, and worker 0 sends them on its TX queue between
+/// bursts. Never blocking, no allocation after [`Inject::new`]; a full queue
+/// drops the frame (counted).
+pub struct Inject {
+    q: PuntQueue,
+    /// Frames a worker sent.
+    pub sent: AtomicU64,
+    /// Frames dropped: queue full, too big, no buffer from the driver's pool, or
+    /// the TX queue full.
+    pub dropped: AtomicU64,
+}
+
+impl Inject {
+    pub fn new(slots: usize) -> Inject {
+        Inject {
+            q: PuntQueue::new(slots),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues `frame` for a worker to send; false (counted) when it cannot.
+    pub fn push(&self, frame: &[u8]) -> bool {
+        if frame.len() > PUNT_FRAME {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let Some(mut b) = self.q.free.pop() else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        b.len = frame.len();
+        b.data[..frame.len()].copy_from_slice(frame);
+        if let Err(b) = self.q.full.push(b) {
+            let _ = self.q.free.push(b);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// True when nothing waits (one atomic read: the worker's per-loop test).
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.q.full.is_empty()
+    }
+
+    /// Hands up to `max` queued frames to `each`, oldest first.
+    pub fn drain(&self, max: usize, mut each: impl FnMut(&[u8])) {
+        for _ in 0..max {
+            let Some(b) = self.q.full.pop() else { break };
+            each(&b.data[..b.len]);
+            let _ = self.q.free.push(b);
+        }
+    }
+}

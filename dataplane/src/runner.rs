@@ -230,7 +230,15 @@ pub fn run_prepared(
             let (runtime, queues) = crate::io::dpdk::open(section, workers)
                 .map_err(|e| RunError::Backend(format!("dpdk: {e}")))?;
             shared.set_port_source(Some(runtime.port_source()));
-            let summary = drive(cfg, opts, &shared, queues, Vec::new(), &stop);
+            // The slow path (ARP/ND/echo for our addresses, next-hop
+            // resolution, health checks) takes punted frames as with
+            // AF_PACKET, and its frames leave through worker 0's TX queue:
+            // the kernel does not own the port.
+            let slow = crate::slowpath::SlowPath::start_injecting(cfg, shared.clone())
+                .map_err(RunError::Backend)?;
+            let punts = (0..workers).map(|_| Some(slow.punt())).collect();
+            let summary = drive(cfg, opts, &shared, queues, punts, &stop);
+            slow.stop();
             shared.set_port_source(None);
             drop(runtime);
             summary?

@@ -41,6 +41,19 @@ pub trait FrameSink: Send {
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
 }
 
+impl FrameSink for Arc<crate::punt::Inject> {
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        if self.push(frame) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the queue to the workers is full",
+            ))
+        }
+    }
+}
+
 impl FrameSink for crate::io::afpacket::RawSender {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         crate::io::afpacket::RawSender::send(self, frame)
@@ -144,6 +157,17 @@ impl SlowPath {
             .ok_or("afpacket.interfaces: at least one interface is required")?;
         let sink = crate::io::afpacket::RawSender::open(iface).map_err(|e| e.to_string())?;
         SlowPath::spawn(SlowPathConfig::from_config(cfg), Box::new(sink), shared)
+    }
+
+    /// Starts the slow path for a backend whose workers own the I/O (DPDK):
+    /// its frames go out through worker 0 ([`crate::punt::Inject`], installed
+    /// in `shared.inject`, which must happen before the workers start).
+    pub fn start_injecting(cfg: &Config, shared: Arc<Shared>) -> Result<SlowPath, String> {
+        let inj = Arc::new(crate::punt::Inject::new(PUNT_SLOTS));
+        if shared.inject.set(inj.clone()).is_err() {
+            return Err("a slow path already runs for these workers".into());
+        }
+        SlowPath::spawn(SlowPathConfig::from_config(cfg), Box::new(inj), shared)
     }
 
     /// Starts the slow path with any frame sink (tests use a channel).

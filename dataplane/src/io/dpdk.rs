@@ -1195,6 +1195,15 @@ impl DpdkQueue {
 impl Queue for DpdkQueue {
     type Pkt = Mbuf;
 
+    fn alloc_frame(&mut self, frame: &[u8]) -> Option<Mbuf> {
+        let mut m = self.pool.alloc()?;
+        if !m.append(frame.len()) {
+            return None;
+        }
+        m.data_mut().copy_from_slice(frame);
+        Some(m)
+    }
+
     fn rx_burst(&mut self, burst: &mut Burst<Mbuf>, max: usize) -> usize {
         if !self.thread_ready {
             self.on_worker_thread();

@@ -83,4 +83,11 @@ pub trait Queue: Send {
     fn io_counters(&mut self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// A packet holding a copy of `frame`, to transmit on this queue (the
+    /// slow path's frames when the workers own the I/O, see
+    /// [`crate::punt::Inject`]); `None` where the backend has no pool.
+    fn alloc_frame(&mut self, frame: &[u8]) -> Option<Self::Pkt> {
+        let _ = frame;
+        None
+    }
 }
