@@ -97,6 +97,7 @@ mod classifier;
 mod error;
 mod gen;
 mod linear;
+mod live;
 mod parse;
 mod rule;
 mod spec;
@@ -105,6 +106,7 @@ pub use classifier::{BuildParams, BuildStats, Classifier, COMPACT_BUDGET};
 pub use error::{FieldError, ParseError, RuleError, SpecError};
 pub use gen::{generate_trace, SplitMix64};
 pub use linear::LinearClassifier;
+pub use live::{LiveClassifier, CHANGE_LOG};
 pub use parse::{
     format_classbench_trace_line, parse_action, parse_classbench, parse_classbench_trace,
     parse_ports, parse_prefix, parse_proto, proto_name, TraceEntry,
