@@ -243,8 +243,11 @@ struct Recompile {
 
 /// A recompile starts once rule changes have stopped for this long...
 const RECOMPILE_QUIET: Duration = Duration::from_millis(100);
-/// ...or once the delta holds this many added and removed rules.
+/// ...or once the delta holds this many added and removed rules, or this
+/// many changes were made since the base (added-then-removed rules keep
+/// their index until a recompile).
 const RECOMPILE_DELTA: usize = 64;
+const RECOMPILE_CHANGES: u64 = 1024;
 
 enum Outcome {
     Now(Response),
@@ -778,12 +781,15 @@ impl Server {
             self.rule_changed_at = None;
             return;
         };
-        let delta = a.classifier.delta_len();
-        if delta == 0 {
+        let (delta, changes) = (a.classifier.delta_len(), a.classifier.version());
+        if changes == 0 {
             self.rule_changed_at = None;
             return;
         }
-        if at.elapsed() < RECOMPILE_QUIET && delta < RECOMPILE_DELTA {
+        if at.elapsed() < RECOMPILE_QUIET
+            && delta < RECOMPILE_DELTA
+            && changes < RECOMPILE_CHANGES
+        {
             return;
         }
         let (tx, rx) = std::sync::mpsc::channel();
