@@ -1085,7 +1085,8 @@ mod tests {
     #[test]
     fn test_acl_cache_kept_across_rule_changes() {
         use crate::tables::RuleChange;
-        const RULES: &str = "[[acl.rule]]\nproto = \"tcp\"\ndst_ports = \"1-2\"\naction = \"deny\"\nid = 1\n\
+        const RULES: &str =
+            "[[acl.rule]]\nproto = \"tcp\"\ndst_ports = \"1-2\"\naction = \"deny\"\nid = 1\n\
                              [[acl.rule]]\nsrc = \"10.0.0.0/26\"\naction = \"deny\"\nid = 2\n";
         let spec = |text: &str| -> acl::RuleSpec {
             #[derive(serde::Deserialize)]
@@ -1099,7 +1100,8 @@ mod tests {
         let after_add = format!(
             "{RULES}[[acl.rule]]\nproto = \"udp\"\naction = \"allow\"\npriority = 0\nid = 3\n"
         );
-        let after_del = "[[acl.rule]]\nproto = \"tcp\"\ndst_ports = \"1-2\"\naction = \"deny\"\nid = 1\n\
+        let after_del =
+            "[[acl.rule]]\nproto = \"tcp\"\ndst_ports = \"1-2\"\naction = \"deny\"\nid = 1\n\
                          [[acl.rule]]\nproto = \"udp\"\naction = \"allow\"\npriority = 0\nid = 3\n";
         let on = tables(RULES, 1, 1024);
         let off = tables(RULES, 1, 0);
@@ -1110,11 +1112,16 @@ mod tests {
         let mut control = Acl::default();
         run(&mut control, &on, 7, 400);
         let base = cached.cache.base;
-        let on1 = on.with_rule_change(&RuleChange::Add(add.clone()), 2).unwrap();
+        let on1 = on
+            .with_rule_change(&RuleChange::Add(add.clone()), 2)
+            .unwrap();
         let off1 = off.with_rule_change(&RuleChange::Add(add), 2).unwrap();
         let on2 = on1.with_rule_change(&RuleChange::Del(2), 3).unwrap();
         let off2 = off1.with_rule_change(&RuleChange::Del(2), 3).unwrap();
-        assert!(on2.with_rule_change(&RuleChange::Del(2), 4).is_none(), "gone");
+        assert!(
+            on2.with_rule_change(&RuleChange::Del(2), 4).is_none(),
+            "gone"
+        );
         for (t_on, t_off, full) in [(&on1, &off1, after_add.as_str()), (&on2, &off2, after_del)] {
             let fresh = tables(full, 9, 0);
             let misses = cached.cache_counts.misses;
@@ -1143,13 +1150,22 @@ mod tests {
             // Only keys whose rule went are classified again (rule 2 matched
             // a quarter of the keys at most).
             let extra = (cached.cache_counts.misses - misses).saturating_sub(control_misses);
-            assert!(extra <= 160, "{extra} extra misses ({control_misses} anyway)");
+            assert!(
+                extra <= 160,
+                "{extra} extra misses ({control_misses} anyway)"
+            );
         }
         // The background recompile's result means the same; it is a new base.
-        let re = on2.with_acl(std::sync::Arc::new(on2.acl.as_ref().unwrap().recompiled()), 4);
+        let re = on2.with_acl(
+            std::sync::Arc::new(on2.acl.as_ref().unwrap().recompiled()),
+            4,
+        );
         assert_eq!(re.digest(), on2.digest());
         assert_eq!(re.digest(), tables(after_del, 9, 0).digest());
-        assert_eq!(run(&mut cached, &re, 7, 50).0, run(&mut Acl::default(), &off2, 7, 50).0);
+        assert_eq!(
+            run(&mut cached, &re, 7, 50).0,
+            run(&mut Acl::default(), &off2, 7, 50).0
+        );
         assert_ne!(cached.cache.base, base);
     }
 

@@ -412,7 +412,12 @@ impl Tables {
     /// the change does not apply to it (the caller then rebuilds).
     pub fn with_rule_change(&self, change: &RuleChange, generation: u64) -> Option<Tables> {
         let acl = self.acl.as_ref()?.with_change(change)?;
-        Some(self.derived(generation, Some(Arc::new(acl)), self.lb.clone(), self.health.clone()))
+        Some(self.derived(
+            generation,
+            Some(Arc::new(acl)),
+            self.lb.clone(),
+            self.health.clone(),
+        ))
     }
 
     /// The snapshot that follows `self` with another compiled ACL that means

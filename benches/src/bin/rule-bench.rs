@@ -201,7 +201,8 @@ fn run_set(a: &Args, rules: &Path, pcap: &Path) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let content = std::fs::read_to_string(rules).map_err(|e| format!("{}: {e}", rules.display()))?;
+    let content =
+        std::fs::read_to_string(rules).map_err(|e| format!("{}: {e}", rules.display()))?;
     let t = Instant::now();
     let r = c
         .call(ctl::Command::RuleLoad {
@@ -229,6 +230,20 @@ fn run_set(a: &Args, rules: &Path, pcap: &Path) -> Result<(), String> {
         live_false: 0,
     };
     std::thread::sleep(Duration::from_millis(500));
+    // Baseline: a request that changes nothing (socket, JSON, scheduling).
+    let mut ping = Vec::with_capacity(a.changes);
+    for _ in 0..a.changes {
+        let t0 = Instant::now();
+        c.call(ctl::Command::Ping).map_err(|e| e.to_string())?;
+        ping.push(t0.elapsed());
+        std::thread::sleep(Duration::from_millis(a.pause_ms / 2));
+    }
+    ping.sort();
+    println!(
+        "  ping (baseline): p50 {:.3} ms  p99 {:.3} ms",
+        pct(&ping, 0.5),
+        pct(&ping, 0.99)
+    );
     let mut lat = Vec::with_capacity(a.changes);
     for _ in 0..a.changes {
         lat.push(ch.step(&mut c)?);
@@ -303,10 +318,16 @@ fn main() {
         .args(["--seed", "17"])
         .output()
         .expect("dpgw gen");
-    assert!(o.status.success(), "dpgw gen: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "dpgw gen: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     println!(
         "loadavg before: {}",
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     for r in &a.rules {
         if let Err(e) = run_set(&a, r, &pcap) {
@@ -315,7 +336,9 @@ fn main() {
         }
         println!(
             "loadavg: {}",
-            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
         );
     }
 }

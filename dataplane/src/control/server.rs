@@ -728,8 +728,7 @@ impl Server {
     /// Starts a background recompile of the ACL delta when rule changes went
     /// quiet or the delta grew; publishes its result when it is ready.
     fn tick_recompile(&mut self) {
-        self.retired
-            .retain(|(g, _)| !all_live(&self.shared, *g));
+        self.retired.retain(|(g, _)| !all_live(&self.shared, *g));
         if let Some(rc) = &self.recompile {
             let new = match rc.rx.try_recv() {
                 Ok(new) => new,
@@ -786,9 +785,7 @@ impl Server {
             self.rule_changed_at = None;
             return;
         }
-        if at.elapsed() < RECOMPILE_QUIET
-            && delta < RECOMPILE_DELTA
-            && changes < RECOMPILE_CHANGES
+        if at.elapsed() < RECOMPILE_QUIET && delta < RECOMPILE_DELTA && changes < RECOMPILE_CHANGES
         {
             return;
         }
@@ -832,7 +829,12 @@ impl Server {
     /// `resp` now if the workers use snapshot `generation` within
     /// [`FAST_WAIT`], else once they do (or after [`WAIT_BOUND`] with `live:
     /// false`). `retired` is dropped here, not on a worker.
-    fn answer_when_live(&mut self, mut resp: Response, generation: u64, retired: Arc<Tables>) -> Outcome {
+    fn answer_when_live(
+        &mut self,
+        mut resp: Response,
+        generation: u64,
+        retired: Arc<Tables>,
+    ) -> Outcome {
         // A busy worker picks the snapshot up at its next burst (microseconds):
         // wait that long here rather than a poll round (a millisecond).
         let t0 = Instant::now();
