@@ -350,13 +350,11 @@ impl LiveClassifier {
         for l in self.log.iter().skip((since + 1 - first) as usize) {
             match &l.added {
                 None if l.idx == matched => return None,
-                None => {}
-                Some((r, k)) => {
-                    if *k < mk && r.matches(key) {
-                        matched = l.idx;
-                        mk = *k;
-                    }
+                Some((r, k)) if *k < mk && r.matches(key) => {
+                    matched = l.idx;
+                    mk = *k;
                 }
+                _ => {}
             }
         }
         Some(matched)
@@ -488,7 +486,10 @@ mod tests {
         };
         Rule {
             id: Some(id),
-            vni: (rng.next_u64() % 3 == 0).then_some((rng.next_u64() % 2) as u32),
+            vni: rng
+                .next_u64()
+                .is_multiple_of(3)
+                .then_some((rng.next_u64() % 2) as u32),
             src: pfx(rng),
             dst: pfx(rng),
             proto: match rng.next_u64() % 3 {
@@ -498,7 +499,7 @@ mod tests {
             },
             src_ports: PortRange::ANY,
             dst_ports: ports(rng),
-            action: if rng.next_u64() % 2 == 0 {
+            action: if rng.next_u64().is_multiple_of(2) {
                 Action::Allow
             } else {
                 Action::Deny
@@ -685,7 +686,7 @@ mod timing {
             .into_iter()
             .map(|e| e.key)
             .collect();
-        let mut out = vec![0u32; 32];
+        let mut out = [0u32; 32];
         for (name, l) in [
             ("delta 64", live.clone()),
             ("base only", live.recompiled().0),

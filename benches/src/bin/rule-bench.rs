@@ -99,7 +99,7 @@ fn new_rule(i: u64) -> ctl::RuleSpec {
         src_ports: "any".into(),
         dst_ports: format!("{}", 1000 + i % 50000),
         action: acl::Action::Deny,
-        priority: (i % 3 == 0).then_some((i % 1000) as u32),
+        priority: i.is_multiple_of(3).then_some((i % 1000) as u32),
         id: None,
     }
 }
@@ -120,7 +120,7 @@ impl Changer {
             ctl::Command::RuleAdd {
                 rule: new_rule(self.n),
             }
-        } else if self.n % 4 == 0 && !self.loaded.is_empty() {
+        } else if self.n.is_multiple_of(4) && !self.loaded.is_empty() {
             let at = (self.n as usize * 7919) % self.loaded.len();
             ctl::Command::RuleDel {
                 id: self.loaded.swap_remove(at),
