@@ -273,7 +273,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         "{}: ok, {} service(s), {} ACL rule(s), table digest {}",
                         config.display(),
                         t.lb.len(),
-                        t.acl.as_ref().map_or(0, |a| a.classifier.len()),
+                        t.acl.as_ref().map_or(0, |a| a.classifier.rule_count()),
                         t.digest()
                     );
                     Ok(ExitCode::SUCCESS)

@@ -14,10 +14,9 @@ pub struct Tables {
     pub next_hop_mac: [u8; 6],
     pub non_vip: NonVip,
     /// Compiled tenant ACL; `None` = no `[acl]` section (everything passes).
-    /// Shared with the next snapshot when a change leaves the ACL alone.
+    /// Shared with the next snapshot when a change leaves the ACL alone
+    /// ([`AclTables::represents`] tells whether it does).
     pub acl: Option<Arc<AclTables>>,
-    /// The ACL section `acl` was compiled from.
-    pub acl_spec: Option<acl::AclSpec>,
     /// Services, Maglev tables.
     pub lb: lb::LbTables,
     /// The desired service state the `lb` snapshot was built from.
@@ -240,13 +239,45 @@ fn frag_vips(lb: &lb::LbTables) -> Vec<(u128, bool, u8, u32)> {
 }
 
 /// The compiled ACL and what the counters need to name its rules.
+///
+/// A rule change ([`AclTables::with_change`]) does not recompile: the
+/// classifier is a compiled base plus a delta ([`acl::LiveClassifier`]), and
+/// the control plane folds the delta into a new base in the background
+/// ([`AclTables::recompiled`]).
 #[derive(Debug)]
 pub struct AclTables {
-    pub classifier: acl::Classifier,
+    pub classifier: acl::LiveClassifier,
     /// Counter key per rule index: the rule's id, or `FILE_RULE | index` for
     /// rules without one (rules loaded from files).
     pub counter_ids: Vec<u32>,
+    /// Time the base took to compile.
     pub build_ms: f64,
+    /// The ACL section the base was compiled from.
+    src: Arc<AclSource>,
+    /// Per inline rule of `src`: still in force?
+    inline_live: Vec<bool>,
+    /// Inline rules added since the base, in order, with their indices.
+    added: Vec<(acl::RuleSpec, u32)>,
+}
+
+/// The parts of an ACL section a base was compiled from.
+#[derive(Debug)]
+struct AclSource {
+    default: acl::Action,
+    vni: Vec<acl::VniDefaultSpec>,
+    file: Vec<acl::FileSpec>,
+    /// Inline rules and their classifier indices.
+    inline: Vec<acl::RuleSpec>,
+    inline_idx: Vec<u32>,
+}
+
+/// A rule-only change of the ACL: what `rule add` and `rule del` do.
+#[derive(Clone, Debug)]
+pub enum RuleChange {
+    /// Append an inline rule (already validated).
+    Add(acl::RuleSpec),
+    /// Remove the inline rule with this id.
+    Del(u32),
 }
 
 /// One reason a configuration does not make tables.
@@ -337,17 +368,135 @@ impl AclTables {
             .to_rule_set(&texts)
             .map_err(|e| vec![BuildProblem::Acl(e)])?;
         let t0 = std::time::Instant::now();
-        let classifier = acl::Classifier::new(&set);
+        let classifier = acl::LiveClassifier::new(&set, spec.rule.len());
         let build_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let counter_ids = (0..classifier.len())
-            .map(|i| classifier.rule(i as u32).id.unwrap_or(FILE_RULE | i as u32))
+        let inline_idx = (0..spec.rule.len())
+            .map(|p| classifier.base_index_of(p).unwrap_or(acl::NO_MATCH))
             .collect();
         Ok(AclTables {
-            classifier,
-            counter_ids,
+            counter_ids: counter_ids(&classifier),
             build_ms,
+            src: Arc::new(AclSource {
+                default: spec.default,
+                vni: spec.vni.clone(),
+                file: spec.file.clone(),
+                inline: spec.rule.clone(),
+                inline_idx,
+            }),
+            inline_live: vec![true; spec.rule.len()],
+            added: Vec::new(),
+            classifier,
         })
     }
+
+    /// The inline rules in force, in order.
+    fn inline_rules(&self) -> impl Iterator<Item = &acl::RuleSpec> + '_ {
+        self.src
+            .inline
+            .iter()
+            .zip(&self.inline_live)
+            .filter(|(_, live)| **live)
+            .map(|(r, _)| r)
+            .chain(self.added.iter().map(|(r, _)| r))
+    }
+
+    /// Is this exactly the ACL `spec` describes (so it can be reused)?
+    pub fn represents(&self, spec: &acl::AclSpec) -> bool {
+        self.src.default == spec.default
+            && self.src.vni == spec.vni
+            && self.src.file == spec.file
+            && self.inline_rules().eq(spec.rule.iter())
+    }
+
+    /// The default and per-VNI defaults.
+    pub fn defaults(&self) -> (acl::Action, &[acl::VniDefaultSpec]) {
+        (self.src.default, &self.src.vni)
+    }
+
+    /// The tables after one rule change, without compiling: the change goes
+    /// into the classifier's delta. `None` if `Del` names no inline rule or
+    /// `Add`'s rule is invalid (the caller validates first).
+    pub fn with_change(&self, change: &RuleChange) -> Option<AclTables> {
+        let mut classifier = self.classifier.clone();
+        let mut counter_ids = self.counter_ids.clone();
+        let mut inline_live = self.inline_live.clone();
+        let mut added = self.added.clone();
+        match change {
+            RuleChange::Add(spec) => {
+                let rule = spec.to_rule().ok()?;
+                let id = rule.id;
+                let idx = classifier.add(rule);
+                debug_assert_eq!(idx as usize, counter_ids.len());
+                counter_ids.push(id.unwrap_or(FILE_RULE | idx));
+                added.push((spec.clone(), idx));
+            }
+            RuleChange::Del(id) => {
+                if let Some(at) = added.iter().position(|(r, _)| r.id == Some(*id)) {
+                    let (_, idx) = added.remove(at);
+                    classifier.remove(idx);
+                } else {
+                    let p = self
+                        .src
+                        .inline
+                        .iter()
+                        .zip(&inline_live)
+                        .position(|(r, live)| *live && r.id == Some(*id))?;
+                    inline_live[p] = false;
+                    classifier.remove(self.src.inline_idx[p]);
+                }
+            }
+        }
+        Some(AclTables {
+            classifier,
+            counter_ids,
+            build_ms: self.build_ms,
+            src: self.src.clone(),
+            inline_live,
+            added,
+        })
+    }
+
+    /// The same rules compiled into a new base (empty delta): what the
+    /// control plane's background recompile publishes. No file is read.
+    pub fn recompiled(&self) -> AclTables {
+        let t0 = std::time::Instant::now();
+        let (classifier, remap) = self.classifier.recompiled();
+        let build_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let old_idx = self
+            .src
+            .inline_idx
+            .iter()
+            .zip(&self.inline_live)
+            .filter(|(_, live)| **live)
+            .map(|(i, _)| *i)
+            .chain(self.added.iter().map(|(_, i)| *i));
+        let inline_idx: Vec<u32> = old_idx
+            .map(|i| remap.get(i as usize).copied().unwrap_or(acl::NO_MATCH))
+            .collect();
+        let inline: Vec<acl::RuleSpec> = self.inline_rules().cloned().collect();
+        let n = inline.len();
+        AclTables {
+            counter_ids: counter_ids(&classifier),
+            build_ms,
+            src: Arc::new(AclSource {
+                default: self.src.default,
+                vni: self.src.vni.clone(),
+                file: self.src.file.clone(),
+                inline,
+                inline_idx,
+            }),
+            inline_live: vec![true; n],
+            added: Vec::new(),
+            classifier,
+        }
+    }
+}
+
+/// Counter key per index of a freshly compiled classifier.
+fn counter_ids(c: &acl::LiveClassifier) -> Vec<u32> {
+    (0..c.len())
+        .map(|i| c.rule(i as u32).id.unwrap_or(FILE_RULE | i as u32))
+        .collect()
 }
 
 impl Tables {
@@ -401,17 +550,46 @@ impl Tables {
     ) -> Result<Tables, BuildError> {
         let lb = lb::LbTables::rebuild_with_health(&self.lb, &self.services, &health)
             .map_err(|e| BuildError(vec![BuildProblem::Service(e)]))?;
-        Ok(Tables {
+        Ok(self.derived(generation, self.acl.clone(), lb, Arc::new(health)))
+    }
+
+    /// The snapshot that follows `self` after a rule-only change (`rule add`,
+    /// `rule del`): the ACL gets the change in its delta (no compile), and
+    /// everything else is shared or copied. `None` when there is no ACL or
+    /// the change does not apply to it (the caller then rebuilds).
+    pub fn with_rule_change(&self, change: &RuleChange, generation: u64) -> Option<Tables> {
+        let acl = self.acl.as_ref()?.with_change(change)?;
+        Some(self.derived(
+            generation,
+            Some(Arc::new(acl)),
+            self.lb.clone(),
+            self.health.clone(),
+        ))
+    }
+
+    /// The snapshot that follows `self` with another compiled ACL that means
+    /// the same (the background recompile's result).
+    pub fn with_acl(&self, acl: Arc<AclTables>, generation: u64) -> Tables {
+        self.derived(generation, Some(acl), self.lb.clone(), self.health.clone())
+    }
+
+    fn derived(
+        &self,
+        generation: u64,
+        acl: Option<Arc<AclTables>>,
+        lb: lb::LbTables,
+        health: Arc<lb::HealthMap>,
+    ) -> Tables {
+        Tables {
             generation,
             decap: self.decap.clone(),
             local_mac: self.local_mac,
             next_hop_mac: self.next_hop_mac,
             non_vip: self.non_vip,
-            acl: self.acl.clone(),
-            acl_spec: self.acl_spec.clone(),
+            acl,
             lb,
             services: self.services.clone(),
-            health: Arc::new(health),
+            health,
             flow_cfg: self.flow_cfg,
             acl_cache: self.acl_cache,
             underlay_v4: self.underlay_v4,
@@ -426,7 +604,7 @@ impl Tables {
             fleet: self.fleet.clone(),
             overlay: self.overlay.clone(),
             fdb: self.fdb.clone(),
-        })
+        }
     }
 
     fn build_from(
@@ -438,8 +616,11 @@ impl Tables {
     ) -> Result<Tables, BuildError> {
         let g = &cfg.gateway;
         let mut problems = Vec::new();
-        let reusable =
-            prev.and_then(|p| (p.acl_spec.as_ref() == cfg.acl.as_ref()).then(|| p.acl.clone()));
+        let reusable = prev.and_then(|p| match (&p.acl, &cfg.acl) {
+            (None, None) => Some(None),
+            (Some(a), Some(spec)) if a.represents(spec) => Some(Some(a.clone())),
+            _ => None,
+        });
         let acl = match (reusable, &cfg.acl) {
             (Some(acl), _) => acl,
             (None, None) => None,
@@ -506,7 +687,6 @@ impl Tables {
             next_hop_mac: g.next_hop_mac,
             non_vip: g.non_vip,
             acl,
-            acl_spec: cfg.acl.clone(),
             lb,
             services: services.clone(),
             health,
@@ -625,17 +805,18 @@ impl Tables {
                 h.word(w);
             }
         }
-        match (&self.acl, &self.acl_spec) {
-            (Some(a), Some(spec)) => {
-                h.str(&format!("acl|{:?}|{:?}", spec.default, spec.vni));
-                for r in a.classifier.rules() {
+        match &self.acl {
+            Some(a) => {
+                let (default, vni) = a.defaults();
+                h.str(&format!("acl|{default:?}|{vni:?}"));
+                for (_, r) in a.classifier.rules_in_order() {
                     h.str(&format!(
                         "rule|{:?}|{}|{}|{}|{}|{}|{:?}",
                         r.vni, r.src, r.dst, r.proto, r.src_ports, r.dst_ports, r.action
                     ));
                 }
             }
-            _ => h.str("acl|none"),
+            None => h.str("acl|none"),
         }
         // Only with tenants, so that the digests of existing configurations
         // stay what they were.

@@ -221,7 +221,33 @@ pub struct Server {
     watches: super::watch::Watches,
     /// Set by SIGHUP: re-read the config file.
     reload: Arc<AtomicBool>,
+    /// The background recompile of the ACL delta, if one runs.
+    recompile: Option<Recompile>,
+    /// When the last rule change was published through the delta.
+    rule_changed_at: Option<Instant>,
+    /// Snapshots replaced by recompiles, dropped here once the workers moved on.
+    retired: Vec<(u64, Arc<Tables>)>,
 }
+
+/// A recompile of the ACL (base plus delta) into a new base, on its own
+/// thread so that neither the control loop nor a worker waits for it.
+struct Recompile {
+    rx: std::sync::mpsc::Receiver<crate::tables::AclTables>,
+    /// The ACL published last by the delta path; the result is published only
+    /// if it is still the running one (no other change replaced the ACL).
+    expected: Arc<crate::tables::AclTables>,
+    /// Rule changes published since the compile started, replayed onto its
+    /// result.
+    log: Vec<crate::tables::RuleChange>,
+}
+
+/// A recompile starts once rule changes have stopped for this long...
+const RECOMPILE_QUIET: Duration = Duration::from_millis(100);
+/// ...or once the delta holds this many added and removed rules, or this
+/// many changes were made since the base (added-then-removed rules keep
+/// their index until a recompile).
+const RECOMPILE_DELTA: usize = 64;
+const RECOMPILE_CHANGES: u64 = 1024;
 
 enum Outcome {
     Now(Response),
@@ -266,6 +292,9 @@ impl Server {
             buf: vec![0u8; 64 << 10],
             watches: super::watch::Watches::default(),
             reload,
+            recompile: None,
+            rule_changed_at: None,
+            retired: Vec::new(),
         })
     }
 
@@ -280,6 +309,8 @@ impl Server {
                 Duration::ZERO
             } else if self.conns.values().any(|c| c.pending.is_some()) {
                 Duration::from_millis(1)
+            } else if self.recompile.is_some() || self.rule_changed_at.is_some() {
+                Duration::from_millis(5)
             } else {
                 self.sampler.next_due().min(Duration::from_secs(1))
             };
@@ -303,6 +334,7 @@ impl Server {
                 self.reload_config();
             }
             self.resolve_pending();
+            self.tick_recompile();
             // Serve the connections that are ready now; those that still have
             // input after their budget go to the back of the queue.
             let n = self.ready.len();
@@ -663,12 +695,138 @@ impl Server {
     }
 
     /// Validates, builds and publishes; the answer waits for the workers.
+    /// `rule add` and `rule del` go into the ACL's delta (no compile, no
+    /// copy of the whole state) when there is a compiled ACL to change.
     fn mutate(&mut self, cmd: &Command) -> Outcome {
+        if let Some(r) = self.desired.rule_change(cmd) {
+            match r {
+                Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
+                Ok((change, data)) => {
+                    if let Some(o) = self.publish_rule_change(change, data.clone(), cmd) {
+                        return o;
+                    }
+                }
+            }
+        }
         let change = match self.desired.apply(cmd) {
             Ok(c) => c,
             Err(e) => return Outcome::Now(Response::error(e.code(), e.to_string())),
         };
         self.publish(change.next, change.data, |g| log_change(cmd, g))
+    }
+
+    /// Publishes a rule change through the ACL's delta; `None` if the running
+    /// tables cannot take it that way (no ACL yet), so the caller rebuilds.
+    fn publish_rule_change(
+        &mut self,
+        change: crate::tables::RuleChange,
+        data: Option<Data>,
+        cmd: &Command,
+    ) -> Option<Outcome> {
+        let mut generation = 0;
+        let mut acl = None;
+        let retired = self
+            .shared
+            .publish_with(|prev, g| {
+                generation = g;
+                let t = prev.with_rule_change(&change, g).ok_or(())?;
+                acl = t.acl.clone();
+                Ok::<_, ()>(t)
+            })
+            .ok()?;
+        self.desired.commit_rule_change(&change);
+        self.rule_changed_at = Some(Instant::now());
+        if let (Some(rc), Some(acl)) = (&mut self.recompile, acl) {
+            rc.expected = acl;
+            rc.log.push(change);
+        }
+        log_change(cmd, generation);
+        let mut resp = Response::ok(data);
+        resp.generation = Some(generation);
+        Some(self.answer_when_live(resp, generation, retired))
+    }
+
+    /// Starts a background recompile of the ACL delta when rule changes went
+    /// quiet or the delta grew; publishes its result when it is ready.
+    fn tick_recompile(&mut self) {
+        self.retired.retain(|(g, _)| !all_live(&self.shared, *g));
+        if let Some(rc) = &self.recompile {
+            let new = match rc.rx.try_recv() {
+                Ok(new) => new,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.recompile = None;
+                    return;
+                }
+            };
+            let Some(rc) = self.recompile.take() else {
+                return;
+            };
+            let mut new = new;
+            for c in &rc.log {
+                match new.with_change(c) {
+                    Some(n) => new = n,
+                    None => return,
+                }
+            }
+            let new = Arc::new(new);
+            let mut generation = 0;
+            let published = self.shared.publish_with(|prev, g| {
+                generation = g;
+                match &prev.acl {
+                    Some(a) if Arc::ptr_eq(a, &rc.expected) => Ok(prev.with_acl(new.clone(), g)),
+                    _ => Err(()),
+                }
+            });
+            if let Ok(old) = published {
+                log::event(
+                    Level::Info,
+                    "acl_recompiled",
+                    &[
+                        ("generation", &generation),
+                        ("rules", &new.classifier.rule_count()),
+                        ("build_ms", &format!("{:.1}", new.build_ms)),
+                        ("replayed", &rc.log.len()),
+                    ],
+                );
+                self.retired.push((generation, old));
+            }
+            return;
+        }
+        let Some(at) = self.rule_changed_at else {
+            return;
+        };
+        let cur = self.shared.tables.load_full();
+        let Some(a) = cur.acl.clone() else {
+            self.rule_changed_at = None;
+            return;
+        };
+        let (delta, changes) = (a.classifier.delta_len(), a.classifier.version());
+        if changes == 0 {
+            self.rule_changed_at = None;
+            return;
+        }
+        if at.elapsed() < RECOMPILE_QUIET && delta < RECOMPILE_DELTA && changes < RECOMPILE_CHANGES
+        {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let from = a.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dpgw-acl-build".into())
+            .spawn(move || {
+                let _ = tx.send(from.recompiled());
+            });
+        if spawned.is_ok() {
+            self.recompile = Some(Recompile {
+                rx,
+                expected: a,
+                log: Vec::new(),
+            });
+            // Changes from now on are replayed onto the result; a quiet
+            // period after them starts the next recompile.
+            self.rule_changed_at = Some(Instant::now());
+        }
     }
 
     /// Builds `next`'s tables, publishes them and answers `data` once the
@@ -686,6 +844,18 @@ impl Server {
         logged(generation);
         let mut resp = Response::ok(data);
         resp.generation = Some(generation);
+        self.answer_when_live(resp, generation, retired)
+    }
+
+    /// `resp` now if the workers use snapshot `generation` within
+    /// [`FAST_WAIT`], else once they do (or after [`WAIT_BOUND`] with `live:
+    /// false`). `retired` is dropped here, not on a worker.
+    fn answer_when_live(
+        &mut self,
+        mut resp: Response,
+        generation: u64,
+        retired: Arc<Tables>,
+    ) -> Outcome {
         // A busy worker picks the snapshot up at its next burst (microseconds):
         // wait that long here rather than a poll round (a millisecond).
         let t0 = Instant::now();

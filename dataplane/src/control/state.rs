@@ -283,6 +283,74 @@ impl Desired {
         Ok(Change { next, data })
     }
 
+    /// `rule add` and `rule del` checked without copying the state or
+    /// validating the rest of the configuration again (it was valid, and a
+    /// single rule changes nothing else): the change to publish and its
+    /// answer. `None` for other commands. Nothing is applied here; call
+    /// [`Desired::commit_rule_change`] once the change is published.
+    pub fn rule_change(
+        &self,
+        cmd: &Command,
+    ) -> Option<Result<(crate::tables::RuleChange, Option<Data>), StateError>> {
+        use crate::tables::RuleChange;
+        let rules = self.cfg.acl.as_ref().map_or(&[][..], |a| &a.rule[..]);
+        Some(match cmd {
+            Command::RuleAdd { rule } => (|| {
+                if rule.id.is_some() {
+                    return Err(StateError::RuleIdGiven);
+                }
+                let what = "rule".to_string();
+                if let Some(v) = rule.vni {
+                    if v > 0x00FF_FFFF {
+                        return Err(StateError::RuleVni { what, vni: v });
+                    }
+                }
+                if let Err(source) = rule.to_rule() {
+                    return Err(StateError::Rule { what, source });
+                }
+                let mut id = self.next_rule_id;
+                while rules.iter().any(|r| r.id == Some(id)) {
+                    id = id.checked_add(1).ok_or(StateError::RuleIdsExhausted)?;
+                }
+                id.checked_add(1).ok_or(StateError::RuleIdsExhausted)?;
+                let spec = RuleSpec {
+                    id: Some(id),
+                    ..rule.clone()
+                };
+                Ok((RuleChange::Add(spec), Some(Data::RuleIds { ids: vec![id] })))
+            })(),
+            Command::RuleDel { id } => {
+                if rules.iter().any(|r| r.id == Some(*id)) {
+                    Ok((RuleChange::Del(*id), None))
+                } else {
+                    Err(StateError::NoSuchRule(*id))
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// Applies a change [`Desired::rule_change`] returned.
+    pub fn commit_rule_change(&mut self, change: &crate::tables::RuleChange) {
+        use crate::tables::RuleChange;
+        match change {
+            RuleChange::Add(spec) => {
+                if let Some(id) = spec.id {
+                    self.next_rule_id = self.next_rule_id.max(id.saturating_add(1));
+                }
+                let acl = self.cfg.acl.get_or_insert_with(Default::default);
+                acl.rule.push(spec.clone());
+            }
+            RuleChange::Del(id) => {
+                if let Some(a) = &mut self.cfg.acl {
+                    if let Some(p) = a.rule.iter().position(|r| r.id == Some(*id)) {
+                        a.rule.remove(p);
+                    }
+                }
+            }
+        }
+    }
+
     /// Validates and appends rules (after removing every inline rule if
     /// `replace`). Rules that carry an id keep it if it is free.
     fn push_rules(&mut self, specs: Vec<RuleSpec>, replace: bool) -> Result<Vec<u32>, StateError> {
