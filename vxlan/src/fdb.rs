@@ -269,6 +269,14 @@ impl Fdb {
         &self.sets[(h >> 32) as usize & self.mask]
     }
 
+    /// The address of the set `addr` of tenant `vni` lives in, for a
+    /// prefetch ahead of [`Fdb::lookup`] / [`Fdb::learn`] (the caller's
+    /// prefetch instruction; this crate has no `unsafe`).
+    #[inline]
+    pub fn set_addr(&self, vni: u32, addr: u128, v6: bool) -> *const u8 {
+        std::ptr::from_ref(self.set_of(vni, addr, v6)).cast()
+    }
+
     #[inline]
     fn live(&self, seen: u32, now_s: u32) -> bool {
         // Learners' clocks may lag one another by a second: a stamp ahead
