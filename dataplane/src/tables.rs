@@ -62,6 +62,9 @@ pub struct Overlay {
     pub tenants: Vec<(u32, ctl::OverlayEncap)>,
     /// Static entries: ((VNI, address, v6), where), sorted.
     pub statics: Vec<((u32, u128, bool), vxlan::fdb::VtepEntry)>,
+    /// Open-addressing index into `statics` (position + 1, 0 = empty; twice
+    /// as many slots as entries, a power of two): one or two probes.
+    pub static_index: Vec<u32>,
     /// Outer source addresses (the first VTEP address of the family, else the
     /// underlay one).
     pub src_v4: Option<std::net::Ipv4Addr>,
@@ -111,10 +114,20 @@ impl Overlay {
                 .copied()
                 .find(|a| a.is_ipv6() == v6)
         };
+        let slots = (statics.len() * 2).next_power_of_two().max(2);
+        let mut static_index = vec![0u32; if statics.is_empty() { 0 } else { slots }];
+        for (i, (k, _)) in statics.iter().enumerate() {
+            let mut h = static_slot(k) & (slots - 1);
+            while static_index[h] != 0 {
+                h = (h + 1) & (slots - 1);
+            }
+            static_index[h] = i as u32 + 1;
+        }
         Some(Overlay {
             prefixes,
             tenants,
             statics,
+            static_index,
             src_v4: first(false).and_then(|a| match a {
                 std::net::IpAddr::V4(v) => Some(v),
                 _ => None,
@@ -156,14 +169,32 @@ impl Overlay {
     /// The static entry of `a` in tenant `vni`.
     #[inline]
     pub fn static_of(&self, vni: u32, a: u128, v6: bool) -> Option<&vxlan::fdb::VtepEntry> {
-        if self.statics.is_empty() {
+        let n = self.static_index.len();
+        if n == 0 {
             return None;
         }
-        self.statics
-            .binary_search_by_key(&(vni, a, v6), |s| s.0)
-            .ok()
-            .map(|i| &self.statics[i].1)
+        let k = (vni, a, v6);
+        let mut h = static_slot(&k) & (n - 1);
+        loop {
+            let i = self.static_index[h] as usize;
+            if i == 0 {
+                return None;
+            }
+            let (sk, e) = &self.statics[i - 1];
+            if *sk == k {
+                return Some(e);
+            }
+            h = (h + 1) & (n - 1);
+        }
     }
+}
+
+/// The home slot of a static entry's key in [`Overlay::static_index`].
+#[inline]
+fn static_slot(k: &(u32, u128, bool)) -> usize {
+    let a = (k.1 as u64) ^ ((k.1 >> 64) as u64).rotate_left(29);
+    let h = (a ^ (u64::from(k.0) << 33) ^ u64::from(k.2)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 32) as usize
 }
 
 /// The learned table and the clock its entries are stamped with.
