@@ -794,6 +794,7 @@ impl Server {
         let spawned = std::thread::Builder::new()
             .name("dpgw-acl-build".into())
             .spawn(move || {
+                crate::cpu::lower_thread_priority();
                 let _ = tx.send(from.recompiled());
             });
         if spawned.is_ok() {
