@@ -70,9 +70,10 @@
 //! after it (the trees may have pruned rules a removed rule shadowed, so the
 //! tree is not asked again); then it asks the added rules (compiled into a
 //! small classifier of their own, behind a 256-bit destination-port filter)
-//! and keeps the first one if it is placed before that answer. So an add costs the lookups that miss a result cache one small
-//! lookup (none when the key's port is in no added rule), and a removal
-//! costs only the keys whose answer it was. The caller (the dataplane's control thread)
+//! and keeps the first one if it is placed before that answer. So an add
+//! costs the lookups that miss a result cache one small lookup (none when
+//! the key's port is in no added rule), and a removal costs only the keys
+//! whose answer it was. The caller (the dataplane's control thread)
 //! recompiles in the background and swaps in the new base. Chosen over
 //! recompiling on every change (0.1 s per change, the cache emptied each
 //! time) and over an incremental tree update (the compiled trees drop
