@@ -68,10 +68,12 @@
 //! rules by priority and insertion order) and a bitmap of removed base rules.
 //! A lookup asks the base, and if its answer was removed scans the base rules
 //! after it (the trees may have pruned rules a removed rule shadowed, so the
-//! tree is not asked again); then it tries the added rules placed before that
-//! answer. So an add costs the lookups that miss a result cache one rule
-//! match per added rule before their answer, and a removal costs only the
-//! keys whose answer it was. The caller (the dataplane's control thread)
+//! tree is not asked again); then it asks the added rules (compiled into a
+//! small classifier of their own, behind a 256-bit destination-port filter)
+//! and keeps the first one if it is placed before that answer. So an add
+//! costs the lookups that miss a result cache one small lookup (none when
+//! the key's port is in no added rule), and a removal costs only the keys
+//! whose answer it was. The caller (the dataplane's control thread)
 //! recompiles in the background and swaps in the new base. Chosen over
 //! recompiling on every change (0.1 s per change, the cache emptied each
 //! time) and over an incremental tree update (the compiled trees drop

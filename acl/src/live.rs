@@ -92,6 +92,10 @@ pub struct LiveClassifier {
     /// dropped so that index `i` is `order[i]`): a lookup finds the first
     /// added rule that matches in a few tree steps instead of a scan.
     delta: Option<Arc<Classifier>>,
+    /// Bit `p % 256` is set when some live added rule matches a destination
+    /// port `p` (all bits for wide ranges): a key whose bit is clear matches
+    /// no added rule, and skips the delta for one load and a test.
+    dport_filter: [u64; 4],
     /// Changes since the base.
     version: u64,
     log: VecDeque<Logged>,
@@ -138,6 +142,7 @@ impl LiveClassifier {
             added: Vec::new(),
             order: Vec::new(),
             delta: None,
+            dport_filter: [0; 4],
             version: 0,
             log: VecDeque::new(),
         }
@@ -227,12 +232,22 @@ impl LiveClassifier {
 
     /// Recompiles the (small) classifier over the live added rules.
     fn compile_delta(&mut self) {
+        self.dport_filter = [0; 4];
         if self.order.is_empty() {
             self.delta = None;
             return;
         }
         let mut set = RuleSet::new(Action::Allow);
         for &o in &self.order {
+            let p = self.added[o as usize].rule.dst_ports;
+            if p.hi - p.lo >= 255 {
+                self.dport_filter = [u64::MAX; 4];
+            } else {
+                for port in p.lo..=p.hi {
+                    let b = usize::from(port & 255);
+                    self.dport_filter[b >> 6] |= 1 << (b & 63);
+                }
+            }
             let r = Rule {
                 priority: None,
                 ..self.added[o as usize].rule.clone()
@@ -301,6 +316,10 @@ impl LiveClassifier {
         let Some(delta) = &self.delta else {
             return b;
         };
+        let bit = usize::from(key.dport & 255);
+        if self.dport_filter[bit >> 6] & (1 << (bit & 63)) == 0 {
+            return b;
+        }
         // The first added rule that matches; if it does not come before
         // `b`, no added rule does (they are in order).
         let d = delta.classify(key);

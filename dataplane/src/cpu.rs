@@ -1,5 +1,6 @@
 //! CPU helpers for the fast path and the benchmarks: the time-stamp counter,
-//! prefetch hints, and the scheduler's on-CPU time of a thread. The one copy
+//! prefetch hints, the scheduler's on-CPU time of a thread, and a thread's
+//! priority. The one copy
 //! of each (benches use these too).
 
 /// Nanoseconds the calling thread has run on a CPU (Linux schedstat); 0 if unknown.
@@ -8,6 +9,18 @@ pub fn thread_cpu_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(0)
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19), so that
+/// background work on it (the ACL recompile) yields to the control loop and
+/// the workers on a shared core. Best effort: failure is ignored.
+pub fn lower_thread_priority() {
+    // SAFETY: setpriority takes plain integers and touches no memory of
+    // ours; on Linux, PRIO_PROCESS with who = 0 sets the calling thread's
+    // nice value only (it is a per-thread attribute under NPTL).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS as _, 0, 19);
+    }
 }
 
 /// Asks the CPU to bring the cache line holding `p` into its caches, without

@@ -49,6 +49,12 @@ struct Args {
     /// Storm/quiet round pairs.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Flows in the generated capture.
+    #[arg(long, default_value_t = 20000)]
+    flows: u32,
+    /// `dataplane.acl_cache` (entries of the worker's ACL result cache).
+    #[arg(long, default_value_t = 4096)]
+    acl_cache: u32,
     /// Core to pin the worker to.
     #[arg(long, default_value_t = 1)]
     core: usize,
@@ -76,6 +82,50 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// On-CPU time of the thread named `name` of process `pid`, ns (`schedstat`).
+fn thread_cpu_ns(pid: u32, name: &str) -> Option<u64> {
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let s = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
+            return s.split_whitespace().next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// Packets per wall second and per second the worker was on a CPU.
+struct Rates {
+    wall: f64,
+    cpu: f64,
+}
+
+fn measure(
+    c: &mut ctl::Client,
+    pid: u32,
+    round: Duration,
+    mut during: impl FnMut(&mut ctl::Client) -> Result<(), String>,
+) -> Result<Rates, String> {
+    let r0 = rx(c)?;
+    let c0 = thread_cpu_ns(pid, "dpgw-w0").unwrap_or(0);
+    let t0 = Instant::now();
+    while t0.elapsed() < round {
+        during(c)?;
+    }
+    let n = (rx(c)? - r0) as f64;
+    let cpu = thread_cpu_ns(pid, "dpgw-w0")
+        .unwrap_or(0)
+        .saturating_sub(c0) as f64
+        / 1e9;
+    Ok(Rates {
+        wall: n / t0.elapsed().as_secs_f64(),
+        cpu: if cpu > 0.0 { n / cpu } else { f64::NAN },
+    })
 }
 
 fn client(sock: &Path) -> Result<ctl::Client, String> {
@@ -170,12 +220,13 @@ fn run_set(a: &Args, rules: &Path, pcap: &Path) -> Result<(), String> {
     std::fs::write(
         &cfg,
         format!(
-            "[dataplane]\nworkers = 1\ncores = [{}]\nburst = 32\nio = \"pcap\"\n\n\
+            "[dataplane]\nworkers = 1\ncores = [{}]\nburst = 32\nio = \"pcap\"\nacl_cache = {}\n\n\
              [pcap]\ninput = [{:?}]\nloops = 0\n\n[control]\nsocket = {:?}\n\n\
              [gateway]\nvtep_ips = [\"10.0.0.1\"]\nunderlay_ips = [\"10.0.0.1\"]\nvxlan_ports = [4789]\n\
              local_mac = \"02:00:00:00:00:01\"\nnext_hop_mac = \"02:00:00:00:00:fe\"\nnon_vip = \"forward\"\n\n\
              [acl]\ndefault = \"allow\"\n",
             a.core,
+            a.acl_cache,
             pcap.display().to_string(),
             sock.display().to_string()
         ),
@@ -188,6 +239,7 @@ fn run_set(a: &Args, rules: &Path, pcap: &Path) -> Result<(), String> {
         .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
         .spawn()
         .map_err(|e| format!("{}: {e}", a.dpgw.display()))?;
+    let pid = child.id();
     let _d = Daemon(Some(child));
     let t0 = Instant::now();
     let mut c = loop {
@@ -245,11 +297,20 @@ fn run_set(a: &Args, rules: &Path, pcap: &Path) -> Result<(), String> {
         pct(&ping, 0.99)
     );
     let mut lat = Vec::with_capacity(a.changes);
+    let (c0, t0) = (thread_cpu_ns(pid, "dpgw-w0").unwrap_or(0), Instant::now());
     for _ in 0..a.changes {
         lat.push(ch.step(&mut c)?);
         std::thread::sleep(Duration::from_millis(a.pause_ms));
     }
+    let share = thread_cpu_ns(pid, "dpgw-w0")
+        .unwrap_or(0)
+        .saturating_sub(c0) as f64
+        / t0.elapsed().as_nanos() as f64;
     lat.sort();
+    println!(
+        "  worker on a CPU {:.0} % of the time (less: another process shares its core, and a change waits for the worker's next time slice)",
+        share * 100.0
+    );
     println!(
         "  latency to live: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms  ({} changes, {} live:false)",
         pct(&lat, 0.5),
@@ -259,44 +320,70 @@ fn run_set(a: &Args, rules: &Path, pcap: &Path) -> Result<(), String> {
         lat.len(),
         ch.live_false
     );
-    // Throughput: quiet and storm rounds alternated.
+    // Throughput: quiet rounds, rounds with as many pings (requests that
+    // change nothing: what the client and the control thread cost the
+    // worker's core on this machine) and storm rounds with rule changes,
+    // alternated.
     std::thread::sleep(Duration::from_millis(500));
     let period = Duration::from_secs_f64(1.0 / f64::from(a.rate.max(1)));
     let round = Duration::from_secs_f64(a.round_s);
-    let (mut quiet, mut storm, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows: [Vec<f64>; 6] = Default::default();
     let mut storm_lat = Vec::new();
-    for _ in 0..a.rounds {
-        let r0 = rx(&mut c)?;
-        let t0 = Instant::now();
-        std::thread::sleep(round);
-        let q = (rx(&mut c)? - r0) as f64 / t0.elapsed().as_secs_f64();
-        let r0 = rx(&mut c)?;
-        let t0 = Instant::now();
-        let mut next = t0;
-        while t0.elapsed() < round {
-            storm_lat.push(ch.step(&mut c)?);
-            next += period;
-            if let Some(w) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(w);
-            }
+    let paced = |next: &mut Instant| {
+        *next += period;
+        if let Some(w) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(w);
         }
-        let s = (rx(&mut c)? - r0) as f64 / t0.elapsed().as_secs_f64();
+    };
+    for _ in 0..a.rounds {
+        let q = measure(&mut c, pid, round, |_| {
+            std::thread::sleep(Duration::from_millis(10));
+            Ok(())
+        })?;
+        let mut next = Instant::now();
+        let p = measure(&mut c, pid, round, |c| {
+            c.call(ctl::Command::Ping).map_err(|e| e.to_string())?;
+            paced(&mut next);
+            Ok(())
+        })?;
+        let mut next = Instant::now();
+        let s = measure(&mut c, pid, round, |c| {
+            storm_lat.push(ch.step(c)?);
+            paced(&mut next);
+            Ok(())
+        })?;
         println!(
-            "  round: quiet {:.3} Mpps, storm {:.3} Mpps ({:.1} changes/s)",
-            q / 1e6,
-            s / 1e6,
-            f64::from(a.rate)
+            "  round: quiet {:.3} Mpps ({:.3} per worker CPU s), pings {:.3} ({:.3}), storm {:.3} ({:.3})",
+            q.wall / 1e6,
+            q.cpu / 1e6,
+            p.wall / 1e6,
+            p.cpu / 1e6,
+            s.wall / 1e6,
+            s.cpu / 1e6
         );
-        quiet.push(q);
-        storm.push(s);
-        ratios.push(s / q);
+        for (i, v) in [q.wall, p.wall, s.wall, q.cpu, p.cpu, s.cpu]
+            .into_iter()
+            .enumerate()
+        {
+            rows[i].push(v);
+        }
     }
+    let ratio = |a: &[f64], b: &[f64]| -> f64 {
+        let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+        median(&mut r)
+    };
     storm_lat.sort();
     println!(
-        "  storm: median quiet {:.3} Mpps, median storm {:.3} Mpps, median ratio {:.3}; latency during storm p50 {:.3} ms p99 {:.3} ms ({} live:false in all)",
-        median(&mut quiet) / 1e6,
-        median(&mut storm) / 1e6,
-        median(&mut ratios),
+        "  storm ({} changes/s): median ratio storm/quiet {:.3} (per worker CPU second {:.3}); pings/quiet {:.3} ({:.3}); storm/pings {:.3}",
+        a.rate,
+        ratio(&rows[2], &rows[0]),
+        ratio(&rows[5], &rows[3]),
+        ratio(&rows[1], &rows[0]),
+        ratio(&rows[4], &rows[3]),
+        ratio(&rows[2], &rows[1]),
+    );
+    println!(
+        "  latency during storm p50 {:.3} ms p99 {:.3} ms ({} live:false in all)",
         pct(&storm_lat, 0.5),
         pct(&storm_lat, 0.99),
         ch.live_false
@@ -314,7 +401,14 @@ fn main() {
     let o = Proc::new(&a.dpgw)
         .args(["gen", "--out"])
         .arg(&pcap)
-        .args(["--packets", "200000", "--flows", "20000", "--vnis", "4"])
+        .args([
+            "--packets",
+            "200000",
+            "--flows",
+            &a.flows.to_string(),
+            "--vnis",
+            "4",
+        ])
         .args(["--seed", "17"])
         .output()
         .expect("dpgw gen");
@@ -324,7 +418,9 @@ fn main() {
         String::from_utf8_lossy(&o.stderr)
     );
     println!(
-        "loadavg before: {}",
+        "{} flows, acl_cache = {}; loadavg before: {}",
+        a.flows,
+        a.acl_cache,
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
