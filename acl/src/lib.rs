@@ -20,6 +20,9 @@
 //!   the reference it is tested against. Both return the index of the first
 //!   matching rule in evaluation order ([`RuleSet::ordered`]) or [`NO_MATCH`].
 //! * [`generate_trace`]: seedable test traffic (random points inside rules).
+//! * [`conntrack`]: connection tracking for stateful rules ([`Rule::stateful`]):
+//!   per-worker tables every worker reads without a lock, and the stateful
+//!   classification ([`conntrack::decide`]) on top of a [`Classifier`].
 //!
 //! # Algorithm
 //!
@@ -70,6 +73,7 @@
 //!     action: Action::Allow,
 //!     priority: None,
 //!     id: Some(1),
+//!     stateful: None,
 //! };
 //! let mut set = RuleSet::new(Action::Deny);
 //! set.push(spec.to_rule().unwrap()).unwrap();
@@ -94,6 +98,7 @@
 #![forbid(unsafe_code)]
 
 mod classifier;
+pub mod conntrack;
 mod error;
 mod gen;
 mod linear;

@@ -264,6 +264,7 @@ fn deny_vip() -> RuleSpec {
         action: ctl::Action::Deny,
         priority: Some(1),
         id: None,
+        stateful: None,
     }
 }
 

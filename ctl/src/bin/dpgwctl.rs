@@ -426,6 +426,14 @@ enum RuleCmd {
         /// Lower first; absent = after all explicit priorities.
         #[arg(long)]
         priority: Option<u32>,
+        /// Connection tracking: allowed flows create a connection whose
+        /// replies pass (default: stateful for `allow` in a VNI whose default
+        /// is `deny`).
+        #[arg(long, conflicts_with = "stateless")]
+        stateful: bool,
+        /// No connection tracking for this rule, whatever the default.
+        #[arg(long)]
+        stateless: bool,
     },
     /// Removes a rule by id.
     Del { id: u32 },
@@ -627,6 +635,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 dport,
                 action,
                 priority,
+                stateful,
+                stateless,
             } => Command::RuleAdd {
                 rule: RuleSpec {
                     vni,
@@ -638,6 +648,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     action: action.into(),
                     priority,
                     id: None,
+                    stateful: match (stateful, stateless) {
+                        (true, _) => Some(true),
+                        (_, true) => Some(false),
+                        _ => None,
+                    },
                 },
             },
             RuleCmd::Del { id } => Command::RuleDel { id },
