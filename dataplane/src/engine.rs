@@ -63,6 +63,9 @@ pub struct Shared {
     /// The route announcement, when `[announce]` is configured (set once at
     /// start; `crate::announce::Announcer`).
     pub announce: std::sync::OnceLock<Arc<dyn Announce>>,
+    /// The connection tables of stateful rules (one per worker, read by
+    /// all), created once: connections outlive snapshots.
+    pub conntrack: Arc<crate::conntrack::CtShared>,
 }
 
 pub use crate::io::PortSource;
@@ -77,6 +80,7 @@ pub trait Announce: Send + Sync {
 
 impl Shared {
     pub fn new(tables: Tables, workers: usize) -> Arc<Shared> {
+        let conntrack = crate::conntrack::CtShared::new(workers, tables.ct_capacity);
         Arc::new(Shared {
             tables: ArcSwap::from_pointee(tables),
             stop: AtomicBool::new(false),
@@ -95,6 +99,7 @@ impl Shared {
             publish: Mutex::new(()),
             health: Mutex::new(HealthBoard::default()),
             announce: std::sync::OnceLock::new(),
+            conntrack,
         })
     }
 
@@ -176,6 +181,8 @@ pub fn run_worker<Q: Queue>(
     // hold slots) before timing starts.
     let mut hold: HoldBuffer<Q::Pkt> = {
         let t = shared.tables.load();
+        pipeline.ct.attach(shared.conntrack.clone(), id);
+        pipeline.ct.prepare(&t);
         pipeline.acl.prepare(&t);
         pipeline.lb.prepare(&t);
         pipeline.frag.prepare(&t);

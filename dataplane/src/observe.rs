@@ -131,6 +131,9 @@ pub struct Observed {
     pub acl_rule: Vec<Option<u32>>,
     /// The load balancer's answer, if it ran on the packet.
     pub lb: Vec<Option<lb::LbVerdict>>,
+    /// Connection tracking: `Meta::ct` bits and the connection's state
+    /// (hits), if conntrack ran on the burst.
+    pub ct: Vec<Option<(u8, Option<&'static str>)>>,
 }
 
 impl Default for Observed {
@@ -145,6 +148,7 @@ impl Default for Observed {
             after_acl: vec![Verdict::Tx; n],
             acl_rule: vec![None; n],
             lb: vec![None; n],
+            ct: vec![None; n],
         }
     }
 }
@@ -159,6 +163,7 @@ impl Observed {
             self.rx[i].extend_from_slice(&d[..d.len().min(self.snap)]);
             self.acl_rule[i] = None;
             self.lb[i] = None;
+            self.ct[i] = None;
         }
     }
 }
@@ -289,8 +294,32 @@ pub fn steps(
         }
         _ => s.push(format!("inner: {}", key_text(&meta.key))),
     }
+    use crate::burst::ct;
+    if let Some((bits, state)) = o.ct[i] {
+        if bits & ct::KNOWN != 0 {
+            let state = state.unwrap_or("?");
+            let place = if bits & ct::REMOTE != 0 {
+                ", in another worker's table"
+            } else {
+                ""
+            };
+            if bits & ct::RELATED != 0 {
+                s.push(format!(
+                    "conntrack: an ICMP error quoting a known connection ({state}{place}): passes without the rules"
+                ));
+            } else {
+                let dir = if bits & ct::REPLY != 0 { "reply" } else { "original" };
+                s.push(format!(
+                    "conntrack: hit ({state}, {dir}{place}): passes without the rules"
+                ));
+            }
+        } else {
+            s.push("conntrack: no known connection".into());
+        }
+    }
     match (&t.acl, o.acl_rule[i]) {
         (None, _) => s.push("acl: no ACL configured, passes".into()),
+        (Some(_), None) if o.ct[i].is_some_and(|c| c.0 & ct::KNOWN != 0) => {}
         (Some(_), None) => s.push("acl: not consulted".into()),
         (Some(a), Some(m)) => {
             let action = a.classifier.action(m, meta.vni);
@@ -303,6 +332,13 @@ pub fn steps(
                         .unwrap_or_else(|| format!("file rule #{m}"));
                 s.push(format!("acl: {id} matches ({}), {action}", rule_text(r)));
             }
+        }
+    }
+    if let Some((bits, _)) = o.ct[i] {
+        if bits & ct::NEW != 0 {
+            s.push("conntrack: stateful rule: the connection is created (its replies pass)".into());
+        } else if bits & ct::FULL != 0 {
+            s.push("conntrack: stateful rule, but the connection table is full: dropped, ct_full".into());
         }
     }
     if o.after_acl[i] != Verdict::Tx {

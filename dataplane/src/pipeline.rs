@@ -14,6 +14,8 @@ pub struct Pipeline {
     pub decap: crate::stages::Decap,
     pub inner: crate::stages::InnerParse,
     pub frag: crate::frag::Frag,
+    /// Connection tracking: `ct.lookup` before the ACL, `ct.commit` after.
+    pub ct: crate::conntrack::Conntrack,
     pub acl: crate::stages::Acl,
     pub lb: crate::stages::Lb,
     pub route: crate::stages::Route,
@@ -25,6 +27,7 @@ impl Pipeline {
     /// counters are indexed by positions in it). The caller hands `tel` on.
     pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut Telemetry, hist: &mut BurstHistogram) {
         self.acl.drain_hits(t, &mut tel.rule_hits);
+        self.ct.flush_telemetry(tel);
         for (a, b) in tel
             .burst_cycle_buckets
             .iter_mut()
@@ -71,7 +74,9 @@ impl Pipeline {
             self.inner.frags = 0;
             self.frag.process(t, pkts, meta, verdicts);
         }
+        self.ct.lookup(t, pkts, meta, verdicts);
         self.acl.process(t, pkts, meta, verdicts);
+        self.ct.commit(t, meta, verdicts, self.acl.last_results());
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
     }
@@ -89,7 +94,9 @@ impl Pipeline {
         verdicts: &mut [Verdict],
     ) {
         self.set_next_hop(t, learned_next_hop);
+        self.ct.lookup(t, pkts, meta, verdicts);
         self.acl.process(t, pkts, meta, verdicts);
+        self.ct.commit(t, meta, verdicts, self.acl.last_results());
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
     }
@@ -118,9 +125,16 @@ impl Pipeline {
             self.frag.process(t, pkts, meta, verdicts);
         }
         o.after_inner[..n].copy_from_slice(verdicts);
+        self.ct.lookup(t, pkts, meta, verdicts);
         self.acl.process(t, pkts, meta, verdicts);
         for (i, m) in self.acl.last_results() {
             o.acl_rule[i] = Some(m);
+        }
+        self.ct.commit(t, meta, verdicts, self.acl.last_results());
+        if t.ct_active {
+            for i in 0..n {
+                o.ct[i] = Some((meta[i].ct, self.ct.state[i].map(|s| s.name())));
+            }
         }
         o.after_acl[..n].copy_from_slice(verdicts);
         self.lb.process(t, pkts, meta, verdicts);

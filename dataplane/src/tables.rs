@@ -46,6 +46,30 @@ pub struct Tables {
     /// Flow-state sharing with the fleet (`[fleet]`): the same link in every
     /// snapshot of a run.
     pub fleet: Option<Arc<crate::fleet::FleetLink>>,
+    /// The ACL has a rule that can be stateful ([`ct_active`]): only then
+    /// do the conntrack stages run (one test per burst otherwise).
+    pub ct_active: bool,
+    /// `[conntrack]` idle timeouts.
+    pub ct_timeouts: acl::conntrack::Timeouts,
+    /// `[conntrack] capacity` (entries per worker; used when the tables are
+    /// created, at start).
+    pub ct_capacity: usize,
+}
+
+/// Can a rule of `c` (compiled from `spec`) be stateful for some packet:
+/// explicitly, or by default (an `allow` without `stateful` in a VNI whose
+/// default is `deny`)?
+pub fn ct_active(spec: &acl::AclSpec, c: &acl::Classifier) -> bool {
+    use acl::Action::{Allow, Deny};
+    let some_deny = spec.default == Deny || spec.vni.iter().any(|v| v.default == Deny);
+    c.rules().iter().any(|r| {
+        r.action == Allow
+            && match (r.stateful, r.vni) {
+                (Some(s), _) => s,
+                (None, Some(v)) => c.action(acl::NO_MATCH, v) == Deny,
+                (None, None) => some_deny,
+            }
+    })
 }
 
 /// The `[dataplane]` keys of the fragment path.
@@ -277,6 +301,9 @@ impl Tables {
             frag_vips: self.frag_vips.clone(),
             digest: std::sync::OnceLock::new(),
             fleet: self.fleet.clone(),
+            ct_active: self.ct_active,
+            ct_timeouts: self.ct_timeouts,
+            ct_capacity: self.ct_capacity,
         })
     }
 
@@ -335,6 +362,10 @@ impl Tables {
             return Err(BuildError(problems));
         }
         let frag_vips = frag_vips(&lb);
+        let ct_active = match (&acl, &cfg.acl) {
+            (Some(a), Some(spec)) => ct_active(spec, &a.classifier),
+            _ => false,
+        };
         Ok(Tables {
             generation,
             decap: vxlan::DecapConfig {
@@ -372,6 +403,9 @@ impl Tables {
             frag_vips,
             digest: std::sync::OnceLock::new(),
             fleet,
+            ct_active,
+            ct_timeouts: cfg.conntrack.timeouts(),
+            ct_capacity: cfg.conntrack.capacity,
         })
     }
 }

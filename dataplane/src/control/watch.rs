@@ -269,6 +269,8 @@ pub fn explain(shared: &Shared, p: &ctl::ExplainPacket) -> Answer {
     // A pipeline of its own, with a small flow table: it shows what a new
     // flow would get; the workers' tables are asked below for an existing one.
     let mut pipeline = crate::pipeline::Pipeline::default();
+    // The workers' connections are looked at, never changed.
+    pipeline.ct.attach_read_only(shared.conntrack.clone());
     pipeline.lb.flows = Some(lb::FlowTable::new(lb::FlowTableConfig {
         capacity: 64,
         ..t.flow_cfg
