@@ -415,3 +415,239 @@ fn icmp_kind(d: &[u8], l3: usize, v6: bool) -> Icmp {
         _ => Icmp::Other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::io::buf::HeapBuf;
+    use crate::pipeline::Pipeline;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    const CFG: &str = "[pcap]\ninput = [\"x.pcap\"]\n[gateway]\nvtep_ips = [\"10.0.0.1\"]\nunderlay_ips = [\"10.0.0.1\"]\n\
+        [acl]\ndefault = \"allow\"\n[[acl.vni]]\nvni = 100\ndefault = \"deny\"\n\
+        [[acl.rule]]\nvni = 100\nsrc = \"172.16.0.0/24\"\ndst = \"192.0.2.0/24\"\naction = \"allow\"\n";
+
+    fn tables(extra: &str) -> Tables {
+        let cfg = Config::parse(&format!("{CFG}{extra}")).unwrap();
+        assert_eq!(cfg.validate(), Vec::<String>::new());
+        Tables::build(&cfg, 1).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// A VXLAN packet of VNI `vni` carrying `src:sport → dst:dport` (`proto`;
+    /// TCP with `flags`), the inner frame changed by `edit`.
+    fn frame(
+        vni: u32,
+        src: &str,
+        sport: u16,
+        dst: &str,
+        dport: u16,
+        proto: u8,
+        flags: u8,
+        edit: impl FnOnce(&mut Vec<u8>),
+    ) -> Vec<u8> {
+        let mut inner = Vec::new();
+        vxlan::build_inner_frame(
+            &vxlan::InnerSpec {
+                src_mac: [2, 0, 0, 0, 0, 2],
+                dst_mac: [2, 0, 0, 0, 0, 1],
+                src: ip(src),
+                dst: ip(dst),
+                proto,
+                sport,
+                dport,
+                ttl: 64,
+                frame_len: 90,
+            },
+            &mut inner,
+        );
+        if proto == 6 {
+            inner[14 + 20 + 13] = flags; // the TCP checksum is not looked at
+        }
+        edit(&mut inner);
+        let o = vxlan::Outer {
+            src_mac: [2, 0, 0, 0, 0, 9],
+            dst_mac: [2, 0, 0, 0, 0, 1],
+            vlan: None,
+            src_ip: ip("10.0.0.2"),
+            dst_ip: ip("10.0.0.1"),
+            ttl: 64,
+        };
+        let key = vxlan::FlowKey {
+            vni,
+            ..Default::default()
+        };
+        vxlan::encap::vxlan_encap_to_vec(&o, &key, 4789, &inner)
+    }
+
+    fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
+        frame(100, src, sport, dst, dport, 6, flags, |_| {})
+    }
+
+    /// Runs one frame through `p`: its verdict and `Meta::ct`.
+    fn run(p: &mut Pipeline, t: &Tables, f: &[u8]) -> (Verdict, u8) {
+        let mut b = HeapBuf::with_capacity(f.len() + 256);
+        b.load(f, 0);
+        let mut pkts = [b];
+        let mut meta = [Meta::default()];
+        let mut v = [Verdict::Tx];
+        p.run(t, 0, &mut pkts, &mut meta, &mut v);
+        (v[0], meta[0].ct)
+    }
+
+    fn counters(p: &mut Pipeline, vni: u32) -> CtCounters {
+        let mut tel = Telemetry::default();
+        p.ct.flush_telemetry(&mut tel);
+        tel.conntrack.get(&vni).copied().unwrap_or_default()
+    }
+
+    const SYN: u8 = 0x02;
+    const SYN_ACK: u8 = 0x12;
+    const ACK: u8 = 0x10;
+    const DENY: Verdict = Verdict::Drop(DropReason::AclDeny);
+
+    fn two_workers(t: &Tables) -> (Arc<CtShared>, Pipeline, Pipeline) {
+        let s = CtShared::new(2, t.ct_capacity);
+        let (mut a, mut b) = (Pipeline::default(), Pipeline::default());
+        a.ct.attach(s.clone(), 0);
+        b.ct.attach(s.clone(), 1);
+        (s, a, b)
+    }
+
+    #[test]
+    fn test_reply_on_other_worker_passes_and_far_side_cannot_open() {
+        let t = tables("");
+        assert!(t.ct_active, "an allow in a default-deny VNI is stateful");
+        let (s, mut w0, mut w1) = two_workers(&t);
+        let (c, srv) = ("172.16.0.5", "192.0.2.10");
+        // Without a connection the reply direction is denied by the VNI default.
+        assert_eq!(run(&mut w1, &t, &tcp(srv, 80, c, 40000, SYN_ACK)).0, DENY);
+        let (v, bits) = run(&mut w0, &t, &tcp(c, 40000, srv, 80, SYN));
+        assert_eq!(v, Verdict::Tx);
+        assert_eq!(bits & ct::NEW, ct::NEW);
+        // The reply on the other worker: found in worker 0's table.
+        let (v, bits) = run(&mut w1, &t, &tcp(srv, 80, c, 40000, SYN_ACK));
+        assert_eq!(v, Verdict::Tx);
+        assert_eq!(bits, ct::KNOWN | ct::REPLY | ct::REMOTE);
+        let (v, bits) = run(&mut w0, &t, &tcp(c, 40000, srv, 80, ACK));
+        assert_eq!((v, bits), (Verdict::Tx, ct::KNOWN));
+        // The server opening a connection toward the client: denied.
+        assert_eq!(run(&mut w0, &t, &tcp(srv, 5555, c, 22, SYN)).0, DENY);
+        assert_eq!(run(&mut w1, &t, &tcp(srv, 5555, c, 22, SYN)).0, DENY);
+        // Another VNI's packet with the same tuple is another connection.
+        let other = frame(200, srv, 80, c, 40000, 6, ACK, |_| {});
+        assert_eq!(run(&mut w1, &t, &other).1 & ct::KNOWN, 0);
+        let c0 = counters(&mut w0, 100);
+        let c1 = counters(&mut w1, 100);
+        assert_eq!((c0.created, c0.hits, c0.denied_new), (1, 1, 1));
+        assert_eq!((c1.hits, c1.remote_hits, c1.denied_new), (1, 1, 2));
+        let mut n = 0;
+        s.tables.for_each(s.now_ms(), &t.ct_timeouts, |e| {
+            n += 1;
+            assert_eq!(e.worker, 0);
+            assert_eq!(e.state, State::Established);
+            let o = e.endpoints().0;
+            assert_eq!(o, (u128::from(u32::from(Ipv4Addr::new(172, 16, 0, 5))), 40000));
+        });
+        assert_eq!(n, 1);
+
+        // After a flush, replies are denied until the originator sends again
+        // (loose pickup: its next packet, mid-stream, re-creates the entry).
+        s.tables.flush(None).unwrap();
+        assert_eq!(run(&mut w1, &t, &tcp(srv, 80, c, 40000, ACK)).0, DENY);
+        let (v, bits) = run(&mut w1, &t, &tcp(c, 40000, srv, 80, ACK));
+        assert_eq!((v, bits), (Verdict::Tx, ct::NEW));
+        let (v, bits) = run(&mut w0, &t, &tcp(srv, 80, c, 40000, ACK));
+        assert_eq!((v, bits), (Verdict::Tx, ct::KNOWN | ct::REPLY | ct::REMOTE));
+    }
+
+    #[test]
+    fn test_stateless_rule_and_no_stateful_rule() {
+        // The same rule marked stateless: replies are denied.
+        let t = tables("stateful = false\n");
+        assert!(!t.ct_active);
+        let (_s, mut w0, mut w1) = two_workers(&t);
+        let (v, bits) = run(&mut w0, &t, &tcp("172.16.0.5", 40000, "192.0.2.10", 80, SYN));
+        assert_eq!((v, bits), (Verdict::Tx, 0));
+        assert_eq!(run(&mut w1, &t, &tcp("192.0.2.10", 80, "172.16.0.5", 40000, SYN_ACK)).0, DENY);
+        assert_eq!(counters(&mut w0, 100), CtCounters::default());
+    }
+
+    #[test]
+    fn test_full_table_denies_new_flows_only() {
+        // 8 entries: one set.
+        let t = tables("[conntrack]\ncapacity = 8\n");
+        let mut p = Pipeline::default();
+        for port in 0..8 {
+            assert_eq!(run(&mut p, &t, &tcp("172.16.0.5", 1000 + port, "192.0.2.10", 80, SYN)).0, Verdict::Tx);
+        }
+        let (v, bits) = run(&mut p, &t, &tcp("172.16.0.5", 2000, "192.0.2.10", 80, SYN));
+        assert_eq!((v, bits), (Verdict::Drop(DropReason::CtFull), ct::FULL));
+        // Established ones keep flowing, both ways.
+        assert_eq!(run(&mut p, &t, &tcp("192.0.2.10", 80, "172.16.0.5", 1003, SYN_ACK)).0, Verdict::Tx);
+        assert_eq!(counters(&mut p, 100).ct_full, 1);
+    }
+
+    #[test]
+    fn test_icmp_echo_and_errors_quoting_a_connection() {
+        let t = tables("[[acl.rule]]\nvni = 100\nsrc = \"172.16.0.0/24\"\nproto = \"icmp\"\naction = \"allow\"\n");
+        let mut p = Pipeline::default();
+        let echo = |src: &str, dst: &str, ty: u8, id: u16| {
+            frame(100, src, 0, dst, 0, 1, 0, |f| {
+                f[34] = ty;
+                f[38..40].copy_from_slice(&id.to_be_bytes());
+            })
+        };
+        let (c, srv) = ("172.16.0.5", "192.0.2.10");
+        assert_eq!(run(&mut p, &t, &echo(srv, c, 0, 7)).0, DENY, "an unsolicited reply");
+        assert_eq!(run(&mut p, &t, &echo(c, srv, 8, 7)), (Verdict::Tx, ct::NEW));
+        assert_eq!(run(&mut p, &t, &echo(srv, c, 0, 7)), (Verdict::Tx, ct::KNOWN | ct::REPLY));
+        assert_eq!(run(&mut p, &t, &echo(srv, c, 0, 8)).0, DENY, "another identifier");
+        // A router's "port unreachable" about the client's UDP flow.
+        let unreachable = |sport: u16| {
+            frame(100, "198.51.100.1", 0, c, 0, 1, 0, move |f| {
+                let q = 34 + 8;
+                f[34] = 3;
+                f[35] = 3;
+                f[q] = 0x45;
+                f[q + 2..q + 4].copy_from_slice(&48u16.to_be_bytes());
+                f[q + 6] = 0;
+                f[q + 7] = 0;
+                f[q + 9] = 17;
+                f[q + 12..q + 16].copy_from_slice(&[172, 16, 0, 5]);
+                f[q + 16..q + 20].copy_from_slice(&[192, 0, 2, 10]);
+                f[q + 20..q + 22].copy_from_slice(&sport.to_be_bytes());
+                f[q + 22..q + 24].copy_from_slice(&53u16.to_be_bytes());
+            })
+        };
+        assert_eq!(run(&mut p, &t, &unreachable(5000)).0, DENY, "no such connection yet");
+        let udp = frame(100, c, 5000, srv, 53, 17, 0, |_| {});
+        assert_eq!(run(&mut p, &t, &udp), (Verdict::Tx, ct::NEW));
+        assert_eq!(run(&mut p, &t, &unreachable(5000)), (Verdict::Tx, ct::KNOWN | ct::RELATED));
+        assert_eq!(run(&mut p, &t, &unreachable(5001)).0, DENY);
+        assert_eq!(counters(&mut p, 100).related, 1);
+    }
+
+    #[test]
+    fn test_explain_shows_the_connection() {
+        let t = tables("");
+        let mut p = Pipeline::default();
+        let req = tcp("172.16.0.5", 40000, "192.0.2.10", 80, SYN);
+        let rep = tcp("192.0.2.10", 80, "172.16.0.5", 40000, SYN_ACK);
+        let mut steps = Vec::new();
+        // One burst each: a connection is seen from the next burst on.
+        for f in [&req, &rep] {
+            crate::pipeline::explain_frames(&mut p, &t, 0, &[f], 0, |_, r| {
+                steps.push(r.steps.join("\n"));
+            });
+        }
+        assert!(steps[0].contains("conntrack: no known connection"), "{}", steps[0]);
+        assert!(steps[0].contains("the connection is created"), "{}", steps[0]);
+        assert!(steps[1].contains("conntrack: hit (established, reply)"), "{}", steps[1]);
+        assert!(!steps[1].contains("acl:"), "{}", steps[1]);
+    }
+}

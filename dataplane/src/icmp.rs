@@ -248,6 +248,7 @@ mod tests {
             finished: false,
             frag: inner.frag,
             frag_id: inner.frag_id,
+            ..Meta::default()
         };
         (b, m)
     }

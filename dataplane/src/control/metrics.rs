@@ -305,6 +305,35 @@ pub fn collect(
             .report(),
         icmp_errors_forwarded: tel.iter().map(|t| t.icmp_errors_forwarded).sum(),
         icmp_too_big_sent: tel.iter().map(|t| t.icmp_too_big).sum(),
+        conntrack: {
+            let mut per: std::collections::BTreeMap<u32, crate::stats::CtCounters> =
+                Default::default();
+            for x in tel.iter() {
+                for (vni, c) in &x.conntrack {
+                    per.entry(*vni).or_default().add(c);
+                }
+            }
+            per.into_iter()
+                .map(|(vni, c)| ctl::ConnCounters {
+                    vni,
+                    created: c.created,
+                    hits: c.hits,
+                    remote_hits: c.remote_hits,
+                    related: c.related,
+                    ct_full: c.ct_full,
+                    denied_new: c.denied_new,
+                })
+                .collect()
+        },
+        conntrack_live: {
+            let ct = &shared.conntrack;
+            let to = shared.tables.load().ct_timeouts;
+            ct.tables
+                .live(ct.now_ms(), &to)
+                .iter()
+                .map(|&n| n as u64)
+                .sum()
+        },
     }
 }
 
@@ -903,6 +932,40 @@ const FAMILIES: &[Family] = &[
                 .map(|(w, t)| sample(vec![worker_label(Some(w))], t.icmp_too_big))
                 .collect()
         },
+    },
+    Family {
+        name: "dpgw_conntrack_total",
+        kind: Kind::Counter,
+        help: "Connection tracking of stateful ACL rules per VNI (vni=\"other\": VNIs past a worker's 64): connections created, packets of known connections (hit; remote_hit: found in another worker's table), ICMP errors quoting one (related), new connections dropped for a full table (ct_full), packets of no connection denied by the rules (denied_new).",
+        optional: true,
+        samples: |s| {
+            let mut v = Vec::new();
+            for c in &s.report.conntrack {
+                let vni = if c.vni == u32::MAX {
+                    "other".to_string()
+                } else {
+                    c.vni.to_string()
+                };
+                for (event, n) in [
+                    ("created", c.created),
+                    ("hit", c.hits),
+                    ("remote_hit", c.remote_hits),
+                    ("related", c.related),
+                    ("ct_full", c.ct_full),
+                    ("denied_new", c.denied_new),
+                ] {
+                    v.push(sample(vec![("vni", vni.clone()), ("event", event.into())], n));
+                }
+            }
+            v
+        },
+    },
+    Family {
+        name: "dpgw_conntrack_connections",
+        kind: Kind::Gauge,
+        help: "Live tracked connections, all workers.",
+        optional: false,
+        samples: |s| vec![sample(vec![], s.report.conntrack_live)],
     },
     Family {
         name: "dpgw_acl_cache_lookups_total",

@@ -610,6 +610,10 @@ impl Server {
             } => super::watch::flows_list(&self.shared, service.clone(), *backend, *vni, *limit)
                 .map(Some),
             Command::Explain { packet } => super::watch::explain(&self.shared, packet).map(Some),
+            Command::ConnList { vni, limit } => {
+                super::watch::conn_list(&self.shared, *vni, *limit).map(Some)
+            }
+            Command::ConnFlush { vni } => super::watch::conn_flush(&self.shared, *vni).map(Some),
             other => match self.desired.list(other) {
                 Some(Ok(Data::Backends { mut backends })) => {
                     // The checker's view beside the admin state.
