@@ -1157,6 +1157,16 @@ mod tests {
             r.workers.push(w);
         }
         r.generation = 7;
+        r.conntrack = vec![ctl::ConnCounters {
+            vni: 100,
+            created: 3,
+            hits: 9,
+            remote_hits: 4,
+            related: 1,
+            ct_full: 2,
+            denied_new: 5,
+        }];
+        r.conntrack_live = 3;
         r.services = vec![
             ServiceCounters {
                 name: "web".into(),
@@ -1299,6 +1309,12 @@ mod tests {
         }
         for (fam, series, v) in [
             ("dpgw_generation", "dpgw_generation", 7.0),
+            (
+                "dpgw_conntrack_total",
+                "dpgw_conntrack_total{vni=\"100\",event=\"remote_hit\"}",
+                4.0,
+            ),
+            ("dpgw_conntrack_connections", "dpgw_conntrack_connections", 3.0),
             (
                 "dpgw_backend_healthy",
                 "dpgw_backend_healthy{service=\"web\",backend=\"192.168.1.1\"}",
