@@ -266,8 +266,9 @@ impl ConnKey {
         )
     }
 
+    /// The hash the tables place this connection by.
     #[inline]
-    fn hash(&self) -> u64 {
+    pub fn hash(&self) -> u64 {
         let a = (self.lo as u64) ^ ((self.lo >> 64) as u64).rotate_left(21);
         let b = (self.hi as u64).rotate_left(11) ^ ((self.hi >> 64) as u64).rotate_left(43);
         let c = (u64::from(self.lo_port) << 48)
@@ -603,6 +604,34 @@ impl ConnTables {
             }
         }
         None
+    }
+
+    /// The addresses a lookup of a connection with hash `h` reads first (each
+    /// allocated table's set head), for the caller to prefetch a burst's
+    /// lines before looking its packets up (so their cache misses overlap).
+    #[inline]
+    pub fn heads(&self, h: u64, mut each: impl FnMut(*const u8)) {
+        for t in self.tables.iter() {
+            if let Some(slots) = t.slots.get() {
+                let (s, _) = slots.set(h);
+                each(std::ptr::from_ref(&slots.heads[s]).cast());
+            }
+        }
+    }
+
+    /// The bodies of the slots of table `t` whose tag matches hash `h` (read
+    /// after [`ConnTables::heads`], when the head is in cache), to prefetch.
+    #[inline]
+    pub fn bodies(&self, t: usize, h: u64, mut each: impl FnMut(*const u8)) {
+        let Some(slots) = self.tables.get(t).and_then(|x| x.slots.get()) else {
+            return;
+        };
+        let (s, tag) = slots.set(h);
+        for w in 0..WAYS {
+            if slots.heads[s].tag[w].load(Ordering::Relaxed) == tag {
+                each(std::ptr::from_ref(&slots.bodies[s * WAYS + w]).cast());
+            }
+        }
     }
 
     /// Looks `k` up (own table `me` first, then the others'), and notes the

@@ -62,6 +62,17 @@ impl CtShared {
     }
 }
 
+/// What the lookup does with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Not tracked (dropped already, a later fragment).
+    None,
+    /// Looked up (and, if new and allowed by a stateful rule, created).
+    Tracked,
+    /// An ICMP error: the connection it quotes is looked up.
+    Related,
+}
+
 /// The two conntrack stages of one worker (see the module doc).
 pub struct Conntrack {
     shared: Option<Arc<CtShared>>,
@@ -76,6 +87,8 @@ pub struct Conntrack {
     keys: [(ConnKey, bool); MAX_BURST],
     flags: [u8; MAX_BURST],
     tracked: [bool; MAX_BURST],
+    kind: [Kind; MAX_BURST],
+    hashes: [u64; MAX_BURST],
     /// The connection state after each packet (hits), for `explain`/`trace`.
     pub state: [Option<State>; MAX_BURST],
     /// Counters per VNI (at most [`CT_VNIS`], then [`CT_OTHER_VNI`]).
@@ -94,6 +107,8 @@ impl Default for Conntrack {
             keys: [(ConnKey::default(), false); MAX_BURST],
             flags: [0; MAX_BURST],
             tracked: [false; MAX_BURST],
+            kind: [Kind::None; MAX_BURST],
+            hashes: [0; MAX_BURST],
             state: [None; MAX_BURST],
             vnis: Vec::with_capacity(CT_VNIS + 1),
             last_vni: 0,
@@ -196,7 +211,13 @@ impl Conntrack {
     }
 
     #[inline(never)]
-    fn lookup_burst<P: Packet>(&mut self, t: &Tables, pkts: &[P], meta: &mut [Meta], v: &[Verdict]) {
+    fn lookup_burst<P: Packet>(
+        &mut self,
+        t: &Tables,
+        pkts: &[P],
+        meta: &mut [Meta],
+        v: &[Verdict],
+    ) {
         self.ensure(t);
         let Some(shared) = self.shared.clone() else {
             return;
@@ -204,70 +225,101 @@ impl Conntrack {
         let to = t.ct_timeouts;
         self.now = shared.now_ms();
         let me = self.writer.as_ref().map_or(0, |w| w.worker());
-        for i in 0..pkts.len() {
-            meta[i].ct = 0;
-            self.state[i] = None;
-            self.tracked[i] = false;
-            if v[i] != Verdict::Tx || meta[i].frag == vxlan::FragKind::Later {
-                continue;
-            }
-            let m = &meta[i];
-            let k = acl_key(&m.key);
-            let l3 = m.l3_off as usize;
-            let d = pkts[i].data();
-            let (ck, fwd, flags) = match k.proto {
-                vxlan::proto::TCP => {
-                    let (ck, fwd) = ConnKey::of(&k);
-                    (ck, fwd, tcp_flags(d, l3, k.v6))
-                }
-                vxlan::proto::ICMP | vxlan::proto::ICMPV6 => match icmp_kind(d, l3, k.v6) {
-                    Icmp::Echo(id) => {
-                        let (ck, fwd) = ConnKey::with_ports(&k, id, id);
-                        (ck, fwd, 0)
-                    }
-                    Icmp::Error(q) => {
-                        // Related to a known connection? Never creates one.
-                        let qk = acl::Key {
-                            src: q.src,
-                            dst: q.dst,
-                            sport: q.sport,
-                            dport: q.dport,
-                            proto: q.proto,
-                            ..k
-                        };
-                        let (qc, qf) = ConnKey::of(&qk);
-                        if let Some(h) = shared.tables.peek(me, &qc, qf, self.now, &to) {
-                            meta[i].ct = ct::KNOWN | ct::RELATED | remote_bit(h.remote);
-                            self.state[i] = Some(h.state);
-                            self.counters(k.vni).related += 1;
-                        }
-                        continue;
-                    }
-                    Icmp::Other => {
-                        let (ck, fwd) = ConnKey::of(&k);
-                        (ck, fwd, 0)
-                    }
-                },
-                _ => {
-                    let (ck, fwd) = ConnKey::of(&k);
-                    (ck, fwd, 0)
-                }
-            };
-            self.keys[i] = (ck, fwd);
-            self.flags[i] = flags;
-            self.tracked[i] = true;
-            let hit = match &self.writer {
-                Some(w) if !self.read_only => w.lookup(&ck, fwd, flags, self.now, &to),
-                _ => shared.tables.peek(me, &ck, fwd, self.now, &to),
-            };
-            if let Some(h) = hit {
-                meta[i].ct = ct::KNOWN | remote_bit(h.remote) | if h.reply { ct::REPLY } else { 0 };
-                self.state[i] = Some(h.state);
-                let c = self.counters(k.vni);
-                c.hits += 1;
-                c.remote_hits += u64::from(h.remote);
+        let n = pkts.len();
+        for i in 0..n {
+            self.kind[i] = self.key_of(&pkts[i], &mut meta[i], v[i], i);
+        }
+        // The burst's set heads, then the bodies their tags point to, are
+        // prefetched before any lookup: the cache misses overlap.
+        for i in 0..n {
+            if self.kind[i] != Kind::None {
+                let h = self.keys[i].0.hash();
+                self.hashes[i] = h;
+                shared.tables.heads(h, |p| crate::cpu::prefetch(p));
             }
         }
+        for i in 0..n {
+            if self.kind[i] != Kind::None {
+                for w in 0..shared.tables.workers() {
+                    shared
+                        .tables
+                        .bodies(w, self.hashes[i], |p| crate::cpu::prefetch(p));
+                }
+            }
+        }
+        for i in 0..n {
+            let (ck, fwd) = self.keys[i];
+            let vni = ck.vni;
+            match self.kind[i] {
+                Kind::None => {}
+                Kind::Related => {
+                    // An ICMP error: related to a known connection? It never
+                    // creates one.
+                    if let Some(h) = shared.tables.peek(me, &ck, fwd, self.now, &to) {
+                        meta[i].ct = ct::KNOWN | ct::RELATED | remote_bit(h.remote);
+                        self.state[i] = Some(h.state);
+                        self.counters(vni).related += 1;
+                    }
+                }
+                Kind::Tracked => {
+                    self.tracked[i] = true;
+                    let hit = match &self.writer {
+                        Some(w) if !self.read_only => {
+                            w.lookup(&ck, fwd, self.flags[i], self.now, &to)
+                        }
+                        _ => shared.tables.peek(me, &ck, fwd, self.now, &to),
+                    };
+                    if let Some(h) = hit {
+                        meta[i].ct =
+                            ct::KNOWN | remote_bit(h.remote) | if h.reply { ct::REPLY } else { 0 };
+                        self.state[i] = Some(h.state);
+                        let c = self.counters(vni);
+                        c.hits += 1;
+                        c.remote_hits += u64::from(h.remote);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection key of packet `i` (in `keys[i]`, its TCP flags in
+    /// `flags[i]`) and what to do with it; resets its per-burst state.
+    #[inline(always)]
+    fn key_of<P: Packet>(&mut self, p: &P, m: &mut Meta, v: Verdict, i: usize) -> Kind {
+        m.ct = 0;
+        self.state[i] = None;
+        self.tracked[i] = false;
+        self.flags[i] = 0;
+        if v != Verdict::Tx || m.frag == vxlan::FragKind::Later {
+            return Kind::None;
+        }
+        let k = acl_key(&m.key);
+        let l3 = m.l3_off as usize;
+        let d = p.data();
+        match k.proto {
+            vxlan::proto::TCP => {
+                self.keys[i] = ConnKey::of(&k);
+                self.flags[i] = tcp_flags(d, l3, k.v6);
+            }
+            vxlan::proto::ICMP | vxlan::proto::ICMPV6 => match icmp_kind(d, l3, k.v6) {
+                Icmp::Echo(id) => self.keys[i] = ConnKey::with_ports(&k, id, id),
+                Icmp::Error(q) => {
+                    let qk = acl::Key {
+                        src: q.src,
+                        dst: q.dst,
+                        sport: q.sport,
+                        dport: q.dport,
+                        proto: q.proto,
+                        ..k
+                    };
+                    self.keys[i] = ConnKey::of(&qk);
+                    return Kind::Related;
+                }
+                Icmp::Other => self.keys[i] = ConnKey::of(&k),
+            },
+            _ => self.keys[i] = ConnKey::of(&k),
+        }
+        Kind::Tracked
     }
 
     /// After the ACL: `classified` are the ACL stage's results of this burst
@@ -551,7 +603,10 @@ mod tests {
             assert_eq!(e.worker, 0);
             assert_eq!(e.state, State::Established);
             let o = e.endpoints().0;
-            assert_eq!(o, (u128::from(u32::from(Ipv4Addr::new(172, 16, 0, 5))), 40000));
+            assert_eq!(
+                o,
+                (u128::from(u32::from(Ipv4Addr::new(172, 16, 0, 5))), 40000)
+            );
         });
         assert_eq!(n, 1);
 
@@ -571,9 +626,21 @@ mod tests {
         let t = tables("stateful = false\n");
         assert!(!t.ct_active);
         let (_s, mut w0, mut w1) = two_workers(&t);
-        let (v, bits) = run(&mut w0, &t, &tcp("172.16.0.5", 40000, "192.0.2.10", 80, SYN));
+        let (v, bits) = run(
+            &mut w0,
+            &t,
+            &tcp("172.16.0.5", 40000, "192.0.2.10", 80, SYN),
+        );
         assert_eq!((v, bits), (Verdict::Tx, 0));
-        assert_eq!(run(&mut w1, &t, &tcp("192.0.2.10", 80, "172.16.0.5", 40000, SYN_ACK)).0, DENY);
+        assert_eq!(
+            run(
+                &mut w1,
+                &t,
+                &tcp("192.0.2.10", 80, "172.16.0.5", 40000, SYN_ACK)
+            )
+            .0,
+            DENY
+        );
         assert_eq!(counters(&mut w0, 100), CtCounters::default());
     }
 
@@ -583,12 +650,28 @@ mod tests {
         let t = tables("[conntrack]\ncapacity = 8\n");
         let mut p = Pipeline::default();
         for port in 0..8 {
-            assert_eq!(run(&mut p, &t, &tcp("172.16.0.5", 1000 + port, "192.0.2.10", 80, SYN)).0, Verdict::Tx);
+            assert_eq!(
+                run(
+                    &mut p,
+                    &t,
+                    &tcp("172.16.0.5", 1000 + port, "192.0.2.10", 80, SYN)
+                )
+                .0,
+                Verdict::Tx
+            );
         }
         let (v, bits) = run(&mut p, &t, &tcp("172.16.0.5", 2000, "192.0.2.10", 80, SYN));
         assert_eq!((v, bits), (Verdict::Drop(DropReason::CtFull), ct::FULL));
         // Established ones keep flowing, both ways.
-        assert_eq!(run(&mut p, &t, &tcp("192.0.2.10", 80, "172.16.0.5", 1003, SYN_ACK)).0, Verdict::Tx);
+        assert_eq!(
+            run(
+                &mut p,
+                &t,
+                &tcp("192.0.2.10", 80, "172.16.0.5", 1003, SYN_ACK)
+            )
+            .0,
+            Verdict::Tx
+        );
         assert_eq!(counters(&mut p, 100).ct_full, 1);
     }
 
@@ -603,10 +686,21 @@ mod tests {
             })
         };
         let (c, srv) = ("172.16.0.5", "192.0.2.10");
-        assert_eq!(run(&mut p, &t, &echo(srv, c, 0, 7)).0, DENY, "an unsolicited reply");
+        assert_eq!(
+            run(&mut p, &t, &echo(srv, c, 0, 7)).0,
+            DENY,
+            "an unsolicited reply"
+        );
         assert_eq!(run(&mut p, &t, &echo(c, srv, 8, 7)), (Verdict::Tx, ct::NEW));
-        assert_eq!(run(&mut p, &t, &echo(srv, c, 0, 7)), (Verdict::Tx, ct::KNOWN | ct::REPLY));
-        assert_eq!(run(&mut p, &t, &echo(srv, c, 0, 8)).0, DENY, "another identifier");
+        assert_eq!(
+            run(&mut p, &t, &echo(srv, c, 0, 7)),
+            (Verdict::Tx, ct::KNOWN | ct::REPLY)
+        );
+        assert_eq!(
+            run(&mut p, &t, &echo(srv, c, 0, 8)).0,
+            DENY,
+            "another identifier"
+        );
         // A router's "port unreachable" about the client's UDP flow.
         let unreachable = |sport: u16| {
             frame(100, "198.51.100.1", 0, c, 0, 1, 0, move |f| {
@@ -624,10 +718,17 @@ mod tests {
                 f[q + 22..q + 24].copy_from_slice(&53u16.to_be_bytes());
             })
         };
-        assert_eq!(run(&mut p, &t, &unreachable(5000)).0, DENY, "no such connection yet");
+        assert_eq!(
+            run(&mut p, &t, &unreachable(5000)).0,
+            DENY,
+            "no such connection yet"
+        );
         let udp = frame(100, c, 5000, srv, 53, 17, 0, |_| {});
         assert_eq!(run(&mut p, &t, &udp), (Verdict::Tx, ct::NEW));
-        assert_eq!(run(&mut p, &t, &unreachable(5000)), (Verdict::Tx, ct::KNOWN | ct::RELATED));
+        assert_eq!(
+            run(&mut p, &t, &unreachable(5000)),
+            (Verdict::Tx, ct::KNOWN | ct::RELATED)
+        );
         assert_eq!(run(&mut p, &t, &unreachable(5001)).0, DENY);
         assert_eq!(counters(&mut p, 100).related, 1);
     }
@@ -645,9 +746,21 @@ mod tests {
                 steps.push(r.steps.join("\n"));
             });
         }
-        assert!(steps[0].contains("conntrack: no known connection"), "{}", steps[0]);
-        assert!(steps[0].contains("the connection is created"), "{}", steps[0]);
-        assert!(steps[1].contains("conntrack: hit (established, reply)"), "{}", steps[1]);
+        assert!(
+            steps[0].contains("conntrack: no known connection"),
+            "{}",
+            steps[0]
+        );
+        assert!(
+            steps[0].contains("the connection is created"),
+            "{}",
+            steps[0]
+        );
+        assert!(
+            steps[1].contains("conntrack: hit (established, reply)"),
+            "{}",
+            steps[1]
+        );
         assert!(!steps[1].contains("acl:"), "{}", steps[1]);
     }
 }

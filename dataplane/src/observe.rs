@@ -308,7 +308,11 @@ pub fn steps(
                     "conntrack: an ICMP error quoting a known connection ({state}{place}): passes without the rules"
                 ));
             } else {
-                let dir = if bits & ct::REPLY != 0 { "reply" } else { "original" };
+                let dir = if bits & ct::REPLY != 0 {
+                    "reply"
+                } else {
+                    "original"
+                };
                 s.push(format!(
                     "conntrack: hit ({state}, {dir}{place}): passes without the rules"
                 ));
@@ -338,7 +342,10 @@ pub fn steps(
         if bits & ct::NEW != 0 {
             s.push("conntrack: stateful rule: the connection is created (its replies pass)".into());
         } else if bits & ct::FULL != 0 {
-            s.push("conntrack: stateful rule, but the connection table is full: dropped, ct_full".into());
+            s.push(
+                "conntrack: stateful rule, but the connection table is full: dropped, ct_full"
+                    .into(),
+            );
         }
     }
     if o.after_acl[i] != Verdict::Tx {

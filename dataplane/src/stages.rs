@@ -365,7 +365,11 @@ impl Stage for Acl {
             self.hits_generation = t.generation;
         }
         // Packets of known connections pass without the rules (`conntrack`).
-        let skip = if t.ct_active { crate::burst::ct::KNOWN } else { 0 };
+        let skip = if t.ct_active {
+            crate::burst::ct::KNOWN
+        } else {
+            0
+        };
         let n = gather(meta, v, skip, &mut self.keys, &mut self.pos, |k| acl::Key {
             vni: k.vni,
             src: k.src,

@@ -506,6 +506,11 @@ impl Tables {
                         "rule|{:?}|{}|{}|{}|{}|{}|{:?}",
                         r.vni, r.src, r.dst, r.proto, r.src_ports, r.dst_ports, r.action
                     ));
+                    // Only an explicit flag: digests of rule sets without
+                    // one stay what they were.
+                    if let Some(st) = r.stateful {
+                        h.str(if st { "stateful" } else { "stateless" });
+                    }
                 }
             }
             _ => h.str("acl|none"),

@@ -17,7 +17,7 @@
 use clap::Parser;
 use dataplane::config::Config;
 use dataplane::conntrack::CtShared;
-use dataplane::cpu::rdtsc;
+use dataplane::cpu::{rdtsc, thread_cpu_ns};
 use dataplane::io::buf::HeapBuf;
 use dataplane::io::{Packet, MAX_BURST};
 use dataplane::pipeline::{Meta, Pipeline, Verdict};
@@ -36,12 +36,15 @@ struct Args {
     rounds: usize,
     #[arg(long, default_value_t = 32)]
     burst: usize,
+    /// `[conntrack] capacity` (entries per worker).
+    #[arg(long, default_value_t = 1 << 20)]
+    capacity: usize,
 }
 
-fn config(stateful: bool) -> Config {
+fn config(stateful: bool, capacity: usize) -> Config {
     Config::parse(&format!(
         "[pcap]\ninput = [\"x.pcap\"]\n[gateway]\nvtep_ips = [\"10.0.0.1\"]\nunderlay_ips = [\"10.0.0.1\"]\n\
-         [conntrack]\ncapacity = 1048576\n\
+         [conntrack]\ncapacity = {capacity}\n\
          [acl]\ndefault = \"allow\"\n[[acl.vni]]\nvni = 100\ndefault = \"deny\"\n\
          [[acl.rule]]\nvni = 100\nsrc = \"172.16.0.0/16\"\ndst = \"192.0.2.0/24\"\naction = \"allow\"\nstateful = {stateful}\n"
     ))
@@ -100,20 +103,23 @@ fn reply(i: u32) -> Vec<u8> {
     frame(SERVER, 53, c, p)
 }
 
-/// Runs `frames` (cycled, `packets` in all) through `p`; TSC cycles per
-/// packet and packets sent.
+/// Runs `frames` (cycled, `packets` in all) through `p`; on-CPU ns per
+/// packet of the whole loop (buffer loads included, time the thread was
+/// preempted excluded: the machine is shared), TSC cycles per packet inside
+/// `run`, and packets sent.
 fn measure(
     p: &mut Pipeline,
     t: &Tables,
     frames: &[Vec<u8>],
     packets: u32,
     burst: usize,
-) -> (f64, u64) {
+) -> (f64, f64, u64) {
     let mut bufs: Vec<HeapBuf> = (0..burst).map(|_| HeapBuf::with_capacity(512)).collect();
     let mut meta = vec![Meta::default(); burst];
     let mut v = vec![Verdict::Tx; burst];
     let (mut cycles, mut sent, mut done) = (0u64, 0u64, 0u32);
     let mut at = 0usize;
+    let ns0 = thread_cpu_ns();
     while done < packets {
         let n = burst.min((packets - done) as usize);
         for b in bufs[..n].iter_mut() {
@@ -128,8 +134,12 @@ fn measure(
         std::hint::black_box(bufs[0].data());
         done += n as u32;
     }
-    (cycles as f64 / f64::from(packets), sent)
+    let ns = (thread_cpu_ns() - ns0) as f64 / f64::from(packets);
+    (ns, cycles as f64 / f64::from(packets), sent)
 }
+
+/// (case, stateful ns, stateless ns, stateful cycles, stateless cycles).
+type Row = (&'static str, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -142,14 +152,14 @@ fn main() {
     let requests: Vec<Vec<u8>> = (0..a.flows).map(request).collect();
     let replies: Vec<Vec<u8>> = (0..a.flows).map(reply).collect();
     let new: Vec<Vec<u8>> = (0..a.packets).map(|i| request(a.flows + i)).collect();
-    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
-        ("established", vec![], vec![]),
-        ("remote", vec![], vec![]),
-        ("new", vec![], vec![]),
-    ];
+    let mut rows: Vec<Row> = ["established", "remote", "new"]
+        .into_iter()
+        .map(|n| (n, vec![], vec![], vec![], vec![]))
+        .collect();
+    let mut full_new = Vec::new();
     for _round in 0..a.rounds {
         for stateful in [true, false] {
-            let t = Tables::build(&config(stateful), 1).expect("tables");
+            let t = Tables::build(&config(stateful, a.capacity), 1).expect("tables");
             assert_eq!(t.ct_active, stateful);
             let shared = CtShared::new(2, t.ct_capacity);
             let (mut w0, mut w1) = (Pipeline::default(), Pipeline::default());
@@ -162,40 +172,62 @@ fn main() {
             }
             // Create the connections (and warm caches), then measure.
             measure(&mut w0, &t, &requests, a.flows, burst);
-            let (est, sent_est) = measure(&mut w0, &t, &requests, a.packets, burst);
-            let (rem, sent_rem) = measure(&mut w1, &t, &replies, a.packets, burst);
-            let (nw, sent_new) = measure(&mut w0, &t, &new, a.packets, burst);
+            let (est, est_c, sent_est) = measure(&mut w0, &t, &requests, a.packets, burst);
+            let (rem, rem_c, sent_rem) = measure(&mut w1, &t, &replies, a.packets, burst);
+            let (nw, nw_c, sent_new) = measure(&mut w0, &t, &new, a.packets, burst);
             assert_eq!(sent_est, u64::from(a.packets), "established traffic passes");
-            assert_eq!(sent_new, u64::from(a.packets), "new flows are allowed");
+            // Set-associative: a few new flows may meet a full set (ct_full).
+            if stateful {
+                full_new.push(u64::from(a.packets) - sent_new);
+            } else {
+                assert_eq!(sent_new, u64::from(a.packets), "new flows are allowed");
+            }
             // Stateless: the replies are denied by the VNI default.
             assert_eq!(sent_rem, if stateful { u64::from(a.packets) } else { 0 });
-            let col = |r: &mut (&str, Vec<f64>, Vec<f64>), x: f64| {
+            let col = |r: &mut Row, x: (f64, f64)| {
                 if stateful {
-                    r.1.push(x)
+                    r.1.push(x.0);
+                    r.3.push(x.1);
                 } else {
-                    r.2.push(x)
+                    r.2.push(x.0);
+                    r.4.push(x.1);
                 }
             };
-            col(&mut rows[0], est);
-            col(&mut rows[1], rem);
-            col(&mut rows[2], nw);
+            col(&mut rows[0], (est, est_c));
+            col(&mut rows[1], (rem, rem_c));
+            col(&mut rows[2], (nw, nw_c));
         }
     }
     println!(
-        "conntrack on the pipeline: {} flows, {} packets per run, burst {burst}, median of {} rounds (TSC cycles/packet)",
-        a.flows, a.packets, a.rounds
+        "conntrack on the pipeline: {} flows, {} packets per run, burst {burst}, capacity {}, median of {} rounds",
+        a.flows, a.packets, a.capacity, a.rounds
     );
     println!(
-        "{:<12} {:>10} {:>10} {:>10}",
-        "case", "stateful", "stateless", "delta"
+        "{:<12} {:>12} {:>12} {:>10} {:>14} {:>14} {:>10}",
+        "case",
+        "stateful ns",
+        "stateless ns",
+        "delta ns",
+        "stateful TSC",
+        "stateless TSC",
+        "delta TSC"
     );
-    for (name, s, b) in rows {
-        let (s, b) = (median(s), median(b));
+    for (name, s, b, sc, bc) in rows {
+        let (s, b, sc, bc) = (median(s), median(b), median(sc), median(bc));
         let note = if name == "remote" {
-            "  (stateless: denied by the rules, so not sent on)"
+            "  (stateless: denied by the rules, not sent on)"
         } else {
             ""
         };
-        println!("{name:<12} {s:>10.1} {b:>10.1} {:>10.1}{note}", s - b);
+        println!(
+            "{name:<12} {s:>12.1} {b:>12.1} {:>10.1} {sc:>14.1} {bc:>14.1} {:>10.1}{note}",
+            s - b,
+            sc - bc
+        );
     }
+    println!(
+        "new flows dropped as ct_full per round (capacity {}, 8-way sets, {} connections at the end): {full_new:?}",
+        a.capacity,
+        a.flows + a.packets
+    );
 }

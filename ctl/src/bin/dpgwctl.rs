@@ -1333,12 +1333,18 @@ fn human(cmd: &Command, r: &Response) -> String {
                         r.src_ports.clone(),
                         r.dst_ports.clone(),
                         r.action.to_string(),
+                        match r.stateful {
+                            Some(true) => "yes".into(),
+                            Some(false) => "no".into(),
+                            None => "default".into(),
+                        },
                     ]
                 })
                 .collect();
             let mut s = table(
                 &[
                     "ID", "PRIO", "VNI", "SRC", "DST", "PROTO", "SPORT", "DPORT", "ACTION",
+                    "STATEFUL",
                 ],
                 &rows,
             );

@@ -1314,7 +1314,11 @@ mod tests {
                 "dpgw_conntrack_total{vni=\"100\",event=\"remote_hit\"}",
                 4.0,
             ),
-            ("dpgw_conntrack_connections", "dpgw_conntrack_connections", 3.0),
+            (
+                "dpgw_conntrack_connections",
+                "dpgw_conntrack_connections",
+                3.0,
+            ),
             (
                 "dpgw_backend_healthy",
                 "dpgw_backend_healthy{service=\"web\",backend=\"192.168.1.1\"}",
