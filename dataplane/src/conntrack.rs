@@ -235,7 +235,7 @@ impl Conntrack {
             if self.kind[i] != Kind::None {
                 let h = self.keys[i].0.hash();
                 self.hashes[i] = h;
-                shared.tables.heads(h, |p| crate::cpu::prefetch(p));
+                shared.tables.heads(h, crate::cpu::prefetch);
             }
         }
         for i in 0..n {
@@ -243,11 +243,11 @@ impl Conntrack {
                 for w in 0..shared.tables.workers() {
                     shared
                         .tables
-                        .bodies(w, self.hashes[i], |p| crate::cpu::prefetch(p));
+                        .bodies(w, self.hashes[i], crate::cpu::prefetch);
                 }
             }
         }
-        for i in 0..n {
+        for (i, m) in meta.iter_mut().enumerate().take(n) {
             let (ck, fwd) = self.keys[i];
             let vni = ck.vni;
             match self.kind[i] {
@@ -256,7 +256,7 @@ impl Conntrack {
                     // An ICMP error: related to a known connection? It never
                     // creates one.
                     if let Some(h) = shared.tables.peek(me, &ck, fwd, self.now, &to) {
-                        meta[i].ct = ct::KNOWN | ct::RELATED | remote_bit(h.remote);
+                        m.ct = ct::KNOWN | ct::RELATED | remote_bit(h.remote);
                         self.state[i] = Some(h.state);
                         self.counters(vni).related += 1;
                     }
@@ -270,7 +270,7 @@ impl Conntrack {
                         _ => shared.tables.peek(me, &ck, fwd, self.now, &to),
                     };
                     if let Some(h) = hit {
-                        meta[i].ct =
+                        m.ct =
                             ct::KNOWN | remote_bit(h.remote) | if h.reply { ct::REPLY } else { 0 };
                         self.state[i] = Some(h.state);
                         let c = self.counters(vni);
@@ -492,6 +492,7 @@ mod tests {
 
     /// A VXLAN packet of VNI `vni` carrying `src:sport → dst:dport` (`proto`;
     /// TCP with `flags`), the inner frame changed by `edit`.
+    #[allow(clippy::too_many_arguments)]
     fn frame(
         vni: u32,
         src: &str,

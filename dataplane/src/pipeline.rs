@@ -132,8 +132,8 @@ impl Pipeline {
         }
         self.ct.commit(t, meta, verdicts, self.acl.last_results());
         if t.ct_active {
-            for i in 0..n {
-                o.ct[i] = Some((meta[i].ct, self.ct.state[i].map(|s| s.name())));
+            for (i, m) in meta.iter().enumerate().take(n) {
+                o.ct[i] = Some((m.ct, self.ct.state[i].map(|s| s.name())));
             }
         }
         o.after_acl[..n].copy_from_slice(verdicts);

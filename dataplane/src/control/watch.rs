@@ -304,8 +304,7 @@ pub fn conn_list(shared: &Shared, vni: Option<u32>, limit: Option<usize>) -> Ans
             idle_ms: c.idle_ms,
         });
     });
-    out.entries
-        .sort_by(|a, b| (a.vni, a.orig, a.orig_port).cmp(&(b.vni, b.orig, b.orig_port)));
+    out.entries.sort_by_key(|e| (e.vni, e.orig, e.orig_port));
     Ok(Data::ConnList(out))
 }
 
