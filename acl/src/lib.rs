@@ -24,6 +24,9 @@
 //!   are exactly a recompile's, and [`LiveClassifier::recompiled`] folds the
 //!   delta into a new base.
 //! * [`generate_trace`]: seedable test traffic (random points inside rules).
+//! * [`conntrack`]: connection tracking for stateful rules ([`Rule::stateful`]):
+//!   per-worker tables every worker reads without a lock, and the stateful
+//!   classification ([`conntrack::decide`]) on top of a [`Classifier`].
 //!
 //! # Algorithm
 //!
@@ -97,6 +100,7 @@
 //!     action: Action::Allow,
 //!     priority: None,
 //!     id: Some(1),
+//!     stateful: None,
 //! };
 //! let mut set = RuleSet::new(Action::Deny);
 //! set.push(spec.to_rule().unwrap()).unwrap();
@@ -121,6 +125,7 @@
 #![forbid(unsafe_code)]
 
 mod classifier;
+pub mod conntrack;
 mod error;
 mod gen;
 mod linear;

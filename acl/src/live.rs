@@ -527,6 +527,7 @@ mod tests {
                 0 | 1 => None,
                 p => Some(p as u32 * 5 + (rng.next_u64() % 3) as u32),
             },
+            stateful: None,
         }
     }
 

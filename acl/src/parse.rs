@@ -153,6 +153,7 @@ pub fn parse_classbench(text: &str, file: &str, action: Action) -> Result<Vec<Ru
             proto: proto(fields[4])?,
             action,
             priority: None,
+            stateful: None,
         });
     }
     Ok(out)

@@ -318,6 +318,13 @@ pub struct Rule {
     /// Lower values are evaluated first; `None` sorts after every explicit
     /// priority. Ties keep insertion (file) order.
     pub priority: Option<u32>,
+    /// Stateful (connection tracking, [`crate::conntrack`]): an allowed
+    /// packet of no known connection creates one, whose packets (both
+    /// directions) then pass without the rules. `None` = the default: an
+    /// `allow` rule is stateful for packets of a VNI whose default action is
+    /// `deny` ([`Rule::is_stateful`]). Not used for matching; meaningless on
+    /// `deny` rules.
+    pub stateful: Option<bool>,
 }
 
 impl Default for Rule {
@@ -332,11 +339,21 @@ impl Default for Rule {
             dst_ports: PortRange::ANY,
             action: Action::Allow,
             priority: None,
+            stateful: None,
         }
     }
 }
 
 impl Rule {
+    /// Does an allow by this rule create a connection, for a packet whose
+    /// VNI's default action (the action of no match) is `vni_default`? An
+    /// explicit `stateful` decides; unset, `allow` rules are stateful in VNIs
+    /// whose default is `deny`. `deny` rules never are.
+    #[inline]
+    pub fn is_stateful(&self, vni_default: Action) -> bool {
+        self.action == Action::Allow && self.stateful.unwrap_or(vni_default == Action::Deny)
+    }
+
     /// The family of keys this rule can match.
     pub fn family(&self) -> Family {
         match (self.src.family(), self.dst.family()) {

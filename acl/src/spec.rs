@@ -28,6 +28,7 @@ fn is_any(s: &String) -> bool {
 /// action = "allow"
 /// priority = 10
 /// id = 7
+/// stateful = true         # connection tracking (default: see `stateful`)
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +71,11 @@ pub struct RuleSpec {
     /// Identifier for counters and the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u32>,
+    /// Connection tracking (see [`Rule::stateful`]); absent = stateful for an
+    /// `allow` in a VNI whose default is `deny`. `true` on a `deny` rule is
+    /// rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stateful: Option<bool>,
 }
 
 /// Accepts a string or a non-negative integer (TOML `proto = 17` as well as
@@ -123,7 +129,15 @@ impl RuleSpec {
             dst_ports,
             action: self.action,
             priority: self.priority,
+            stateful: self.stateful,
         };
+        if self.stateful == Some(true) && self.action == Action::Deny {
+            return Err(SpecError {
+                field: "stateful",
+                reason: "a deny rule cannot be stateful (only allowed flows create connections)"
+                    .to_string(),
+            });
+        }
         rule.validate().map_err(|e| SpecError {
             field: match e {
                 RuleError::MixedFamily { .. } => "dst",
@@ -154,6 +168,7 @@ impl From<&Rule> for RuleSpec {
             action: r.action,
             priority: r.priority,
             id: r.id,
+            stateful: r.stateful,
         }
     }
 }
@@ -412,6 +427,7 @@ vni = 5
             action: Action::Allow,
             priority: None,
             id: None,
+            stateful: None,
         };
         assert_eq!(
             spec("10.0.0.0/40", "any", "any")

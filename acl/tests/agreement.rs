@@ -72,6 +72,7 @@ prop_compose! {
             dst_ports: ports(qa, qb, qw),
             action: if deny { Action::Deny } else { Action::Allow },
             priority,
+            stateful: None,
         }
     }
 }

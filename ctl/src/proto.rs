@@ -224,6 +224,22 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
+    /// Connection-tracking entries of every worker (stateful ACL rules).
+    ConnList {
+        /// Only connections of this VNI.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vni: Option<u32>,
+        /// At most this many entries (default 1000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+    /// Ends tracked connections (all, or one VNI's): their packets are
+    /// evaluated by the rules again.
+    ConnFlush {
+        /// Only connections of this VNI.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vni: Option<u32>,
+    },
     /// Walks one packet through the live snapshot, stage by stage.
     Explain {
         /// The packet.
@@ -620,6 +636,13 @@ pub enum Data {
     Watch(WatchReport),
     /// Flow-table entries.
     FlowList(FlowListReport),
+    /// Connection-tracking entries.
+    ConnList(ConnListReport),
+    /// Connections ended by `conn_flush`.
+    ConnFlushed {
+        /// Live entries before the flush (of the VNI, if one was given).
+        flushed: u64,
+    },
     /// The walk of one packet through the pipeline.
     Explanation(Explanation),
     /// What `apply` changed (or, dry, would change).
@@ -805,6 +828,59 @@ pub struct FlowListReport {
     /// Milliseconds the daemon took to collect the entries from the workers.
     #[serde(default)]
     pub collect_ms: f64,
+}
+
+/// One tracked connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnEntry {
+    /// The worker whose table holds it (the one that saw its first packet).
+    pub worker: usize,
+    pub vni: u32,
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
+    pub proto: String,
+    /// The side that opened it.
+    pub orig: IpAddr,
+    pub orig_port: u16,
+    /// The other side (its packets are replies).
+    pub resp: IpAddr,
+    pub resp_port: u16,
+    /// `syn_sent`, `established`, `closing`, `closed` (TCP) or `active`.
+    pub state: String,
+    /// Milliseconds since it was created.
+    pub age_ms: u64,
+    /// Milliseconds since its last packet (either direction).
+    pub idle_ms: u64,
+}
+
+/// Answer to `conn_list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnListReport {
+    pub entries: Vec<ConnEntry>,
+    /// More entries matched than `limit`.
+    pub truncated: bool,
+    /// Live entries per worker (of the VNI, if one was given).
+    pub live: Vec<u64>,
+    /// Entries per worker table.
+    pub capacity: u64,
+}
+
+/// Connection tracking counters of one VNI (`stats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnCounters {
+    /// The VNI (4294967295 = VNIs past a worker's per-VNI counter limit).
+    pub vni: u32,
+    /// Connections created by stateful rules.
+    pub created: u64,
+    /// Packets of known connections (passed without the rules).
+    pub hits: u64,
+    /// Of `hits`: found in another worker's table.
+    pub remote_hits: u64,
+    /// ICMP errors quoting a known connection (passed).
+    pub related: u64,
+    /// New connections dropped because the table was full.
+    pub ct_full: u64,
+    /// Packets of no known connection denied by the rules.
+    pub denied_new: u64,
 }
 
 /// Answer to `explain`.
@@ -1075,6 +1151,12 @@ pub struct StatsReport {
     /// `[[tenant]]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<OverlayCounters>,
+    /// Connection tracking per VNI (VNIs with any count).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conntrack: Vec<ConnCounters>,
+    /// Live tracked connections, all workers (counted when asked).
+    #[serde(default)]
+    pub conntrack_live: u64,
 }
 
 /// Counters of one DPDK port, as the driver keeps them (`rte_eth_stats`):

@@ -40,6 +40,27 @@ pub struct Meta {
     pub frag: vxlan::FragKind,
     /// Its IPv4 / IPv6 fragment identification (0 if not a fragment).
     pub frag_id: u32,
+    /// What connection tracking found ([`ct`] bits), written by the
+    /// conntrack lookup for every packet still to be sent while the snapshot
+    /// has stateful rules (`Tables::ct_active`); not meaningful otherwise.
+    pub ct: u8,
+}
+
+/// [`Meta::ct`] bits.
+pub mod ct {
+    /// A packet of a known connection (or an ICMP error quoting one): the
+    /// ACL stage does not classify it.
+    pub const KNOWN: u8 = 1;
+    /// From the connection's responder.
+    pub const REPLY: u8 = 2;
+    /// The connection is in another worker's table.
+    pub const REMOTE: u8 = 4;
+    /// An ICMP error quoting a known connection.
+    pub const RELATED: u8 = 8;
+    /// This packet created its connection (stateful rule).
+    pub const NEW: u8 = 16;
+    /// A stateful rule allowed it but the table was full (`ct_full`).
+    pub const FULL: u8 = 32;
 }
 
 /// One step of the pipeline. Implementations look only at packets whose verdict

@@ -54,6 +54,9 @@ pub struct Config {
     /// The learned address → VTEP table of the tenants (`[fdb]`).
     #[serde(default, skip_serializing_if = "FdbSection::is_default")]
     pub fdb: FdbSection,
+    /// Connection tracking for stateful ACL rules (`conntrack.rs`).
+    #[serde(default)]
+    pub conntrack: ConntrackSection,
     /// Tenant ACL: `[acl]` with `default`, `[[acl.vni]]`, `[[acl.rule]]`, `[[acl.file]]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<acl::AclSpec>,
@@ -833,6 +836,79 @@ mod mac_serde {
     }
 }
 
+/// `[conntrack]`: the connection tables of stateful ACL rules (one per
+/// worker, every worker reads all of them) and the idle timeouts per state.
+/// `capacity` is read at start only; the timeouts follow reloads.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackSection {
+    /// Entries per worker (rounded up to a power of two).
+    pub capacity: usize,
+    pub tcp_syn_timeout_s: u32,
+    pub tcp_established_timeout_s: u32,
+    pub tcp_fin_timeout_s: u32,
+    pub tcp_rst_timeout_s: u32,
+    pub udp_timeout_s: u32,
+    pub icmp_timeout_s: u32,
+    pub other_timeout_s: u32,
+}
+
+impl Default for ConntrackSection {
+    fn default() -> Self {
+        let t = acl::conntrack::Timeouts::default();
+        let s = |ms: u64| (ms / 1000) as u32;
+        ConntrackSection {
+            capacity: acl::conntrack::DEFAULT_CAPACITY,
+            tcp_syn_timeout_s: s(t.tcp_syn_ms),
+            tcp_established_timeout_s: s(t.tcp_established_ms),
+            tcp_fin_timeout_s: s(t.tcp_fin_ms),
+            tcp_rst_timeout_s: s(t.tcp_rst_ms),
+            udp_timeout_s: s(t.udp_ms),
+            icmp_timeout_s: s(t.icmp_ms),
+            other_timeout_s: s(t.other_ms),
+        }
+    }
+}
+
+impl ConntrackSection {
+    /// The timeouts in the table's unit (ms).
+    pub fn timeouts(&self) -> acl::conntrack::Timeouts {
+        let ms = |s: u32| u64::from(s) * 1000;
+        acl::conntrack::Timeouts {
+            tcp_syn_ms: ms(self.tcp_syn_timeout_s),
+            tcp_established_ms: ms(self.tcp_established_timeout_s),
+            tcp_fin_ms: ms(self.tcp_fin_timeout_s),
+            tcp_rst_ms: ms(self.tcp_rst_timeout_s),
+            udp_ms: ms(self.udp_timeout_s),
+            icmp_ms: ms(self.icmp_timeout_s),
+            other_ms: ms(self.other_timeout_s),
+        }
+    }
+
+    fn validate(&self, p: &mut Vec<String>) {
+        if self.capacity < 8 || self.capacity > (1 << 24) {
+            p.push(format!(
+                "conntrack.capacity: {} is out of range 8..={}",
+                self.capacity,
+                1 << 24
+            ));
+        }
+        for (k, v) in [
+            ("tcp_syn_timeout_s", self.tcp_syn_timeout_s),
+            ("tcp_established_timeout_s", self.tcp_established_timeout_s),
+            ("tcp_fin_timeout_s", self.tcp_fin_timeout_s),
+            ("tcp_rst_timeout_s", self.tcp_rst_timeout_s),
+            ("udp_timeout_s", self.udp_timeout_s),
+            ("icmp_timeout_s", self.icmp_timeout_s),
+            ("other_timeout_s", self.other_timeout_s),
+        ] {
+            if v == 0 {
+                p.push(format!("conntrack.{k}: must be at least 1"));
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a config file. Relative paths inside it are
     /// resolved against the file's directory.
@@ -893,6 +969,7 @@ impl Config {
     /// Every semantic problem, each naming the key.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
+        self.conntrack.validate(&mut p);
         let d = &self.dataplane;
         if d.workers == 0 {
             p.push("dataplane.workers: must be at least 1".to_string());

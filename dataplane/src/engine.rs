@@ -66,6 +66,9 @@ pub struct Shared {
     /// The slow path's frames for worker 0 to send, when the workers own the
     /// I/O (DPDK); set once before the workers start.
     pub inject: std::sync::OnceLock<Arc<crate::punt::Inject>>,
+    /// The connection tables of stateful rules (one per worker, read by
+    /// all), created once: connections outlive snapshots.
+    pub conntrack: Arc<crate::conntrack::CtShared>,
 }
 
 pub use crate::io::PortSource;
@@ -80,6 +83,7 @@ pub trait Announce: Send + Sync {
 
 impl Shared {
     pub fn new(tables: Tables, workers: usize) -> Arc<Shared> {
+        let conntrack = crate::conntrack::CtShared::new(workers, tables.ct_capacity);
         Arc::new(Shared {
             tables: ArcSwap::from_pointee(tables),
             stop: AtomicBool::new(false),
@@ -99,6 +103,7 @@ impl Shared {
             health: Mutex::new(HealthBoard::default()),
             announce: std::sync::OnceLock::new(),
             inject: std::sync::OnceLock::new(),
+            conntrack,
         })
     }
 
@@ -180,6 +185,8 @@ pub fn run_worker<Q: Queue>(
     // hold slots) before timing starts.
     let mut hold: HoldBuffer<Q::Pkt> = {
         let t = shared.tables.load();
+        pipeline.ct.attach(shared.conntrack.clone(), id);
+        pipeline.ct.prepare(&t);
         pipeline.acl.prepare(&t);
         pipeline.lb.prepare(&t);
         pipeline.frag.prepare(&t);

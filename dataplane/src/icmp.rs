@@ -292,6 +292,7 @@ mod tests {
             inbound: false,
             frag: inner.frag,
             frag_id: inner.frag_id,
+            ..Meta::default()
         };
         (b, m)
     }

@@ -12,6 +12,7 @@
 pub mod announce;
 pub mod burst;
 pub mod config;
+pub mod conntrack;
 pub mod control;
 // SAFETY-bearing module: CPU intrinsics (rdtsc, prefetch).
 #[allow(unsafe_code)]

@@ -133,6 +133,9 @@ pub struct Observed {
     pub lb: Vec<Option<lb::LbVerdict>>,
     /// What the overlay stage did (sent into a tenant, learned a VTEP).
     pub overlay: Vec<crate::overlay::Note>,
+    /// Connection tracking: `Meta::ct` bits and the connection's state
+    /// (hits), if conntrack ran on the burst.
+    pub ct: Vec<Option<(u8, Option<&'static str>)>>,
 }
 
 impl Default for Observed {
@@ -148,6 +151,7 @@ impl Default for Observed {
             acl_rule: vec![None; n],
             lb: vec![None; n],
             overlay: vec![crate::overlay::Note::None; n],
+            ct: vec![None; n],
         }
     }
 }
@@ -163,6 +167,7 @@ impl Observed {
             self.acl_rule[i] = None;
             self.lb[i] = None;
             self.overlay[i] = crate::overlay::Note::None;
+            self.ct[i] = None;
         }
     }
 }
@@ -335,8 +340,36 @@ pub fn steps(
         }
         _ => s.push(format!("inner: {}", key_text(&meta.key))),
     }
+    use crate::burst::ct;
+    if let Some((bits, state)) = o.ct[i] {
+        if bits & ct::KNOWN != 0 {
+            let state = state.unwrap_or("?");
+            let place = if bits & ct::REMOTE != 0 {
+                ", in another worker's table"
+            } else {
+                ""
+            };
+            if bits & ct::RELATED != 0 {
+                s.push(format!(
+                    "conntrack: an ICMP error quoting a known connection ({state}{place}): passes without the rules"
+                ));
+            } else {
+                let dir = if bits & ct::REPLY != 0 {
+                    "reply"
+                } else {
+                    "original"
+                };
+                s.push(format!(
+                    "conntrack: hit ({state}, {dir}{place}): passes without the rules"
+                ));
+            }
+        } else {
+            s.push("conntrack: no known connection".into());
+        }
+    }
     match (&t.acl, o.acl_rule[i]) {
         (None, _) => s.push("acl: no ACL configured, passes".into()),
+        (Some(_), None) if o.ct[i].is_some_and(|c| c.0 & ct::KNOWN != 0) => {}
         (Some(_), None) => s.push("acl: not consulted".into()),
         (Some(a), Some(m)) => {
             let action = a.classifier.action(m, meta.vni);
@@ -349,6 +382,16 @@ pub fn steps(
                         .unwrap_or_else(|| format!("file rule #{m}"));
                 s.push(format!("acl: {id} matches ({}), {action}", rule_text(r)));
             }
+        }
+    }
+    if let Some((bits, _)) = o.ct[i] {
+        if bits & ct::NEW != 0 {
+            s.push("conntrack: stateful rule: the connection is created (its replies pass)".into());
+        } else if bits & ct::FULL != 0 {
+            s.push(
+                "conntrack: stateful rule, but the connection table is full: dropped, ct_full"
+                    .into(),
+            );
         }
     }
     if o.after_acl[i] != Verdict::Tx {

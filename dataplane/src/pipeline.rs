@@ -14,6 +14,8 @@ pub struct Pipeline {
     pub decap: crate::stages::Decap,
     pub inner: crate::stages::InnerParse,
     pub frag: crate::frag::Frag,
+    /// Connection tracking: `ct.lookup` before the ACL, `ct.commit` after.
+    pub ct: crate::conntrack::Conntrack,
     pub acl: crate::stages::Acl,
     pub overlay: crate::overlay::Overlay,
     pub lb: crate::stages::Lb,
@@ -26,6 +28,7 @@ impl Pipeline {
     /// counters are indexed by positions in it). The caller hands `tel` on.
     pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut Telemetry, hist: &mut BurstHistogram) {
         self.acl.drain_hits(t, &mut tel.rule_hits);
+        self.ct.flush_telemetry(tel);
         for (a, b) in tel
             .burst_cycle_buckets
             .iter_mut()
@@ -78,7 +81,9 @@ impl Pipeline {
             self.inner.frags = 0;
             self.frag.process(t, pkts, meta, verdicts);
         }
+        self.ct.lookup(t, pkts, meta, verdicts);
         self.acl.process(t, pkts, meta, verdicts);
+        self.ct.commit(t, meta, verdicts, self.acl.last_results());
         self.overlay.process(t, pkts, meta, verdicts);
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
@@ -97,7 +102,9 @@ impl Pipeline {
         verdicts: &mut [Verdict],
     ) {
         self.set_next_hop(t, learned_next_hop);
+        self.ct.lookup(t, pkts, meta, verdicts);
         self.acl.process(t, pkts, meta, verdicts);
+        self.ct.commit(t, meta, verdicts, self.acl.last_results());
         self.overlay.process(t, pkts, meta, verdicts);
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
@@ -127,9 +134,16 @@ impl Pipeline {
             self.frag.process(t, pkts, meta, verdicts);
         }
         o.after_inner[..n].copy_from_slice(verdicts);
+        self.ct.lookup(t, pkts, meta, verdicts);
         self.acl.process(t, pkts, meta, verdicts);
         for (i, m) in self.acl.last_results() {
             o.acl_rule[i] = Some(m);
+        }
+        self.ct.commit(t, meta, verdicts, self.acl.last_results());
+        if t.ct_active {
+            for (i, m) in meta.iter().enumerate().take(n) {
+                o.ct[i] = Some((m.ct, self.ct.state[i].map(|s| s.name())));
+            }
         }
         o.after_acl[..n].copy_from_slice(verdicts);
         self.overlay.observe = true;

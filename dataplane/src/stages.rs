@@ -8,17 +8,19 @@ use crate::tables::Tables;
 
 /// Collects the keys of the packets still to be sent (converted to a stage
 /// crate's own key type) and their positions in the burst; returns how many.
+/// Packets with a [`Meta::ct`] bit of `skip` are left out.
 #[inline(always)]
 fn gather<K>(
     meta: &[Meta],
     v: &[Verdict],
+    skip: u8,
     keys: &mut [K],
     pos: &mut [u16],
     convert: impl Fn(&vxlan::FlowKey) -> K,
 ) -> usize {
     let mut n = 0;
     for (i, m) in meta.iter().enumerate() {
-        if v[i] == Verdict::Tx {
+        if v[i] == Verdict::Tx && m.ct & skip == 0 {
             keys[n] = convert(&m.key);
             pos[n] = i as u16;
             n += 1;
@@ -441,7 +443,13 @@ impl Stage for Acl {
             self.hits.resize(a.classifier.len(), 0);
             self.hits_generation = t.generation;
         }
-        let n = gather(meta, v, &mut self.keys, &mut self.pos, |k| acl::Key {
+        // Packets of known connections pass without the rules (`conntrack`).
+        let skip = if t.ct_active {
+            crate::burst::ct::KNOWN
+        } else {
+            0
+        };
+        let n = gather(meta, v, skip, &mut self.keys, &mut self.pos, |k| acl::Key {
             vni: k.vni,
             src: k.src,
             dst: k.dst,

@@ -48,6 +48,7 @@ drop_reasons! {
     NonVip => "non_vip",
     NoVtep => "no_vtep",
     AclDeny => "acl_deny",
+    CtFull => "ct_full",
     NoBackend => "no_backend",
     NoHeadroom => "no_headroom",
     MtuExceeded => "mtu_exceeded",
@@ -93,7 +94,7 @@ impl From<vxlan::InnerError> for DropReason {
 }
 
 /// One worker's counters. Written only by that worker.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct WorkerStats {
     pub rx: u64,
     pub tx: u64,
@@ -108,6 +109,22 @@ pub struct WorkerStats {
     pub drops: [u64; DropReason::COUNT],
     pub bursts: u64,
     pub empty_polls: u64,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            rx: 0,
+            tx: 0,
+            punted: 0,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            rx_wire_bytes: 0,
+            drops: [0; DropReason::COUNT],
+            bursts: 0,
+            empty_polls: 0,
+        }
+    }
 }
 
 impl WorkerStats {
@@ -379,6 +396,44 @@ pub struct Telemetry {
     /// Burst processing time in TSC cycles (not seconds: the TSC rate is
     /// applied by whoever exports it), as [`BurstHistogram::buckets`].
     pub burst_cycle_buckets: [u64; BurstHistogram::BUCKETS],
+    /// Connection tracking per VNI (`conntrack`; [`CT_OTHER_VNI`] collects
+    /// the VNIs past the per-worker limit).
+    pub conntrack: std::collections::HashMap<u32, CtCounters>,
+}
+
+/// The VNI under which a worker counts connection-tracking events of VNIs
+/// beyond the first [`CT_VNIS`] it saw.
+pub const CT_OTHER_VNI: u32 = u32::MAX;
+/// VNIs a worker keeps connection-tracking counters for.
+pub const CT_VNIS: usize = 64;
+
+/// Connection tracking counts of one VNI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CtCounters {
+    /// Connections created (allowed by a stateful rule).
+    pub created: u64,
+    /// Packets of a known connection (allowed without the rules).
+    pub hits: u64,
+    /// Of `hits`: the connection is in another worker's table.
+    pub remote_hits: u64,
+    /// ICMP errors quoting a known connection (allowed without the rules).
+    pub related: u64,
+    /// New connections denied because the table was full (`ct_full` drops).
+    pub ct_full: u64,
+    /// Packets of no known connection denied by the rules while conntrack
+    /// was in use (e.g. a connection the far side tries to open).
+    pub denied_new: u64,
+}
+
+impl CtCounters {
+    pub fn add(&mut self, o: &CtCounters) {
+        self.created += o.created;
+        self.hits += o.hits;
+        self.remote_hits += o.remote_hits;
+        self.related += o.related;
+        self.ct_full += o.ct_full;
+        self.denied_new += o.denied_new;
+    }
 }
 
 impl Telemetry {
@@ -404,6 +459,9 @@ impl Telemetry {
         self.icmp_errors_forwarded += std::mem::take(&mut from.icmp_errors_forwarded);
         self.acl_cache.add(&std::mem::take(&mut from.acl_cache));
         self.frag.add(&std::mem::take(&mut from.frag));
+        for (k, v) in from.conntrack.drain() {
+            self.conntrack.entry(k).or_default().add(&v);
+        }
         for (a, b) in self
             .burst_cycle_buckets
             .iter_mut()

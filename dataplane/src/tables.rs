@@ -51,6 +51,14 @@ pub struct Tables {
     /// Where tenant addresses were seen: the same table in every snapshot of
     /// a run (while `[fdb]` keeps its size and age).
     pub fdb: Option<Arc<FdbHandle>>,
+    /// The ACL has a rule that can be stateful ([`ct_active`]): only then
+    /// do the conntrack stages run (one test per burst otherwise).
+    pub ct_active: bool,
+    /// `[conntrack]` idle timeouts.
+    pub ct_timeouts: acl::conntrack::Timeouts,
+    /// `[conntrack] capacity` (entries per worker; used when the tables are
+    /// created, at start).
+    pub ct_capacity: usize,
 }
 
 /// The tenants of a snapshot: prefixes, encapsulation, static entries.
@@ -223,6 +231,31 @@ impl FdbHandle {
     fn fits(&self, f: &crate::config::FdbSection) -> bool {
         self.capacity == f.capacity && self.fdb.age_s() == f.age_s
     }
+}
+
+/// Can a rule of `c` (compiled from `spec`) be stateful for some packet:
+/// explicitly, or by default (an `allow` without `stateful` in a VNI whose
+/// default is `deny`)?
+pub fn ct_active(spec: &acl::AclSpec, c: &acl::LiveClassifier) -> bool {
+    ct_active_with(spec.default, &spec.vni, c)
+}
+
+/// [`ct_active`] from the defaults (what a rule change's snapshot has).
+fn ct_active_with(
+    default: acl::Action,
+    vni: &[acl::VniDefaultSpec],
+    c: &acl::LiveClassifier,
+) -> bool {
+    use acl::Action::{Allow, Deny};
+    let some_deny = default == Deny || vni.iter().any(|v| v.default == Deny);
+    c.rules_in_order().into_iter().any(|(_, r)| {
+        r.action == Allow
+            && match (r.stateful, r.vni) {
+                (Some(s), _) => s,
+                (None, Some(v)) => c.action(acl::NO_MATCH, v) == Deny,
+                (None, None) => some_deny,
+            }
+    })
 }
 
 /// The `[dataplane]` keys of the fragment path.
@@ -611,6 +644,14 @@ impl Tables {
         lb: lb::LbTables,
         health: Arc<lb::HealthMap>,
     ) -> Tables {
+        // A rule change may add (or remove) the only stateful rule.
+        let ct_active = match &self.acl {
+            Some(old) if acl.as_ref().is_some_and(|a| Arc::ptr_eq(a, old)) => self.ct_active,
+            _ => acl.as_ref().is_some_and(|a| {
+                let (d, v) = a.defaults();
+                ct_active_with(d, v, &a.classifier)
+            }),
+        };
         Tables {
             generation,
             decap: self.decap.clone(),
@@ -635,6 +676,10 @@ impl Tables {
             fleet: self.fleet.clone(),
             overlay: self.overlay.clone(),
             fdb: self.fdb.clone(),
+            // A rule change may add (or remove) the only stateful rule.
+            ct_active,
+            ct_timeouts: self.ct_timeouts,
+            ct_capacity: self.ct_capacity,
         }
     }
 
@@ -706,6 +751,10 @@ impl Tables {
             (o, _) => o.map(Arc::new),
         };
         let frag_vips = frag_vips(&lb);
+        let ct_active = match (&acl, &cfg.acl) {
+            (Some(a), Some(spec)) => ct_active(spec, &a.classifier),
+            _ => false,
+        };
         Ok(Tables {
             generation,
             decap: vxlan::DecapConfig {
@@ -744,6 +793,9 @@ impl Tables {
             fleet,
             overlay,
             fdb,
+            ct_active,
+            ct_timeouts: cfg.conntrack.timeouts(),
+            ct_capacity: cfg.conntrack.capacity,
         })
     }
 }
@@ -845,6 +897,11 @@ impl Tables {
                         "rule|{:?}|{}|{}|{}|{}|{}|{:?}",
                         r.vni, r.src, r.dst, r.proto, r.src_ports, r.dst_ports, r.action
                     ));
+                    // Only an explicit flag: digests of rule sets without
+                    // one stay what they were.
+                    if let Some(st) = r.stateful {
+                        h.str(if st { "stateful" } else { "stateless" });
+                    }
                 }
             }
             None => h.str("acl|none"),

@@ -264,6 +264,7 @@ fn deny_vip() -> RuleSpec {
         action: ctl::Action::Deny,
         priority: Some(1),
         id: None,
+        stateful: None,
     }
 }
 
@@ -1200,4 +1201,72 @@ fn test_rule_changes_through_the_delta() {
     drop(c);
     let err = d.stop();
     check_conservation(&err);
+}
+
+/// Stateful rules through the socket: the replayed flows (VNI 100, to the
+/// VIP, allowed by a rule that is stateful by default in a default-deny
+/// VNI) show up in `conn_list` with their originator, `stats` counts them
+/// per VNI, and `conn_flush` ends them (the replay's next packets create
+/// them again: loose pickup).
+#[test]
+fn test_conn_list_and_flush() {
+    let s = setup(&format!(
+        "[acl]\ndefault = \"allow\"\n[[acl.vni]]\nvni = 100\ndefault = \"deny\"\n\
+         [[acl.rule]]\nvni = 100\ndst = \"{VIP}/32\"\naction = \"allow\"\n"
+    ));
+    let d = Daemon::start(&s.cfg, &s.sock);
+    let mut c = d.client();
+    let st = wait_for(&mut c, 20, "connections", |s| {
+        s.conntrack.iter().any(|x| x.vni == 100 && x.created >= 200) && s.conntrack_live >= 200
+    });
+    assert_eq!(drops(&st, "acl_deny"), 0);
+    let list = match c
+        .request(Command::ConnList {
+            vni: Some(100),
+            limit: Some(50),
+        })
+        .unwrap()
+        .data
+    {
+        Some(Data::ConnList(l)) => l,
+        other => panic!("conn_list answered {other:?}"),
+    };
+    assert_eq!(list.entries.len(), 50);
+    assert!(list.truncated);
+    assert_eq!(list.live.iter().sum::<u64>(), 200, "{list:?}");
+    for e in &list.entries {
+        assert_eq!(
+            (e.vni, e.proto.as_str(), e.state.as_str()),
+            (100, "tcp", "established")
+        );
+        assert_eq!(e.resp, ip(VIP), "the client opened it");
+        assert_eq!(e.resp_port, 80);
+    }
+    let other = match c
+        .request(Command::ConnList {
+            vni: Some(7),
+            limit: None,
+        })
+        .unwrap()
+        .data
+    {
+        Some(Data::ConnList(l)) => l,
+        other => panic!("conn_list answered {other:?}"),
+    };
+    assert!(other.entries.is_empty());
+    let created = |s: &StatsReport| {
+        s.conntrack
+            .iter()
+            .find(|x| x.vni == 100)
+            .map_or(0, |x| x.created)
+    };
+    let before = created(&stats(&mut c));
+    match c.request(Command::ConnFlush { vni: None }).unwrap().data {
+        Some(Data::ConnFlushed { flushed }) => assert!(flushed >= 200, "{flushed}"),
+        other => panic!("conn_flush answered {other:?}"),
+    }
+    // The replay goes on: its packets re-create the connections.
+    wait_for(&mut c, 20, "connections re-created", |s| {
+        created(s) >= before + 200
+    });
 }

@@ -489,6 +489,7 @@ fn e2e_vxlan_client_acl_maglev_backends() {
                 action: Action::Deny,
                 priority: Some(1),
                 id: None,
+                stateful: None,
             },
         },
     ) {

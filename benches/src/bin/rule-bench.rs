@@ -151,6 +151,7 @@ fn new_rule(i: u64) -> ctl::RuleSpec {
         action: acl::Action::Deny,
         priority: i.is_multiple_of(3).then_some((i % 1000) as u32),
         id: None,
+        stateful: None,
     }
 }
 

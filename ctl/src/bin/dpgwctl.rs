@@ -61,6 +61,11 @@ enum Cmd {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Tracked connections of stateful ACL rules: `conn list`, `conn flush`.
+    Conn {
+        #[command(subcommand)]
+        sub: ConnCmd,
+    },
     /// A live view, refreshed every --interval seconds: packet rates per
     /// worker, service, backend and drop reason, with the change since the
     /// last refresh. On a terminal the screen is redrawn; otherwise one
@@ -197,6 +202,26 @@ enum FlowsCmd {
         /// At most this many entries.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnCmd {
+    /// The entries of every worker's connection table (read while the
+    /// workers run): VNI, originator → responder, protocol, state, age.
+    List {
+        #[arg(long)]
+        vni: Option<u32>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Ends the tracked connections (all, or one VNI's): their next packets
+    /// are evaluated by the rules again (see the docs for what that means
+    /// for established traffic).
+    Flush {
+        #[arg(long)]
+        vni: Option<u32>,
     },
 }
 
@@ -435,6 +460,14 @@ enum RuleCmd {
         /// Lower first; absent = after all explicit priorities.
         #[arg(long)]
         priority: Option<u32>,
+        /// Connection tracking: allowed flows create a connection whose
+        /// replies pass (default: stateful for `allow` in a VNI whose default
+        /// is `deny`).
+        #[arg(long, conflicts_with = "stateless")]
+        stateful: bool,
+        /// No connection tracking for this rule, whatever the default.
+        #[arg(long)]
+        stateless: bool,
     },
     /// Removes a rule by id.
     Del { id: u32 },
@@ -694,6 +727,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 dport,
                 action,
                 priority,
+                stateful,
+                stateless,
             } => Command::RuleAdd {
                 rule: RuleSpec {
                     vni,
@@ -705,6 +740,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     action: action.into(),
                     priority,
                     id: None,
+                    stateful: match (stateful, stateless) {
+                        (true, _) => Some(true),
+                        (_, true) => Some(false),
+                        _ => None,
+                    },
                 },
             },
             RuleCmd::Del { id } => Command::RuleDel { id },
@@ -747,6 +787,15 @@ fn run(cli: Cli) -> Result<(), String> {
             limit: Some(limit),
         },
         Cmd::Flows { service, limit, .. } => Command::Flows { service, limit },
+        Cmd::Conn {
+            sub: ConnCmd::List { vni, limit },
+        } => Command::ConnList {
+            vni,
+            limit: Some(limit),
+        },
+        Cmd::Conn {
+            sub: ConnCmd::Flush { vni },
+        } => Command::ConnFlush { vni },
         Cmd::Explain {
             vni,
             src,
@@ -1391,12 +1440,18 @@ fn human(cmd: &Command, r: &Response) -> String {
                         r.src_ports.clone(),
                         r.dst_ports.clone(),
                         r.action.to_string(),
+                        match r.stateful {
+                            Some(true) => "yes".into(),
+                            Some(false) => "no".into(),
+                            None => "default".into(),
+                        },
                     ]
                 })
                 .collect();
             let mut s = table(
                 &[
                     "ID", "PRIO", "VNI", "SRC", "DST", "PROTO", "SPORT", "DPORT", "ACTION",
+                    "STATEFUL",
                 ],
                 &rows,
             );
@@ -1438,6 +1493,56 @@ fn human(cmd: &Command, r: &Response) -> String {
             s
         }
         (Some(Data::Config { toml }), _) => toml.clone(),
+        (Some(Data::ConnList(c)), _) => {
+            let ep = |ip: &IpAddr, p: u16| match ip {
+                IpAddr::V4(a) => format!("{a}:{p}"),
+                IpAddr::V6(a) => format!("[{a}]:{p}"),
+            };
+            let rows: Vec<Vec<String>> = c
+                .entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.vni.to_string(),
+                        e.proto.clone(),
+                        ep(&e.orig, e.orig_port),
+                        ep(&e.resp, e.resp_port),
+                        e.state.clone(),
+                        format!("{:.1}s", e.age_ms as f64 / 1e3),
+                        format!("{:.1}s", e.idle_ms as f64 / 1e3),
+                        e.worker.to_string(),
+                    ]
+                })
+                .collect();
+            let mut s = table(
+                &[
+                    "VNI",
+                    "PROTO",
+                    "ORIGINATOR",
+                    "RESPONDER",
+                    "STATE",
+                    "AGE",
+                    "IDLE",
+                    "WORKER",
+                ],
+                &rows,
+            );
+            let live: u64 = c.live.iter().sum();
+            s.push_str(&format!(
+                "{live} connection(s) ({} per worker, capacity {} each){}\n",
+                c.live
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                c.capacity,
+                if c.truncated { "; raise --limit" } else { "" }
+            ));
+            s
+        }
+        (Some(Data::ConnFlushed { flushed }), _) => {
+            format!("flushed {flushed} connection(s)\n")
+        }
         (Some(Data::FlowList(f)), _) => {
             let rows: Vec<Vec<String>> = f
                 .entries
@@ -1708,6 +1813,43 @@ fn format_stats(s: &StatsReport) -> String {
         }
         let h: Vec<&str> = header.iter().map(String::as_str).collect();
         out.push_str(&table(&h, &rows));
+    }
+    if !s.conntrack.is_empty() || s.conntrack_live != 0 {
+        out.push_str(&format!(
+            "\nconntrack ({} live connections):\n",
+            s.conntrack_live
+        ));
+        let rows: Vec<Vec<String>> = s
+            .conntrack
+            .iter()
+            .map(|c| {
+                vec![
+                    if c.vni == u32::MAX {
+                        "other".to_string()
+                    } else {
+                        c.vni.to_string()
+                    },
+                    c.created.to_string(),
+                    c.hits.to_string(),
+                    c.remote_hits.to_string(),
+                    c.related.to_string(),
+                    c.ct_full.to_string(),
+                    c.denied_new.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "VNI",
+                "CREATED",
+                "HITS",
+                "REMOTE_HITS",
+                "RELATED",
+                "CT_FULL",
+                "DENIED_NEW",
+            ],
+            &rows,
+        ));
     }
     if !s.services.is_empty() {
         out.push_str("\nservices:\n");

@@ -321,6 +321,35 @@ pub fn collect(
             .report(),
         icmp_errors_forwarded: tel.iter().map(|t| t.icmp_errors_forwarded).sum(),
         icmp_too_big_sent: tel.iter().map(|t| t.icmp_too_big).sum(),
+        conntrack: {
+            let mut per: std::collections::BTreeMap<u32, crate::stats::CtCounters> =
+                Default::default();
+            for x in tel.iter() {
+                for (vni, c) in &x.conntrack {
+                    per.entry(*vni).or_default().add(c);
+                }
+            }
+            per.into_iter()
+                .map(|(vni, c)| ctl::ConnCounters {
+                    vni,
+                    created: c.created,
+                    hits: c.hits,
+                    remote_hits: c.remote_hits,
+                    related: c.related,
+                    ct_full: c.ct_full,
+                    denied_new: c.denied_new,
+                })
+                .collect()
+        },
+        conntrack_live: {
+            let ct = &shared.conntrack;
+            let to = shared.tables.load().ct_timeouts;
+            ct.tables
+                .live(ct.now_ms(), &to)
+                .iter()
+                .map(|&n| n as u64)
+                .sum()
+        },
     }
 }
 
@@ -951,6 +980,40 @@ const FAMILIES: &[Family] = &[
         },
     },
     Family {
+        name: "dpgw_conntrack_total",
+        kind: Kind::Counter,
+        help: "Connection tracking of stateful ACL rules per VNI (vni=\"other\": VNIs past a worker's 64): connections created, packets of known connections (hit; remote_hit: found in another worker's table), ICMP errors quoting one (related), new connections dropped for a full table (ct_full), packets of no connection denied by the rules (denied_new).",
+        optional: true,
+        samples: |s| {
+            let mut v = Vec::new();
+            for c in &s.report.conntrack {
+                let vni = if c.vni == u32::MAX {
+                    "other".to_string()
+                } else {
+                    c.vni.to_string()
+                };
+                for (event, n) in [
+                    ("created", c.created),
+                    ("hit", c.hits),
+                    ("remote_hit", c.remote_hits),
+                    ("related", c.related),
+                    ("ct_full", c.ct_full),
+                    ("denied_new", c.denied_new),
+                ] {
+                    v.push(sample(vec![("vni", vni.clone()), ("event", event.into())], n));
+                }
+            }
+            v
+        },
+    },
+    Family {
+        name: "dpgw_conntrack_connections",
+        kind: Kind::Gauge,
+        help: "Live tracked connections, all workers.",
+        optional: false,
+        samples: |s| vec![sample(vec![], s.report.conntrack_live)],
+    },
+    Family {
         name: "dpgw_acl_cache_lookups_total",
         kind: Kind::Counter,
         help: "ACL result cache per worker: keys answered from the cache (hit), by the classifier after a lookup (miss), or by the classifier while the cache is bypassed for a low hit ratio (bypass).",
@@ -1140,6 +1203,16 @@ mod tests {
             r.workers.push(w);
         }
         r.generation = 7;
+        r.conntrack = vec![ctl::ConnCounters {
+            vni: 100,
+            created: 3,
+            hits: 9,
+            remote_hits: 4,
+            related: 1,
+            ct_full: 2,
+            denied_new: 5,
+        }];
+        r.conntrack_live = 3;
         r.services = vec![
             ServiceCounters {
                 name: "web".into(),
@@ -1286,6 +1359,16 @@ mod tests {
         }
         for (fam, series, v) in [
             ("dpgw_generation", "dpgw_generation", 7.0),
+            (
+                "dpgw_conntrack_total",
+                "dpgw_conntrack_total{vni=\"100\",event=\"remote_hit\"}",
+                4.0,
+            ),
+            (
+                "dpgw_conntrack_connections",
+                "dpgw_conntrack_connections",
+                3.0,
+            ),
             (
                 "dpgw_backend_healthy",
                 "dpgw_backend_healthy{service=\"web\",backend=\"192.168.1.1\"}",

@@ -665,6 +665,10 @@ impl Server {
                     flushed: Some(n as u64),
                 }))
             }
+            Command::ConnList { vni, limit } => {
+                super::watch::conn_list(&self.shared, *vni, *limit).map(Some)
+            }
+            Command::ConnFlush { vni } => super::watch::conn_flush(&self.shared, *vni).map(Some),
             other => match self.desired.list(other) {
                 Some(Ok(Data::Backends { mut backends })) => {
                     // The checker's view beside the admin state.

@@ -512,6 +512,7 @@ ip = "192.168.0.1"
             action: acl::Action::Deny,
             priority: None,
             id: None,
+            stateful: None,
         }
     }
 

@@ -263,12 +263,74 @@ pub fn flows_list(
     }))
 }
 
+fn addr(a: u128, v6: bool) -> std::net::IpAddr {
+    if v6 {
+        std::net::Ipv6Addr::from(a).into()
+    } else {
+        std::net::Ipv4Addr::from(a as u32).into()
+    }
+}
+
+/// `conn list`: the workers' connection tables, read without stopping them.
+pub fn conn_list(shared: &Shared, vni: Option<u32>, limit: Option<usize>) -> Answer {
+    let limit = limit.unwrap_or(1000);
+    let ct = &shared.conntrack;
+    let to = shared.tables.load().ct_timeouts;
+    let mut out = ctl::ConnListReport {
+        live: vec![0; ct.tables.workers()],
+        capacity: ct.tables.capacity() as u64,
+        ..Default::default()
+    };
+    ct.tables.for_each(ct.now_ms(), &to, |c| {
+        if vni.is_some_and(|v| v != c.key.vni) {
+            return;
+        }
+        out.live[c.worker] += 1;
+        if out.entries.len() >= limit {
+            out.truncated = true;
+            return;
+        }
+        let ((o, op), (r, rp)) = c.endpoints();
+        out.entries.push(ctl::ConnEntry {
+            worker: c.worker,
+            vni: c.key.vni,
+            proto: acl::proto_name(c.key.proto).to_string(),
+            orig: addr(o, c.key.v6),
+            orig_port: op,
+            resp: addr(r, c.key.v6),
+            resp_port: rp,
+            state: c.state.name().to_string(),
+            age_ms: c.age_ms,
+            idle_ms: c.idle_ms,
+        });
+    });
+    out.entries.sort_by_key(|e| (e.vni, e.orig, e.orig_port));
+    Ok(Data::ConnList(out))
+}
+
+/// `conn flush`: ends the connections (all, or one VNI's) without writing
+/// the workers' tables (see `acl::conntrack`).
+pub fn conn_flush(shared: &Shared, vni: Option<u32>) -> Answer {
+    let ct = &shared.conntrack;
+    let to = shared.tables.load().ct_timeouts;
+    let mut flushed = 0u64;
+    ct.tables.for_each(ct.now_ms(), &to, |c| {
+        flushed += u64::from(vni.is_none_or(|v| v == c.key.vni));
+    });
+    ct.tables
+        .flush(vni)
+        .map_err(|e| (ErrorCode::Invalid, e.to_string()))?;
+    Ok(Data::ConnFlushed { flushed })
+}
+
 pub fn explain(shared: &Shared, p: &ctl::ExplainPacket) -> Answer {
     let t = shared.tables.load_full();
     let frame = observe::explain_frame(&t, p).map_err(|e| (ErrorCode::Invalid, e))?;
     // A pipeline of its own, with a small flow table: it shows what a new
     // flow would get; the workers' tables are asked below for an existing one.
     let mut pipeline = crate::pipeline::Pipeline::default();
+    // The workers' connections are looked at, never changed.
+    pipeline.ct.attach_read_only(shared.conntrack.clone());
     pipeline.lb.flows = Some(lb::FlowTable::new(lb::FlowTableConfig {
         capacity: 64,
         ..t.flow_cfg
