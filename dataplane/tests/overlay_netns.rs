@@ -470,3 +470,156 @@ fn overlay_two_way_tcp_udp_learning_and_moves() {
     let drops: u64 = t.drops.values().sum();
     assert_eq!(t.rx, t.tx + t.punted + drops, "{t:?}");
 }
+
+/// A keep-alive client: `python3 - SRC FLAG` opens one TCP connection from
+/// SRC, exchanges a line, prints the answer, waits for the file FLAG, then
+/// exchanges another line on the same connection and prints it (`ERR` on
+/// failure).
+const PY_KEEP: &str = r#"
+import os, socket, sys, time
+src, flag = sys.argv[1], sys.argv[2]
+c = socket.create_connection(('203.0.113.10', 8000), timeout=5, source_address=(src, 0))
+f = c.makefile('rb')
+c.sendall(b'one\n'); print(f.readline().decode().strip(), flush=True)
+t0 = time.time()
+while not os.path.exists(flag) and time.time() - t0 < 30:
+    time.sleep(0.05)
+try:
+    c.sendall(b'two\n'); print(f.readline().decode().strip() or 'ERR', flush=True)
+except Exception:
+    print('ERR', flush=True)
+"#;
+
+/// Opens a TCP connection to ADDR:PORT (`python3 - ADDR PORT`): prints `OK`
+/// or `BLOCKED` (no answer within 3 s).
+const PY_CONNECT: &str = r#"
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close(); print('OK')
+except Exception:
+    print('BLOCKED')
+"#;
+
+/// Stateful micro-segmentation across the two directions: VNI 100 is
+/// default-deny, and one allow rule (stateful by default there) lets
+/// 172.16.0.0/24 open connections to the server's network. The clients'
+/// TCP and UDP work both ways (the replies, plain IP into VNI 100, match no
+/// rule: the connection table lets them in, also when the reply lands on
+/// the other worker than the request); a connection the server opens toward
+/// a client is blocked and counted; after `conn flush` an established
+/// connection is judged by the rules again: the client's next segment (the
+/// originator's, allowed) re-creates it and it goes on.
+#[test]
+#[ignore = "needs root and ip netns: run by scripts/test.sh as root"]
+fn overlay_stateful_acl_both_directions() {
+    require_root_netns();
+    let mut topo = build("ovs");
+    let cfg = config(
+        &topo,
+        "[acl]\ndefault = \"allow\"\n[[acl.vni]]\nvni = 100\ndefault = \"deny\"\n\
+         [[acl.rule]]\nvni = 100\nsrc = \"172.16.0.0/24\"\ndst = \"203.0.113.0/24\"\naction = \"allow\"\n",
+    );
+    let sock = start_dpgw(&mut topo, &cfg);
+    wait_ready(&topo);
+    let a = talk(&topo.cl[0], "172.16.0.10", 20);
+    assert!(
+        a.tcp.iter().all(|x| x == "172.16.0.10 hello0")
+            && a.udp.iter().all(|x| x == "172.16.0.10 100"),
+        "client through a default-deny VNI with a stateful allow: {a:?}\n{}",
+        log_of(&topo)
+    );
+    let s = stats(&sock);
+    let ct = s
+        .conntrack
+        .iter()
+        .find(|c| c.vni == 100)
+        .cloned()
+        .unwrap_or_else(|| panic!("no conntrack counters: {:?}", s.conntrack));
+    assert!(ct.created >= 40, "{ct:?}");
+    assert!(ct.hits > 0, "{ct:?}");
+    assert!(
+        ct.remote_hits > 0,
+        "some replies landed on the other worker and were found there: {ct:?}"
+    );
+
+    // The server opening a connection toward the client: no rule allows
+    // it, no connection is known: blocked, counted as acl_deny.
+    let mut listener = topo
+        .cl[0]
+        .command("python3")
+        .args([
+            "-c",
+            "import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+             s.bind(('172.16.0.10', 9000)); s.listen(8)\nwhile True: s.accept()[0].close()",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client listener");
+    let denies = |s: &ctl::StatsReport| s.total.drops.get("acl_deny").copied().unwrap_or(0);
+    let before = denies(&stats(&sock));
+    let out = run_py(&topo.srv, PY_CONNECT, &["172.16.0.10", "9000"]);
+    assert_eq!(
+        out.trim(),
+        "BLOCKED",
+        "the server must not reach into VNI 100"
+    );
+    assert!(denies(&stats(&sock)) > before);
+    // While the client may open the same kind of connection itself.
+    let a = talk(&topo.cl[0], "172.16.0.10", 1);
+    assert_eq!(a.tcp, vec!["172.16.0.10 hello0".to_string()]);
+
+    // conn flush: the established connection is re-created by the client's
+    // next segment (loose pickup; documented).
+    let flag = topo.dir.path().join("go");
+    let mut keep = topo.cl[0]
+        .command("python3")
+        .args(["-", "172.16.0.10"])
+        .arg(&flag)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("keep-alive client");
+    {
+        use std::io::Write;
+        keep.stdin
+            .take()
+            .unwrap()
+            .write_all(PY_KEEP.as_bytes())
+            .unwrap();
+    }
+    let mut out = std::io::BufReader::new(keep.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "172.16.0.10 one");
+    let created = |s: &ctl::StatsReport| {
+        s.conntrack
+            .iter()
+            .find(|c| c.vni == 100)
+            .map_or(0, |c| c.created)
+    };
+    let c0 = created(&stats(&sock));
+    match ctl(&sock, Command::ConnFlush { vni: Some(100) }) {
+        Some(Data::ConnFlushed { flushed }) => assert!(flushed >= 1),
+        other => panic!("conn flush: {other:?}"),
+    }
+    std::fs::write(&flag, b"").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = keep.wait();
+    assert_eq!(
+        line.trim(),
+        "172.16.0.10 two",
+        "the connection after conn flush"
+    );
+    assert!(
+        created(&stats(&sock)) > c0,
+        "re-created by the client's segment"
+    );
+    let t = stats(&sock).total;
+    let drops: u64 = t.drops.values().sum();
+    assert_eq!(t.rx, t.tx + t.punted + drops, "{t:?}");
+    let _ = listener.kill();
+    let _ = listener.wait();
+}
