@@ -230,7 +230,17 @@ fn health_checks_inband_through_the_data_path() {
     );
     nft_clear(&topo.backends[0]);
     wait_health(&topo, 0, Health::Healthy, rise_window);
-    assert!(stats(&sock).health.unhealthy_services.is_empty());
+    // The service's own state follows the backend's (same checker pass, a
+    // moment later in the report).
+    let t0 = Instant::now();
+    while !stats(&sock).health.unhealthy_services.is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "service still unhealthy: {:?}",
+            stats(&sock).health
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let resumed = names(&timed(&topo, 0.5, 0.02));
     assert_eq!(
         resumed.keys().collect::<Vec<_>>(),
