@@ -57,7 +57,10 @@ fn backend(phase: usize) -> IpAddr {
 /// phase to the next, and the service's only backend is the phase's own.
 fn tables(phase: usize) -> Tables {
     let allow = format!(
-        "[[acl.rule]]\nid = {}\ndst = \"192.168.0.1/32\"\naction = \"allow\"\n",
+        // Stateless: every packet is classified and counted (a stateful
+        // allow, the default under `default = "deny"`, counts only the
+        // packets that create a connection).
+        "[[acl.rule]]\nid = {}\ndst = \"192.168.0.1/32\"\naction = \"allow\"\nstateful = false\n",
         matching_rule(phase)
     );
     let deny = format!(
