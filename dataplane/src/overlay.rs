@@ -33,6 +33,17 @@ pub fn inbound_tenant(frame: &[u8], t: &Tables) -> Option<u32> {
     o.tenant_of(a, v6)
 }
 
+/// The tenant a plain (not VXLAN/Geneve for us) frame belongs to, and
+/// whether it is to be sent into it (`true`, [`inbound_tenant`]) or is an
+/// ICMP error for the LB stage (`false`, [`icmp_error_tenant`]).
+#[inline]
+pub fn plain_tenant(frame: &[u8], t: &Tables) -> Option<(u32, bool)> {
+    t.overlay.as_ref()?;
+    inbound_tenant(frame, t)
+        .map(|v| (v, true))
+        .or_else(|| icmp_error_tenant(frame, t).map(|v| (v, false)))
+}
+
 /// For a plain ICMP/ICMPv6 error addressed to a service VIP (a router on the
 /// path of a backend's direct reply to a client, e.g. "fragmentation
 /// needed"): the tenant (VNI) of the client its quote is about, i.e. whose

@@ -86,33 +86,22 @@ impl Stage for Decap {
                     v[i] = Verdict::Punt;
                 }
                 // Plain IP from the outside to a tenant address (its
-                // fragments too): into the overlay.
+                // fragments too), or an ICMP error to a VIP about a tenant
+                // client's flow: a packet of that tenant.
                 Err(
                     e @ (vxlan::DecapError::NotUdp
                     | vxlan::DecapError::NotVxlan
                     | vxlan::DecapError::OuterFragment),
-                ) => match crate::overlay::inbound_tenant(pkts[i].data(), t) {
-                    Some(vni) => {
+                ) => match crate::overlay::plain_tenant(pkts[i].data(), t) {
+                    Some((vni, inbound)) => {
                         let m = &mut meta[i];
                         m.vni = vni;
-                        m.inbound = true;
+                        m.inbound = inbound;
                         m.outer_len = 0;
                         m.geneve_len = 0;
                         m.finished = false;
                     }
-                    // An ICMP error to a VIP about a tenant client's
-                    // flow: to the LB, as a packet of that tenant.
-                    None => match crate::overlay::icmp_error_tenant(pkts[i].data(), t) {
-                        Some(vni) => {
-                            let m = &mut meta[i];
-                            m.vni = vni;
-                            m.inbound = false;
-                            m.outer_len = 0;
-                            m.geneve_len = 0;
-                            m.finished = false;
-                        }
-                        None => v[i] = Verdict::Drop(e.into()),
-                    },
+                    None => v[i] = Verdict::Drop(e.into()),
                 },
                 Err(e) => v[i] = Verdict::Drop(e.into()),
             }

@@ -246,12 +246,7 @@ impl Desired {
                 vtep,
                 mac,
             } => {
-                let t = next
-                    .cfg
-                    .tenant
-                    .iter_mut()
-                    .find(|t| t.vni == *vni)
-                    .ok_or(StateError::NoSuchTenant(*vni))?;
+                let t = next.tenant_mut(*vni)?;
                 t.vtep.retain(|v| v.addr != *addr);
                 t.vtep.push(ctl::StaticVtep {
                     addr: *addr,
@@ -261,12 +256,7 @@ impl Desired {
                 t.vtep.sort_by_key(|v| v.addr);
             }
             Command::VtepDel { vni, addr } => {
-                let t = next
-                    .cfg
-                    .tenant
-                    .iter_mut()
-                    .find(|t| t.vni == *vni)
-                    .ok_or(StateError::NoSuchTenant(*vni))?;
+                let t = next.tenant_mut(*vni)?;
                 let before = t.vtep.len();
                 t.vtep.retain(|v| v.addr != *addr);
                 if t.vtep.len() == before {
@@ -349,6 +339,15 @@ impl Desired {
                 }
             }
         }
+    }
+
+    /// The `[[tenant]]` of `vni`.
+    fn tenant_mut(&mut self, vni: u32) -> Result<&mut ctl::TenantSpec, StateError> {
+        self.cfg
+            .tenant
+            .iter_mut()
+            .find(|t| t.vni == vni)
+            .ok_or(StateError::NoSuchTenant(vni))
     }
 
     /// Validates and appends rules (after removing every inline rule if
