@@ -52,7 +52,9 @@ prop_compose! {
             Just(ProtoMatch::new(6, 0xfe)),
             Just(ProtoMatch::new(1, 0x0f)),
         ],
-        vni in prop_oneof![Just(None), Just(Some(1u32)), Just(Some(2u32))],
+        // 0x100_0001 shares its low 24 bits with 1: VNIs wider than the
+        // classifier's 24-bit lanes must still be told apart.
+        vni in prop_oneof![Just(None), Just(Some(1u32)), Just(Some(2u32)), Just(Some(0x100_0001u32))],
         deny in any::<bool>(),
         priority in prop_oneof![3 => Just(None), 1 => (0u32..4).prop_map(Some)],
     ) -> Rule {
@@ -80,7 +82,7 @@ prop_compose! {
 prop_compose! {
     fn arb_key()(
         v6 in any::<bool>(),
-        vni in 0u32..4,
+        vni in prop_oneof![4 => 0u32..4, 1 => Just(0x100_0001u32), 1 => Just(0x100_0002u32)],
         s in 0usize..4, sr in any::<u128>(), sbits in 0u32..=128,
         d in 0usize..4, dr in any::<u128>(), dbits in 0u32..=128,
         sport in prop_oneof![(0usize..6).prop_map(|i| PORTS[i]), any::<u16>()],
