@@ -26,23 +26,28 @@ use crate::rule::{Action, Defaults, Family, Key, Prefix, Rule, RuleSet, NO_MATCH
 /// leaf whose low 32 bits index its first entry in `list`; otherwise the low
 /// 32 bits are the offset of the node's child array in `mem` and the high
 /// bits say how that node cuts: dimension (bits 32..36), shift (36..41) and
-/// number of cut bits (41..46). The parent's link thus carries everything
-/// needed to pick the next child: one dependent load per level.
+/// the mask of its cut bits (41..63, so at most [`MAX_CUT_BITS`] bits). The
+/// parent's link thus carries everything needed to pick the next child: one
+/// dependent load per level, and a stored mask rather than a bit count saves
+/// the walk a second variable shift.
 const LEAF: u64 = 1 << 63;
 /// A leaf with no rules (its index is past the end of `list`).
 const EMPTY: u64 = LEAF | u32::MAX as u64;
 
 fn node_link(offset: usize, dim: usize, shift: u32, k: u32) -> u64 {
-    offset as u64 | (dim as u64) << 32 | u64::from(shift) << 36 | u64::from(k) << 41
+    offset as u64 | (dim as u64) << 32 | u64::from(shift) << 36 | u64::from(low_mask(k)) << 41
 }
+
+/// Most bits one node can cut (the width of a link's mask field).
+const MAX_CUT_BITS: u32 = 22;
 
 /// The child link `key` leads to from the node behind link `w` (not a leaf).
 #[inline(always)]
 fn child_slot<const D: usize>(w: u64, k: &[u32; D]) -> usize {
     let dim = (w >> 32) as usize & 15;
     let shift = (w >> 36) as u32 & 31;
-    let bits = (w >> 41) as u32 & 31;
-    let v = (k[dim % D] >> shift) & !(u32::MAX << bits);
+    let mask = (w >> 41) as u32 & low_mask(MAX_CUT_BITS);
+    let v = (k[dim % D] >> shift) & mask;
     (w as u32 as usize) + v as usize
 }
 /// Row flag: last row of its leaf.
@@ -56,7 +61,7 @@ pub struct BuildParams {
     /// Space factor: a cut into `c` children is allowed while the children's
     /// rule counts plus `c` stay within `spfac * n`.
     pub spfac: usize,
-    /// Most bits one node may cut (at most `2^max_bits` children).
+    /// Most bits one node may cut (at most `2^max_bits` children; at most 22).
     pub max_bits: u32,
     /// An address is "small" (specific) when its prefix is at least this long
     /// (IPv4; IPv6 uses four times it); rules are grouped by which addresses
@@ -75,7 +80,22 @@ pub struct BuildParams {
 /// extra memory still paid for itself in fewer rules checked.
 pub const COMPACT_BUDGET: usize = 8 << 20;
 
+/// Largest set [`Classifier::new`] also tries as one tree
+/// ([`BuildParams::single_tree`]); above it such a tree grows too large
+/// (tens of MiB and seconds of build on the 10k ClassBench sets).
+pub const SINGLE_TREE_MAX_RULES: usize = 2048;
+
 impl BuildParams {
+    /// One tree over all rules (no grouping by address length) with generous
+    /// cuts (`spfac` 16): the least work per lookup, for small sets.
+    pub fn single_tree() -> BuildParams {
+        BuildParams {
+            spfac: 16,
+            split_len: 0,
+            ..BuildParams::default()
+        }
+    }
+
     /// More generous cuts (`spfac` 8) and fewer groups (`split_len` 8): fewer
     /// rules checked per lookup at some memory cost.
     pub fn compact() -> BuildParams {
@@ -573,6 +593,10 @@ struct Builder<'a, const D: usize, R> {
     leaf_cache: HashMap<Vec<u32>, u64>,
     nodes: usize,
     max_depth: usize,
+    /// Bytes of `mem` and `list` past which the build gives up (the rest of
+    /// it becomes leaves and `over` is set: the result is to be discarded).
+    limit: usize,
+    over: bool,
 }
 
 /// A node's region: per dimension the lowest value and the number of free
@@ -589,7 +613,7 @@ impl<const D: usize> Region<D> {
     }
 }
 
-fn low_mask(bits: u32) -> u32 {
+const fn low_mask(bits: u32) -> u32 {
     if bits >= 32 {
         u32::MAX
     } else {
@@ -653,6 +677,9 @@ impl<'a, const D: usize, R: MatchRow> Builder<'a, D, R> {
     }
 
     fn build(&mut self, mut list: Vec<u32>, reg: Region<D>, depth: usize) -> u64 {
+        if self.over {
+            return self.leaf(&list);
+        }
         // Everything after the first rule covering the whole region is dead here.
         if let Some(p) = list
             .iter()
@@ -697,6 +724,10 @@ impl<'a, const D: usize, R: MatchRow> Builder<'a, D, R> {
         if self.forest.mem.len() + (1usize << k) >= u32::MAX as usize {
             return self.leaf(&list);
         }
+        if self.forest.memory() > self.limit {
+            self.over = true;
+            return self.leaf(&list);
+        }
         self.nodes += 1;
         self.max_depth = self.max_depth.max(depth + 1);
         let shift = reg.bits[d] - k;
@@ -733,7 +764,8 @@ fn build_forest<const D: usize, R: MatchRow>(
     bits: [u32; D],
     rows: Vec<R>,
     params: BuildParams,
-) -> (Forest<D, R>, [usize; 3]) {
+    limit: usize,
+) -> (Forest<D, R>, [usize; 3], bool) {
     let mut b = Builder {
         rules: &rules,
         bits,
@@ -743,6 +775,8 @@ fn build_forest<const D: usize, R: MatchRow>(
         leaf_cache: HashMap::new(),
         nodes: 0,
         max_depth: 0,
+        limit,
+        over: false,
     };
     for g in groups {
         let Some(&min_idx) = g.iter().map(|&i| &rules[i as usize].idx).min() else {
@@ -757,7 +791,7 @@ fn build_forest<const D: usize, R: MatchRow>(
     }
     b.forest.trees.sort_by_key(|t| t.min_idx);
     let st = [b.nodes, b.max_depth, b.leaf_cache.len()];
-    (b.forest, st)
+    (b.forest, st, b.over)
 }
 
 const D4: usize = 8;
@@ -895,17 +929,50 @@ impl Classifier {
         } else {
             Classifier::with_params(set, BuildParams::default())
         };
+        // Small sets: one tree over all rules often needs less work per
+        // lookup than one per address group (every tree visited costs a
+        // walk), at a memory cost that small sets can afford.
+        if set.len() <= SINGLE_TREE_MAX_RULES {
+            let (one, over) = Classifier::build(set, BuildParams::single_tree(), COMPACT_BUDGET);
+            if !over {
+                let keys: Vec<Key> = crate::generate_trace(&c.rules, 2048, 0x5eed)
+                    .into_iter()
+                    .map(|e| e.key)
+                    .collect();
+                if one.modelled_cost(&keys) * 20 < c.modelled_cost(&keys) * 19 {
+                    c = one;
+                }
+            }
+        }
         c.stats.build_us = t0.elapsed().as_micros() as u64;
         c
     }
 
+    /// Lookup work on `keys` in rough cycles: each tree visited, node walked
+    /// and leaf row checked weighted by what it cost in measurements on the
+    /// ClassBench sets (`acl-bench`). Deterministic, unlike a timing.
+    fn modelled_cost(&self, keys: &[Key]) -> usize {
+        keys.iter()
+            .map(|k| {
+                let [t, n, r] = self.lookup_cost(k);
+                10 * t + 10 * n + 6 * r
+            })
+            .sum()
+    }
+
     /// Compile with explicit parameters.
     pub fn with_params(set: &RuleSet, params: BuildParams) -> Classifier {
+        Classifier::build(set, params, usize::MAX).0
+    }
+
+    /// [`Self::with_params`]; past `limit` bytes the build stops cutting and
+    /// says so (`true`): that result is correct but not worth keeping.
+    fn build(set: &RuleSet, params: BuildParams, limit: usize) -> (Classifier, bool) {
         let t0 = Instant::now();
         let params = BuildParams {
             binth: params.binth.max(1),
             spfac: params.spfac.max(2),
-            max_bits: params.max_bits.clamp(1, 24),
+            max_bits: params.max_bits.clamp(1, MAX_CUT_BITS),
             split_len: params.split_len,
             interleave: params.interleave,
         };
@@ -938,14 +1005,15 @@ impl Classifier {
             }
         }
         let rows4: Vec<Row4> = rules.iter().map(Row4::from_rule).collect();
-        let (v4, s4) = build_forest(r4, g4, V4_BITS, rows4, params);
+        let (v4, s4, over4) = build_forest(r4, g4, V4_BITS, rows4, params, limit);
         // Most sets are IPv4 only: keep the IPv6 table empty then.
         let rows6: Vec<Row6> = if g6.iter().all(Vec::is_empty) {
             Vec::new()
         } else {
             rules.iter().map(Row6::from_rule).collect()
         };
-        let (v6, s6) = build_forest(r6, g6, V6_BITS, rows6, params);
+        let (v6, s6, over6) = build_forest(r6, g6, V6_BITS, rows6, params, limit);
+        let over = over4 || over6;
         let stats = BuildStats {
             trees: v4.trees.len() + v6.trees.len(),
             nodes: s4[0] + s6[0],
@@ -966,11 +1034,11 @@ impl Classifier {
         };
         c.interleave = match params.interleave {
             Some(x) => x,
-            None => c.stats.memory_bytes > CALIBRATE_BYTES && c.calibrate(),
+            None => !over && c.stats.memory_bytes > CALIBRATE_BYTES && c.calibrate(),
         };
         c.stats.interleaved = c.interleave;
         c.stats.build_us = t0.elapsed().as_micros() as u64;
-        c
+        (c, over)
     }
 
     /// Is interleaving faster than walking keys one at a time? Times both
