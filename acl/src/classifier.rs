@@ -9,13 +9,17 @@
 //! dimension, so the child is `(key[dim] >> shift) & mask`: no comparisons on
 //! the way down, and the link to a node carries its cut so each level is one
 //! dependent load. Leaves are runs of at most `binth` match rows in priority
-//! order, stored inline (32 bytes per IPv4 rule: addresses as value and shift,
-//! ports as low/width, masked protocol, VNI, rule index).
+//! order, stored inline (48 bytes per IPv4 rule: the rule as eight 16-bit
+//! ranges tested with two SSE2 compares, see [`Row4`]; rule index; the
+//! protocol mask and VNI for the rare rules the ranges only bound).
 //!
 //! Build: at each node, rules after the first rule covering the whole region
 //! are dropped; every dimension is tried with 1..=`max_bits` cut bits while the
 //! children's total rule count stays within `spfac * n`, and the cut with the
 //! smallest largest child wins. Identical leaves are stored once.
+//! [`Classifier::new`] builds the grouped trees and, for small sets, also a
+//! single tree over all rules, and keeps the one a work model says is
+//! cheaper (see [`BuildParams::single_tree`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
