@@ -89,6 +89,12 @@ pub const COMPACT_BUDGET: usize = 8 << 20;
 /// (tens of MiB and seconds of build on the 10k ClassBench sets).
 pub const SINGLE_TREE_MAX_RULES: usize = 2048;
 
+/// Smallest set [`Classifier::new`] tries as one tree: below it the grouped
+/// trees are small anyway, and the second build and the work model (about a
+/// millisecond) would be most of the cost of a live rule change's delta
+/// classifier (see [`crate::LiveClassifier`]).
+pub const SINGLE_TREE_MIN_RULES: usize = 256;
+
 impl BuildParams {
     /// One tree over all rules (no grouping by address length) with generous
     /// cuts (`spfac` 16): the least work per lookup, for small sets.
@@ -936,7 +942,7 @@ impl Classifier {
         // Small sets: one tree over all rules often needs less work per
         // lookup than one per address group (every tree visited costs a
         // walk), at a memory cost that small sets can afford.
-        if set.len() <= SINGLE_TREE_MAX_RULES {
+        if (SINGLE_TREE_MIN_RULES..=SINGLE_TREE_MAX_RULES).contains(&set.len()) {
             let (one, over) = Classifier::build(set, BuildParams::single_tree(), COMPACT_BUDGET);
             if !over {
                 let keys: Vec<Key> = crate::generate_trace(&c.rules, 2048, 0x5eed)
