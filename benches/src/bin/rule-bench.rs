@@ -412,7 +412,13 @@ fn main() {
         ])
         .args(["--seed", "17"])
         .output()
-        .expect("dpgw gen");
+        .unwrap_or_else(|e| {
+            eprintln!(
+                "rule-bench: cannot run {} ({e}); build it first or point --dpgw at it",
+                a.dpgw.display()
+            );
+            std::process::exit(2)
+        });
     assert!(
         o.status.success(),
         "dpgw gen: {}",
