@@ -154,7 +154,7 @@ pub struct BuildStats {
 /// so replication in the trees costs four bytes per copy, not a whole rule.
 trait MatchRow: Copy + Default + std::fmt::Debug {
     /// What the key becomes once per lookup for the rows' test.
-    type Prep: Copy;
+    type Prep: Copy + Default;
     fn from_rule(r: &Rule) -> Self;
     fn prep(k: &Key) -> Self::Prep;
     fn matches(&self, p: &Self::Prep, k: &Key) -> bool;
@@ -195,7 +195,7 @@ struct Row4 {
 }
 
 /// A key as [`Row4`] lanes, and whether its VNI is wider than the lanes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Lanes4 {
     k: [i16; 8],
     wide: bool,
@@ -211,13 +211,8 @@ impl MatchRow for Row4 {
     type Prep = Lanes4;
 
     fn from_rule(r: &Rule) -> Self {
-        let range32 = |p: &Prefix| -> (u32, u32) {
-            let (v, shift) = pfx32(p);
-            let m = (u64::from(u32::MAX) << shift) as u32;
-            (v & m, v | !m)
-        };
-        let (slo, shi) = range32(&r.src);
-        let (dlo, dhi) = range32(&r.dst);
+        let (slo, shi) = range4(&r.src);
+        let (dlo, dhi) = range4(&r.dst);
         // A 32-bit range from a prefix: exact as (high-half range, low-half
         // range) because the low half is free whenever the high half varies.
         let halves = |lo: u32, hi: u32| -> [(u16, u16); 2] {
@@ -229,11 +224,8 @@ impl MatchRow for Row4 {
         let [s_h, s_l] = halves(slo, shi);
         let [d_h, d_l] = halves(dlo, dhi);
         let (plo, phi) = r.proto.bounds();
+        // Any VNI, or one wider than the lanes (then only bounded): free.
         let (pv, vlo) = match r.vni {
-            None => (
-                (u16::from(plo) << 8, u16::from(phi) << 8 | 0xff),
-                (0, u16::MAX),
-            ),
             Some(v) if v <= 0xff_ffff => {
                 let vh = (v >> 16) as u16;
                 (
@@ -241,7 +233,7 @@ impl MatchRow for Row4 {
                     (v as u16, v as u16),
                 )
             }
-            Some(_) => (
+            _ => (
                 (u16::from(plo) << 8, u16::from(phi) << 8 | 0xff),
                 (0, u16::MAX),
             ),
@@ -321,11 +313,15 @@ impl MatchRow for Row4 {
     }
 }
 
-/// Value and shift of an IPv4 prefix (`Any` = shift 32: matches all).
-fn pfx32(p: &Prefix) -> (u32, u8) {
-    match *p {
-        Prefix::V4 { addr, len } => (u32::from(addr), 32 - len.min(32)),
-        _ => (0, 32),
+/// The addresses an IPv4 prefix covers, as an inclusive range (anything
+/// else, `Any` included, covers every IPv4 address).
+fn range4(p: &Prefix) -> (u32, u32) {
+    match p {
+        Prefix::V4 { .. } => {
+            let (lo, hi) = p.range();
+            (lo as u32, hi as u32)
+        }
+        _ => (0, u32::MAX),
     }
 }
 
@@ -407,10 +403,12 @@ const CALIBRATE_BYTES: usize = 1 << 20;
 /// Walks in flight in [`Forest::classify_interleaved`].
 const SLOTS: usize = 8;
 
-/// One in-flight walk: key (as dimensions), its position, tree, cursor, best.
+/// One in-flight walk: key (as dimensions and as the rows want it), its
+/// position, tree, cursor, best.
 #[derive(Clone, Copy)]
-struct Slot<const D: usize> {
+struct Slot<const D: usize, P> {
     k: [u32; D],
+    p: P,
     i: usize,
     t: usize,
     cur: u64,
@@ -453,6 +451,7 @@ impl<const D: usize, R: MatchRow> Forest<D, R> {
         };
         let mut slots = [Slot {
             k: [0u32; D],
+            p: R::Prep::default(),
             i: 0,
             t: 0,
             cur: EMPTY,
@@ -464,6 +463,7 @@ impl<const D: usize, R: MatchRow> Forest<D, R> {
             if next < n {
                 *s = Slot {
                     k: conv(&keys[next]),
+                    p: R::prep(&keys[next]),
                     i: next,
                     t: 0,
                     cur: first.root,
@@ -486,7 +486,7 @@ impl<const D: usize, R: MatchRow> Forest<D, R> {
                     s.cur = self.mem[child_slot(r, &s.k)];
                     continue;
                 }
-                s.best = self.scan(r, &R::prep(&keys[s.i]), &keys[s.i], s.best, &mut checked);
+                s.best = self.scan(r, &s.p, &keys[s.i], s.best, &mut checked);
                 s.t += 1;
                 match self.trees.get(s.t) {
                     Some(t) if t.min_idx < s.best => s.cur = t.root,
@@ -495,6 +495,7 @@ impl<const D: usize, R: MatchRow> Forest<D, R> {
                         if next < n {
                             *s = Slot {
                                 k: conv(&keys[next]),
+                                p: R::prep(&keys[next]),
                                 i: next,
                                 t: 0,
                                 cur: first.root,
@@ -562,6 +563,7 @@ impl<const D: usize, R: MatchRow> Forest<D, R> {
     fn cost(&self, k: &[u32; D], key: &Key) -> [usize; 3] {
         let mut best = NO_MATCH;
         let mut c = [0usize; 3];
+        let p = R::prep(key);
         for t in &self.trees {
             if t.min_idx >= best {
                 break;
@@ -572,7 +574,7 @@ impl<const D: usize, R: MatchRow> Forest<D, R> {
                 c[1] += 1;
                 r = self.mem[child_slot(r, k)];
             }
-            best = self.scan(r, &R::prep(key), key, best, &mut c[2]);
+            best = self.scan(r, &p, key, best, &mut c[2]);
         }
         c
     }
@@ -871,17 +873,11 @@ fn common(r: &Rule) -> ([(u32, u32); 4], u32) {
 
 fn brule4(r: &Rule, idx: u32) -> BRule<D4> {
     let (c, pm) = common(r);
-    let (slo, shi) = match r.src {
-        Prefix::Any => (0, u128::from(u32::MAX)),
-        p => p.range(),
-    };
-    let (dlo, dhi) = match r.dst {
-        Prefix::Any => (0, u128::from(u32::MAX)),
-        p => p.range(),
-    };
+    let (slo, shi) = range4(&r.src);
+    let (dlo, dhi) = range4(&r.dst);
     BRule {
-        lo: [slo as u32, dlo as u32, c[0].0, c[1].0, c[2].0, c[3].0, 0, 0],
-        hi: [shi as u32, dhi as u32, c[0].1, c[1].1, c[2].1, c[3].1, 0, 0],
+        lo: [slo, dlo, c[0].0, c[1].0, c[2].0, c[3].0, 0, 0],
+        hi: [shi, dhi, c[0].1, c[1].1, c[2].1, c[3].1, 0, 0],
         pm,
         idx,
     }
