@@ -29,7 +29,13 @@ use crate::tables::Tables;
 
 /// State shared between the workers and the control side.
 pub struct Shared {
+    /// The current snapshot. Replace it only through [`Shared::publish_with`]
+    /// or [`Shared::store_tables`], which also bump `swaps`.
     pub tables: ArcSwap<Tables>,
+    /// How many times `tables` was replaced: what a worker checks once per
+    /// burst (one relaxed-cost load of a line that changes only with the
+    /// configuration) before it loads the snapshot itself.
+    swaps: AtomicU64,
     pub stop: AtomicBool,
     pub published: Vec<Published>,
     /// Per-worker "still running" flags (false once the worker has exited).
@@ -86,6 +92,7 @@ impl Shared {
         let conntrack = crate::conntrack::CtShared::new(workers, tables.ct_capacity);
         Arc::new(Shared {
             tables: ArcSwap::from_pointee(tables),
+            swaps: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             published: (0..workers).map(|_| Published::default()).collect(),
             running: (0..workers).map(|_| AtomicBool::new(true)).collect(),
@@ -130,7 +137,22 @@ impl Shared {
         let _g = self.publish.lock().unwrap_or_else(|p| p.into_inner());
         let prev = self.tables.load_full();
         let next = build(&prev, prev.generation + 1)?;
-        Ok(self.tables.swap(Arc::new(next)))
+        let old = self.tables.swap(Arc::new(next));
+        self.swaps.fetch_add(1, Ordering::Release);
+        Ok(old)
+    }
+
+    /// Replaces the snapshot with `t` as it is (no generation bump, no
+    /// publish lock: for tests and tools that drive an engine directly).
+    pub fn store_tables(&self, t: Arc<Tables>) {
+        self.tables.store(t);
+        self.swaps.fetch_add(1, Ordering::Release);
+    }
+
+    /// The count of snapshot replacements so far (see `swaps`).
+    #[inline]
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Acquire)
     }
 
     /// Sum of all workers' published counters.
@@ -156,6 +178,11 @@ pub struct WorkerResult<Q> {
     pub on_cpu_ns: u64,
     pub pinned_to: Option<usize>,
 }
+
+/// Bursts between two publications of a busy worker's counters (about 50
+/// stores each); an idle worker publishes at once, and every worker when it
+/// exits. At 32 packets per burst and 20 Mpps, `stats` lags by ≤ 13 µs.
+const PUBLISH_EVERY: u32 = 8;
 
 /// Runs one worker until its input is exhausted or `shared.stop` is set.
 pub fn run_worker<Q: Queue>(
@@ -195,12 +222,20 @@ pub fn run_worker<Q: Queue>(
     let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     let c0 = rdtsc();
+    // When the current loop turn began (after the last empty poll, or where
+    // the last burst ended): a burst's time in the histogram is its whole
+    // turn, the poll that brought it included, and a busy worker reads the
+    // TSC once per burst.
+    let mut turn0 = c0;
     let mut idle_spins = 0u32;
     // The snapshot in use; replaced when the control side publishes a new one
     // (checked once per burst: one atomic load and a pointer compare).
+    let mut seen_swaps = shared.swaps();
     let mut cur: Arc<Tables> = shared.tables.load_full();
     shared.seen_generation[id].store(cur.generation, Ordering::Release);
     let mut since_flush = 0u32;
+    // Bursts since the counters were last published (see PUBLISH_EVERY).
+    let mut unpublished = 0u32;
     let mut burst_hist = BurstHistogram::default();
     // Counts not yet handed to the control side (see `Shared::telemetry`).
     let mut pending = Telemetry::default();
@@ -226,14 +261,16 @@ pub fn run_worker<Q: Queue>(
             let now = pipeline.lb.now_ms();
             crate::observe::scan_step(query, &cur, pipeline.lb.flows.as_ref(), now, id);
         }
-        {
-            let g = shared.tables.load();
+        let swaps = shared.swaps();
+        if swaps != seen_swaps {
+            seen_swaps = swaps;
+            let g = shared.tables.load_full();
             if !Arc::ptr_eq(&g, &cur) {
                 // The stages' counters are indexed by the old snapshot: name
                 // them with it before it goes.
                 pipeline.flush_telemetry(&cur, &mut pending, &mut burst_hist);
                 hand_off(&mut pending, slot, false);
-                cur = arc_swap::Guard::into_inner(g);
+                cur = g;
                 shared.seen_generation[id].store(cur.generation, Ordering::Release);
             }
         }
@@ -254,6 +291,11 @@ pub fn run_worker<Q: Queue>(
             if queue.rx_done() {
                 break;
             }
+            if unpublished != 0 {
+                // The first empty poll after traffic: counters are exact again.
+                unpublished = 0;
+                published.publish(&stats);
+            }
             stats.empty_polls += 1;
             idle_spins += 1;
             if idle_spins > 1024 {
@@ -266,9 +308,9 @@ pub fn run_worker<Q: Queue>(
             } else {
                 std::hint::spin_loop();
             }
+            turn0 = rdtsc();
             continue;
         }
-        let b0 = rdtsc();
         idle_spins = 0;
         stats.bursts += 1;
         let n = rx.len();
@@ -296,6 +338,20 @@ pub fn run_worker<Q: Queue>(
             pipeline.run(&cur, nh, &mut rx, &mut meta[..n], &mut verdicts[..n]);
         }
 
+        // The common bursts, acted on whole: all sent (a forwarding
+        // pipeline) or all dropped for one reason (a flood of what is not
+        // ours); anything else packet by packet.
+        let first = verdicts[0];
+        let uniform = verdicts[1..n].iter().all(|v| *v == first);
+        if uniform && first == Verdict::Tx {
+            for p in rx.iter() {
+                stats.tx_bytes += p.data().len() as u64;
+            }
+            transmit(&mut queue, &mut rx, &mut stats);
+        } else if let (true, Verdict::Drop(r)) = (uniform, first) {
+            stats.drop_many(r, n as u64);
+            queue.free_burst(&mut rx);
+        }
         for (i, (pkt, v)) in rx.drain(..).zip(verdicts[..n].iter()).enumerate() {
             match v {
                 Verdict::Tx => {
@@ -338,8 +394,14 @@ pub fn run_worker<Q: Queue>(
             };
             held.service(&mut queue, &cur, nh, &mut rx, &mut tx, &mut dropped);
         }
-        burst_hist.record(rdtsc().wrapping_sub(b0));
-        published.publish(&stats);
+        let turn1 = rdtsc();
+        burst_hist.record(turn1.wrapping_sub(turn0));
+        turn0 = turn1;
+        unpublished += 1;
+        if unpublished >= PUBLISH_EVERY {
+            unpublished = 0;
+            published.publish(&stats);
+        }
         since_flush += 1;
         if since_flush >= 256 {
             since_flush = 0;

@@ -140,6 +140,13 @@ pub fn classify_with(
 /// (`t.decap.vtep_v4` / `vtep_v6`) and underlay source addresses
 /// (`t.underlay_v4` / `underlay_v6`). Meant for frames that fail decap with
 /// `NotIp`, `NotUdp` or `NotVxlan`; cheap (a few compares), never panics.
+/// False when `frame` is certainly not an untagged ARP frame (the only
+/// exception whose ethertype is not IP): one compare.
+#[inline]
+pub fn may_be_arp(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&ethertype::ARP.to_be_bytes()[..])
+}
+
 #[inline]
 pub fn is_exception(frame: &[u8], t: &Tables) -> bool {
     let u4 = t.underlay_v4.map(u32::from);

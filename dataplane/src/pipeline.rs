@@ -75,6 +75,13 @@ impl Pipeline {
         // An unresolved next hop (ARP/ND pending) drops what would be sent.
         self.set_next_hop(t, learned_next_hop);
         self.decap.process(t, pkts, meta, verdicts);
+        // A burst that decap dropped or punted whole (a flood of frames that
+        // are not ours) skips the later stages: each would only walk the
+        // verdicts to find nothing to do.
+        if !any_tx(verdicts) {
+            self.nothing_left();
+            return;
+        }
         self.inner.process(t, pkts, meta, verdicts);
         // The one test the common path pays for fragments.
         if self.inner.frags != 0 {
@@ -87,6 +94,14 @@ impl Pipeline {
         self.overlay.process(t, pkts, meta, verdicts);
         self.lb.process(t, pkts, meta, verdicts);
         self.route.process(t, pkts, meta, verdicts);
+    }
+
+    /// What the skipped stages would have left for this burst: no ACL or LB
+    /// results.
+    #[inline]
+    fn nothing_left(&mut self) {
+        self.acl.clear_results();
+        self.lb.clear_results();
     }
 
     /// The stages after the fragment stage, for held fragments whose first
@@ -156,6 +171,15 @@ impl Pipeline {
         }
         self.route.process(t, pkts, meta, verdicts);
     }
+}
+
+/// True when some packet of the burst is still to be sent (cheaper than the
+/// stages' own walks: eight verdicts compared per step, no early exit).
+#[inline]
+fn any_tx(verdicts: &[Verdict]) -> bool {
+    verdicts
+        .chunks(8)
+        .any(|c| c.iter().fold(false, |a, v| a | (*v == Verdict::Tx)))
 }
 
 /// Runs `frames` through `pipeline` under `t` in bursts, as a worker would,

@@ -78,6 +78,11 @@ impl Stage for Decap {
                     meta[i].finished = false;
                     meta[i].inbound = false;
                 }
+                // Of the frames that are not IP, only ARP can be for us: the
+                // rest (a flood of them costs this much) skip the look.
+                Err(vxlan::DecapError::NotIp) if !crate::exception::may_be_arp(pkts[i].data()) => {
+                    v[i] = Verdict::Drop(DropReason::NotIp);
+                }
                 Err(
                     vxlan::DecapError::NotIp
                     | vxlan::DecapError::NotUdp
@@ -392,6 +397,13 @@ impl Acl {
         }
     }
 
+    /// Forgets the last burst's classifications (the pipeline skipped this
+    /// stage for a burst).
+    #[inline]
+    pub fn clear_results(&mut self) {
+        self.last = 0;
+    }
+
     /// The last burst's classifications: (position in the burst, matched rule
     /// index or `acl::NO_MATCH`).
     pub fn last_results(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
@@ -587,6 +599,13 @@ impl Lb {
             tel.flow_capacity = f.capacity() as u64;
             tel.flow_counters = FlowCounters::from(&f.stats());
         }
+    }
+
+    /// Forgets the last burst's answers (the pipeline skipped this stage
+    /// for a burst).
+    #[inline]
+    pub fn clear_results(&mut self) {
+        self.last = 0;
     }
 
     /// The last burst's answers: (position in the burst, verdict).

@@ -133,6 +133,12 @@ impl WorkerStats {
         self.drops[reason as usize] += 1;
     }
 
+    /// `n` drops for one reason (a burst dropped whole).
+    #[inline]
+    pub fn drop_many(&mut self, reason: DropReason, n: u64) {
+        self.drops[reason as usize] += n;
+    }
+
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
     }
@@ -475,8 +481,9 @@ impl Telemetry {
     }
 }
 
-/// Burst processing time in TSC cycles, as power-of-two buckets, folded into
-/// [`Telemetry`] periodically. Bucket 0 counts bursts of 0 cycles, bucket i
+/// Burst time in TSC cycles (the worker loop turn that received and handled
+/// the burst: its poll, the stages, transmit and free), as power-of-two
+/// buckets, folded into [`Telemetry`] periodically. Bucket 0 counts bursts of 0 cycles, bucket i
 /// (1 ≤ i < `BUCKETS - 1`) those of 2^(i-1) to 2^i - 1 cycles, and the last
 /// bucket everything from 2^(BUCKETS - 2) cycles up (it has no upper bound).
 /// Not cumulative.

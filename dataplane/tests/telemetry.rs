@@ -166,7 +166,7 @@ impl Queue for PhasedQueue {
             self.phase += 1;
             self.in_phase = 0;
             if let Some(t) = self.next.next() {
-                self.shared.tables.store(Arc::new(t));
+                self.shared.store_tables(Arc::new(t));
             }
         }
         n

@@ -1035,7 +1035,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "dpgw_burst_duration_seconds",
         kind: Kind::Histogram,
-        help: "Time to process one burst, all workers (bounds: powers of two of TSC cycles at the measured TSC rate; _sum estimated from bucket midpoints).",
+        help: "Time to receive and process one burst (the worker loop turn that handled it), all workers (bounds: powers of two of TSC cycles at the measured TSC rate; _sum estimated from bucket midpoints).",
         optional: true,
         samples: burst_duration,
     },

@@ -1236,7 +1236,8 @@ impl Queue for DpdkQueue {
                 };
                 // SAFETY: m is a received mbuf, owned by us now.
                 let r = unsafe { m.as_ref() };
-                let pkt = if r.nb_segs == 1 && r.refcnt == 1 {
+                // One compare of the two adjacent u16 fields.
+                let pkt = if (u32::from(r.nb_segs) << 16 | u32::from(r.refcnt)) == 0x1_0001 {
                     // SAFETY: single-segment, refcnt 1, owned, from a never-freed pool.
                     unsafe { Mbuf::from_raw(m) }
                 } else {
