@@ -84,6 +84,12 @@ pub struct DataplaneSection {
     /// (wrapping around the available cores).
     #[serde(default)]
     pub cores: Vec<usize>,
+    /// CPU ids for every thread that is not a worker (the control server,
+    /// health checker, slow path, route announcer, fleet link, ACL
+    /// recompiles). Empty = wherever the scheduler puts them, which can be a
+    /// worker's core. Ignored with `no_pin`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_cores: Vec<usize>,
     /// Packets per burst (1..=256).
     #[serde(default = "default_burst")]
     pub burst: usize,
@@ -133,6 +139,7 @@ impl Default for DataplaneSection {
         DataplaneSection {
             workers: default_workers(),
             cores: Vec::new(),
+            control_cores: Vec::new(),
             burst: default_burst(),
             io: IoKind::Pcap,
             no_pin: false,
@@ -984,6 +991,14 @@ impl Config {
                 crate::io::MAX_BURST
             ));
         }
+        for c in &d.control_cores {
+            if *c >= crate::cpu::MAX_CPUS {
+                p.push(format!(
+                    "dataplane.control_cores: CPU {c} is out of range (0..{})",
+                    crate::cpu::MAX_CPUS
+                ));
+            }
+        }
         if !d.cores.is_empty() && d.cores.len() < d.workers {
             p.push(format!(
                 "dataplane.cores: {} cores listed for {} workers",
@@ -1245,6 +1260,25 @@ mod tests {
         assert_eq!(c.dataplane.burst, 32);
         assert_eq!(c.gateway.vxlan_ports, vec![4789]);
         assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn test_control_cores() {
+        let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n").unwrap();
+        assert!(c.dataplane.control_cores.is_empty(), "anywhere by default");
+        let c = Config::parse("[pcap]\ninput = [\"a.pcap\"]\n[dataplane]\ncontrol_cores = [0]\n")
+            .unwrap();
+        assert_eq!(c.dataplane.control_cores, vec![0]);
+        assert!(c.validate().is_empty());
+        let c =
+            Config::parse("[pcap]\ninput = [\"a.pcap\"]\n[dataplane]\ncontrol_cores = [0, 5000]\n")
+                .unwrap();
+        let p = c.validate();
+        assert!(
+            p.iter()
+                .any(|s| s.starts_with("dataplane.control_cores: CPU 5000 is out of range")),
+            "{p:?}"
+        );
     }
 
     #[test]

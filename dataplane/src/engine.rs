@@ -193,10 +193,14 @@ pub fn run_worker<Q: Queue>(
     core: Option<usize>,
     mut punt: Option<Box<dyn Punt>>,
 ) -> WorkerResult<Q> {
-    let pinned_to = core.and_then(|c| {
-        let ids = core_affinity::get_core_ids()?;
-        let cid = ids.into_iter().find(|x| x.id == c)?;
-        core_affinity::set_for_current(cid).then_some(c)
+    // Pinned by id, whatever the mask the thread inherited (`control_cores`
+    // narrows the main thread's to the control CPUs).
+    let pinned_to = core.and_then(|c| match crate::cpu::pin_thread_to(&[c]) {
+        Ok(()) => Some(c),
+        Err(e) => {
+            eprintln!("dpgw: worker {id}: {e}; it runs unpinned");
+            None
+        }
     });
     let burst_size = burst_size.clamp(1, MAX_BURST);
     let mut pipeline = Pipeline::default();

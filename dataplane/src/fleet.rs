@@ -522,17 +522,17 @@ pub fn start(
     } else {
         cfg.dataplane.cores.clone()
     };
-    let spare = core_affinity::get_core_ids()
-        .unwrap_or_default()
+    let spare = crate::cpu::online_cpus()
         .into_iter()
         .rev()
-        .find(|c| !worker_cores.contains(&c.id));
-    let pin = !cfg.dataplane.no_pin;
+        .find(|c| !worker_cores.contains(c));
+    // With `control_cores` the thread keeps the control CPUs it inherits.
+    let pin = !cfg.dataplane.no_pin && cfg.dataplane.control_cores.is_empty();
     std::thread::Builder::new()
         .name("dpgw-fleet".into())
         .spawn(move || {
             if let (true, Some(c)) = (pin, spare) {
-                core_affinity::set_for_current(c);
+                let _ = crate::cpu::pin_thread_to(&[c]);
             }
             run(link, sock, key, section, max_age_ms, stop)
         })

@@ -155,6 +155,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Run { config } => {
             let cfg = Config::load(&config)?;
+            // Before any thread starts: they inherit it (workers then pin
+            // themselves to their own cores).
+            if !cfg.dataplane.control_cores.is_empty() && !cfg.dataplane.no_pin {
+                dataplane::cpu::pin_thread_to(&cfg.dataplane.control_cores)
+                    .map_err(|e| anyhow::anyhow!("dataplane.control_cores: {e}"))?;
+            }
             let stop = stop_on_signals()?;
             // SIGHUP re-reads the config (the control server handles it);
             // without a [control] section it is ignored rather than fatal.

@@ -277,11 +277,11 @@ fn core_for(cfg: &Config, worker: usize) -> Option<usize> {
     if let Some(c) = cfg.dataplane.cores.get(worker) {
         return Some(*c);
     }
-    let ids = core_affinity::get_core_ids()?;
+    let ids = crate::cpu::online_cpus();
     if ids.is_empty() {
         return None;
     }
-    Some(ids[worker % ids.len()].id)
+    Some(ids[worker % ids.len()])
 }
 
 /// Spawns one pinned worker per queue, watches them, and summarises. Worker
