@@ -137,48 +137,6 @@ struct Results {
     load_avg_end: f64,
 }
 
-/// Hugepages for the run: 512 × 2 MiB reserved and hugetlbfs mounted, as root.
-/// `Err` says why not (then every process runs with `--no-huge`).
-fn hugepages() -> Result<String, String> {
-    let nr = "/proc/sys/vm/nr_hugepages";
-    let have: u64 = std::fs::read_to_string(nr)
-        .map_err(|e| format!("{nr}: {e}"))?
-        .trim()
-        .parse()
-        .map_err(|e| format!("{nr}: {e}"))?;
-    if have < 512 {
-        std::fs::write(nr, "512").map_err(|e| format!("cannot reserve hugepages ({nr}): {e}"))?;
-    }
-    let free = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("HugePages_Free:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    if free < 256 {
-        return Err(format!(
-            "only {free} free hugepages (need 256 × 2 MiB; {nr} = {have})"
-        ));
-    }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if !mounts
-        .lines()
-        .any(|l| l.split(' ').nth(2) == Some("hugetlbfs"))
-    {
-        std::fs::create_dir_all("/dev/hugepages").map_err(|e| format!("/dev/hugepages: {e}"))?;
-        let st = Proc::new("mount")
-            .args(["-t", "hugetlbfs", "nodev", "/dev/hugepages"])
-            .status()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !st.success() {
-            return Err("mount -t hugetlbfs failed".into());
-        }
-    }
-    Ok(format!("{free} × 2 MiB free"))
-}
-
 /// VIP the capture is sent to and the service listens on.
 const VIP: &str = "192.168.0.1";
 
@@ -508,7 +466,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let huge = if cli.no_huge {
         Err("--no-huge".to_string())
     } else {
-        hugepages()
+        peers::hugepages()
     };
     let (mem_args, huge_note): (Vec<String>, String) = match &huge {
         Ok(n) => (vec![], format!("hugepages ({n})")),
