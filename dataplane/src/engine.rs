@@ -274,6 +274,11 @@ pub fn run_worker<Q: Queue>(
                 // them with it before it goes.
                 pipeline.flush_telemetry(&cur, &mut pending, &mut burst_hist);
                 hand_off(&mut pending, slot, false);
+                // What this worker counted under the old snapshot is
+                // published before it says it uses the new one: a caller
+                // told `live: true` reads counters that include it all.
+                published.publish(&stats);
+                unpublished = 0;
                 cur = g;
                 shared.seen_generation[id].store(cur.generation, Ordering::Release);
             }
