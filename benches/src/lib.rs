@@ -6,4 +6,5 @@
 //! thread's on-CPU time) have one copy, in [`dataplane::cpu`].
 #![forbid(unsafe_code)]
 
+pub mod daemon;
 pub mod sanity;

@@ -26,7 +26,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command as Proc, Stdio};
+use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -58,41 +58,7 @@ struct Args {
 
 const VIP: &str = "10.99.0.1";
 
-struct Daemon(Option<Child>);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = Proc::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// On-CPU time of the thread named `name` of process `pid`, ns (`schedstat`).
-fn thread_cpu_ns(pid: u32, name: &str) -> Option<u64> {
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            let s = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
-            return s.split_whitespace().next()?.parse().ok();
-        }
-    }
-    None
-}
+use benches::daemon::{thread_cpu_ns, Daemon};
 
 fn rx(c: &mut ctl::Client) -> Result<u64, String> {
     match c.data(Command::Stats).map_err(|e| e.to_string())? {
