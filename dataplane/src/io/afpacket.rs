@@ -113,6 +113,9 @@ pub struct AfPacketCounters {
     pub kernel_packets: u64,
     /// Frames the kernel dropped because our RX ring was full (`tp_drops`).
     pub kernel_drops: u64,
+    /// Times the kernel found its next block still ours and stopped filling
+    /// the ring until we gave one back (`tp_freeze_q_cnt`).
+    pub kernel_freezes: u64,
     /// Frames larger than our buffers (dropped before the engine saw them).
     pub oversize: u64,
     /// Frames skipped because we sent them ourselves (kernels without IGNORE_OUTGOING).
@@ -713,6 +716,7 @@ impl RxRing {
         if r == 0 {
             c.kernel_packets += u64::from(st.tp_packets);
             c.kernel_drops += u64::from(st.tp_drops);
+            c.kernel_freezes += u64::from(st.tp_freeze_q_cnt);
         }
     }
 }
@@ -1024,6 +1028,7 @@ impl Queue for AfPacketQueue {
         vec![
             ("kernel_packets", c.kernel_packets),
             ("kernel_drops", c.kernel_drops),
+            ("kernel_freezes", c.kernel_freezes),
             ("oversize", c.oversize),
             ("gso_frames", c.gso_frames),
             ("gso_segments", c.gso_segments),
