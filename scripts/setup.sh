@@ -2,7 +2,7 @@
 # Installs what dpgw's tests and benchmarks need, idempotently: Debian packages
 # (only when one is missing) and Python packages for the test helpers.
 set -euo pipefail
-pkgs=(tshark tcpdump libdpdk-dev dpdk-dev pkg-config libclang-dev iproute2 socat curl nftables python3-pip bird2 frr ethtool)
+pkgs=(tshark tcpdump libdpdk-dev dpdk-dev pkg-config libclang-dev iproute2 socat curl nftables python3-pip bird2 frr ethtool netsniff-ng)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

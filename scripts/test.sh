@@ -19,8 +19,8 @@ trap 'rm -f "$log" "$rootlog"' EXIT
 # Test targets whose every test needs root and `ip netns` (AF_PACKET on veth,
 # end to end between network namespaces). They are `#[ignore]`d, so the
 # workspace run lists them as ignored; as root they run below by name and the
-# script fails unless every one of them ran and passed. (`afpacket_bench` is a
-# benchmark, not a test: it is not run here.)
+# script fails unless every one of them ran and passed. (AF_PACKET against the
+# kernel on veth is a benchmark, `veth-bench`, run by the suite below.)
 root_targets=(afpacket afpacket_exception e2e_netns health_netns fleet_netns overlay_netns dpdk_health)
 
 echo "== fmt"
