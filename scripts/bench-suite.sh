@@ -22,6 +22,8 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 
 cargo build --profile production -p benches --bins
+# veth-bench runs dpgw (AF_PACKET); the same build as scripts/bench-dpdk.sh.
+cargo build --profile production -p dataplane --features dpdk --bin dpgw
 "$target/production/suite" "$@"
 # The suite checks its own output too; this is the independent check CI relies on.
 "$target/production/suite" --check "$out/results.json"

@@ -153,6 +153,8 @@ pub struct Peers {
     pub io_ratio: Option<f64>,
     pub acl: Vec<peers::AclPeer>,
     pub published: Vec<peers::Published>,
+    /// The kernel on veth against dpgw on AF_PACKET (`veth-bench`).
+    pub veth: Option<peers::VethPeer>,
     pub skipped: Option<String>,
 }
 
@@ -620,7 +622,17 @@ fn run(cli: &Cli) -> Result<(), String> {
         .find(|t| t.mode == "io" && t.status == benches::sanity::Status::Ok)
         .and_then(|t| t.cpu_cycles_per_packet);
     let calibration = tp_io.filter(|c| *c > 0.0);
+    let veth = (!cli.no_peers && !cli.tiny).then(|| {
+        progress.note("peer: the kernel on veth vs dpgw on AF_PACKET (veth-bench)");
+        let v = peers::veth_peer(quick);
+        if let Some(why) = &v.reason {
+            progress.note(&format!("  veth-bench: FAILED: {why}"));
+            errors.push(format!("peer veth-bench failed: {why}"));
+        }
+        v
+    });
     let peers = Peers {
+        veth,
         io_ratio: match (io_cycles, tp_io) {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
             _ => None,

@@ -410,3 +410,94 @@ pub fn published() -> Vec<Published> {
         },
     ]
 }
+
+/// The Linux kernel doing dpgw's job on veth (`veth-bench`: kernel vxlan +
+/// nftables + forwarding vs dpgw on AF_PACKET, driven by `trafgen`).
+#[derive(Clone, Debug, Serialize)]
+pub struct VethPeer {
+    pub command: String,
+    /// `failed`: not run (not root, a tool or binary missing) or its run
+    /// forwarded nothing; then the figures are null and `reason` says why.
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub kernel_ns_per_packet: Option<f64>,
+    pub dpgw_ns_per_packet: Option<f64>,
+    /// Kernel ns/packet over dpgw's (above 1: dpgw is cheaper; issue 19's goal is 3).
+    pub per_core_ratio: Option<f64>,
+    pub kernel_zero_loss_pps: Option<f64>,
+    pub dpgw_zero_loss_pps: Option<f64>,
+    /// veth-bench's whole JSON output.
+    pub raw: Option<serde_json::Value>,
+}
+
+/// Runs `veth-bench --json` (next to this executable, with the `dpgw` beside
+/// it); `quick`: one short round, no zero-loss search.
+pub fn veth_peer(quick: bool) -> VethPeer {
+    let me = std::env::current_exe().ok();
+    let dir = me.as_ref().and_then(|m| m.parent().map(Path::to_path_buf));
+    let bin = dir.as_ref().map(|d| d.join("veth-bench"));
+    let mut args = vec!["--json".to_string()];
+    if quick {
+        args.push("--quick".into());
+    }
+    let mut p = VethPeer {
+        command: format!("veth-bench {}", args.join(" ")),
+        status: Status::Failed,
+        reason: None,
+        kernel_ns_per_packet: None,
+        dpgw_ns_per_packet: None,
+        per_core_ratio: None,
+        kernel_zero_loss_pps: None,
+        dpgw_zero_loss_pps: None,
+        raw: None,
+    };
+    let Some(bin) = bin.filter(|b| b.is_file()) else {
+        p.reason = Some("veth-bench not found next to suite (cargo build --profile production -p benches --bins)".into());
+        return p;
+    };
+    let out = match Command::new(&bin).args(&args).stdin(Stdio::null()).output() {
+        Ok(o) => o,
+        Err(e) => {
+            p.reason = Some(format!("{}: {e}", bin.display()));
+            return p;
+        }
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        p.reason = Some(
+            err.lines()
+                .last()
+                .unwrap_or("veth-bench failed")
+                .trim()
+                .to_string(),
+        );
+        return p;
+    }
+    let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => {
+            p.reason = Some(format!("veth-bench printed no JSON: {e}"));
+            return p;
+        }
+    };
+    let f = |g: &str, k: &str| v[g][k].as_f64();
+    let (kf, df) = (f("kernel", "forwarded_pps"), f("dpgw", "forwarded_pps"));
+    // A gateway that forwarded (almost) nothing was not measured.
+    if kf.unwrap_or(0.0) < 1000.0 || df.unwrap_or(0.0) < 1000.0 {
+        p.reason = Some(format!(
+            "a gateway forwarded under 1000 pps (kernel {:?}, dpgw {:?}): not a measurement",
+            kf, df
+        ));
+        p.raw = Some(v);
+        return p;
+    }
+    p.status = Status::Ok;
+    p.kernel_ns_per_packet = f("kernel", "dut_ns_per_packet");
+    p.dpgw_ns_per_packet = f("dpgw", "dut_ns_per_packet");
+    p.per_core_ratio = v["per_core_ratio"].as_f64();
+    p.kernel_zero_loss_pps = f("kernel", "zero_loss_pps");
+    p.dpgw_zero_loss_pps = f("dpgw", "zero_loss_pps");
+    p.raw = Some(v);
+    p
+}

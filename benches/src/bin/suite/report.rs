@@ -163,6 +163,20 @@ pub fn summary_lines(r: &Results) -> String {
             let _ = writeln!(s, "peer rte_acl on {}: FAILED: {why}", a.set);
         }
     }
+    if let Some(v) = &r.peers.veth {
+        match (&v.reason, v.per_core_ratio) {
+            (Some(why), _) => {
+                let _ = writeln!(s, "peer kernel on veth: FAILED: {why}");
+            }
+            (None, Some(q)) => {
+                let _ = writeln!(
+                    s,
+                    "ratio kernel / dpgw AF_PACKET on veth (ns per forwarded packet): {q:.2}"
+                );
+            }
+            _ => {}
+        }
+    }
     s
 }
 
@@ -525,6 +539,27 @@ pub fn markdown(r: &Results) -> String {
         }
         o.push('\n');
     }
+    if let Some(v) = &r.peers.veth {
+        let _ = writeln!(o, "AF_PACKET vs the Linux kernel on veth (`{}`): the same job (VXLAN decap, one deny rule, IPv4 forwarding) by a kernel vxlan device + nftables + ip_forward and by dpgw on AF_PACKET (one worker on CPU 1), driven by `trafgen` on CPU 0; cost = (CPU 1 busy + CPU 0 irq/softirq) per packet delivered to the sink.\n", v.command);
+        let f =
+            |x: Option<f64>, p: usize| x.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "–".into());
+        match &v.reason {
+            Some(why) => {
+                let _ = writeln!(o, "| gateway | ns/packet | zero-loss pps |\n|---|---:|---:|\n| veth-bench | **failed** | – |\n\n{why}\n");
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "| gateway | ns/packet | zero-loss pps |\n|---|---:|---:|\n| Linux kernel | {} | {} |\n| dpgw AF_PACKET | {} | {} |\n\nPer-core ratio kernel/dpgw: {} (issue 19's goal: 3).\n",
+                    f(v.kernel_ns_per_packet, 0),
+                    f(v.kernel_zero_loss_pps, 0),
+                    f(v.dpgw_ns_per_packet, 0),
+                    f(v.dpgw_zero_loss_pps, 0),
+                    f(v.per_core_ratio, 2)
+                );
+            }
+        }
+    }
     let _ = writeln!(o, "### Published figures (not measured here)\n");
     let target = r.target.as_ref().map(|t| t.cycles_per_packet.median);
     let _ = writeln!(
@@ -638,6 +673,7 @@ mod tests {
                 io_ratio,
                 acl: Vec::new(),
                 published: Vec::new(),
+                veth: None,
                 skipped: None,
             },
             plots: Vec::new(),
