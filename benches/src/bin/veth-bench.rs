@@ -363,7 +363,6 @@ fn topology(dir: &Path) -> Result<Topo, String> {
         gen,
         dut,
         sink,
-
         d1_mac,
         vs_mac,
         cfg,
@@ -371,12 +370,7 @@ fn topology(dir: &Path) -> Result<Topo, String> {
 }
 
 fn mac(s: &str) -> Result<[u8; 6], String> {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("MAC {s:?}: {e}"))?;
-    v.try_into().map_err(|_| format!("MAC {s:?}: not 6 bytes"))
+    dataplane::config::parse_mac(s).map_err(|e| format!("MAC {s:?}: {e}"))
 }
 
 /// 256 VXLAN frames (VNI 100, 64-byte inner UDP frames to 10.1.0.0–255), one
@@ -446,8 +440,7 @@ fn kernel_down(t: &Topo) -> Result<(), String> {
 fn dpgw_config(t: &Topo, sock: &Path) -> String {
     format!(
         "[dataplane]\nworkers = 1\ncores = [1]\ncontrol_cores = [0]\nio = \"afpacket\"\n\
-         [afpacket]\ninterfaces = [\"d0\"]\ntx_interface = \"d1\"\nblock_size = 1048576\nblock_count = 16\n\
-         tx_frames = 4096\npoll_when_idle = true\n\
+         [afpacket]\ninterfaces = [\"d0\"]\ntx_interface = \"d1\"\npoll_when_idle = true\n\
          [control]\nsocket = \"{}\"\n\
          [gateway]\nvtep_ips = [\"198.18.0.1\"]\nlocal_mac = \"{}\"\nnext_hop_mac = \"{}\"\n\
          [acl]\ndefault = \"allow\"\n[[acl.rule]]\nsrc = \"192.168.0.0/16\"\naction = \"deny\"\n",
