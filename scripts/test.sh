@@ -21,7 +21,7 @@ trap 'rm -f "$log" "$rootlog"' EXIT
 # workspace run lists them as ignored; as root they run below by name and the
 # script fails unless every one of them ran and passed. (AF_PACKET against the
 # kernel on veth is a benchmark, `veth-bench`, run by the suite below.)
-root_targets=(afpacket afpacket_exception e2e_netns health_netns fleet_netns overlay_netns dpdk_health)
+root_targets=(afpacket afpacket_exception afxdp e2e_netns health_netns fleet_netns overlay_netns dpdk_health)
 
 echo "== fmt"
 cargo fmt --all -- --check

@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub afpacket: Option<AfPacketSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afxdp: Option<AfXdpSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpdk: Option<DpdkSection>,
     #[serde(default)]
     pub gateway: GatewaySection,
@@ -71,6 +73,7 @@ pub enum IoKind {
     #[default]
     Pcap,
     Afpacket,
+    Afxdp,
     Dpdk,
 }
 
@@ -235,6 +238,55 @@ pub struct AfPacketSection {
     /// (TPACKET_V3 `tp_retire_blk_tov`; bounds the latency at low rates).
     #[serde(default = "default_block_timeout_ms")]
     pub block_timeout_ms: u32,
+}
+
+/// `[afxdp]`: XDP sockets (`dataplane.io = "afxdp"`, `io::afxdp`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AfXdpSection {
+    /// Interfaces to receive on (dpgw attaches its XDP program to each).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Interface to transmit on (default: the first interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_interface: Option<String>,
+    /// Entries of each ring (fill, RX, TX, completion), and UMEM frames per
+    /// direction: a power of two in 64..=16384.
+    #[serde(default = "default_xdp_ring")]
+    pub ring_size: u32,
+    /// Where the XDP program runs: in the driver (`native`), in the kernel's
+    /// generic hook (`generic`), or native with a fallback (`auto`).
+    #[serde(default)]
+    pub mode: XdpMode,
+    /// Sleep in poll(2) when idle instead of spinning.
+    #[serde(default)]
+    pub poll_when_idle: bool,
+}
+
+impl Default for AfXdpSection {
+    fn default() -> AfXdpSection {
+        AfXdpSection {
+            interfaces: Vec::new(),
+            tx_interface: None,
+            ring_size: default_xdp_ring(),
+            mode: XdpMode::Auto,
+            poll_when_idle: false,
+        }
+    }
+}
+
+fn default_xdp_ring() -> u32 {
+    2048
+}
+
+/// `afxdp.mode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    #[default]
+    Auto,
+    Native,
+    Generic,
 }
 
 fn default_block_timeout_ms() -> u32 {
@@ -1025,6 +1077,20 @@ impl Config {
                 Some(a) => {
                     if a.interfaces.is_empty() {
                         p.push("afpacket.interfaces: at least one interface is required".into());
+                    }
+                }
+            },
+            IoKind::Afxdp => match &self.afxdp {
+                None => p.push("afxdp: section required when dataplane.io = \"afxdp\"".into()),
+                Some(a) => {
+                    if a.interfaces.is_empty() {
+                        p.push("afxdp.interfaces: at least one interface is required".into());
+                    }
+                    if !a.ring_size.is_power_of_two() || !(64..=16384).contains(&a.ring_size) {
+                        p.push(format!(
+                            "afxdp.ring_size: {} is not a power of two in 64..=16384",
+                            a.ring_size
+                        ));
                     }
                 }
             },

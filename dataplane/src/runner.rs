@@ -211,10 +211,51 @@ pub fn run_prepared(
                 section: "afpacket",
                 io: "afpacket",
             })?;
-            let queues = crate::io::afpacket::open_queues(af, workers)
+            let queues: Vec<_> = crate::io::afpacket::open_queues(af, workers)
+                .map_err(|e| RunError::Backend(e.to_string()))?
+                .into_iter()
+                .map(crate::io::HostQueue::Packet)
+                .collect();
+            let tx_if = af
+                .tx_interface
+                .as_deref()
+                .or(af.interfaces.first().map(|s| s.as_str()));
+            let slow = crate::slowpath::SlowPath::start(cfg, shared.clone(), tx_if)
+                .map_err(RunError::Backend)?;
+            let punts = (0..workers).map(|_| Some(slow.punt())).collect();
+            let summary = drive(cfg, opts, &shared, queues, punts, &stop);
+            slow.stop();
+            summary?
+        }
+        IoKind::Afxdp => {
+            // XDP sockets per worker; the slow path as with AF_PACKET (the
+            // workers punt what is for the gateway itself, its replies leave
+            // through a plain packet socket, which XDP does not affect).
+            let ax = cfg.afxdp.as_ref().ok_or(RunError::MissingSection {
+                section: "afxdp",
+                io: "afxdp",
+            })?;
+            let queues = crate::io::afxdp::open_queues(ax, workers)
                 .map_err(|e| RunError::Backend(e.to_string()))?;
-            let slow =
-                crate::slowpath::SlowPath::start(cfg, shared.clone()).map_err(RunError::Backend)?;
+            for (iface, native) in crate::io::afxdp::describe(&queues) {
+                let mode = if native { "native" } else { "generic" };
+                crate::log::event(
+                    crate::log::Level::Info,
+                    "xdp_attached",
+                    &[
+                        ("iface", &iface),
+                        ("mode", &mode),
+                        ("queues", &queues.len()),
+                    ],
+                );
+            }
+            let queues: Vec<_> = queues.into_iter().map(crate::io::HostQueue::Xdp).collect();
+            let tx_if = ax
+                .tx_interface
+                .as_deref()
+                .or(ax.interfaces.first().map(|s| s.as_str()));
+            let slow = crate::slowpath::SlowPath::start(cfg, shared.clone(), tx_if)
+                .map_err(RunError::Backend)?;
             let punts = (0..workers).map(|_| Some(slow.punt())).collect();
             let summary = drive(cfg, opts, &shared, queues, punts, &stop);
             slow.stop();

@@ -146,15 +146,15 @@ pub struct SlowPath {
 }
 
 impl SlowPath {
-    /// Starts the slow path for an AF_PACKET run: replies go out on
-    /// `afpacket.tx_interface` (default: the first interface).
-    pub fn start(cfg: &Config, shared: Arc<Shared>) -> Result<SlowPath, String> {
-        let af = cfg.afpacket.as_ref().ok_or("afpacket: section required")?;
-        let iface = af
-            .tx_interface
-            .as_deref()
-            .or(af.interfaces.first().map(|s| s.as_str()))
-            .ok_or("afpacket.interfaces: at least one interface is required")?;
+    /// Starts the slow path for an AF_PACKET or AF_XDP run: replies go out
+    /// through a plain packet socket on `tx_iface` (the backend's
+    /// `tx_interface`, default its first interface).
+    pub fn start(
+        cfg: &Config,
+        shared: Arc<Shared>,
+        tx_iface: Option<&str>,
+    ) -> Result<SlowPath, String> {
+        let iface = tx_iface.ok_or("at least one interface is required")?;
         let sink = crate::io::afpacket::RawSender::open(iface).map_err(|e| e.to_string())?;
         SlowPath::spawn(SlowPathConfig::from_config(cfg), Box::new(sink), shared)
     }

@@ -43,8 +43,12 @@ pub fn prepare(current: &Desired, path: &Path) -> Result<Reloaded, String> {
     if file.dataplane != cur.dataplane {
         ignored.push("dataplane");
     }
-    if file.pcap != cur.pcap || file.afpacket != cur.afpacket || file.dpdk != cur.dpdk {
-        ignored.push("I/O (pcap/afpacket/dpdk)");
+    if file.pcap != cur.pcap
+        || file.afpacket != cur.afpacket
+        || file.afxdp != cur.afxdp
+        || file.dpdk != cur.dpdk
+    {
+        ignored.push("I/O (pcap/afpacket/afxdp/dpdk)");
     }
     if file.control != cur.control {
         ignored.push("control");

@@ -9,6 +9,8 @@
 // block with a SAFETY comment); nothing else in the crate may.
 #[allow(unsafe_code)]
 pub mod afpacket;
+#[allow(unsafe_code)]
+pub mod afxdp;
 pub mod buf;
 #[cfg(feature = "dpdk")]
 #[allow(unsafe_code)]
@@ -89,5 +91,56 @@ pub trait Queue: Send {
     fn alloc_frame(&mut self, frame: &[u8]) -> Option<Self::Pkt> {
         let _ = frame;
         None
+    }
+}
+
+/// A queue of one of the two backends on the kernel's interfaces (AF_PACKET,
+/// AF_XDP). Both hand out [`buf::HeapBuf`]s, so the runner drives them as one
+/// type: the engine is compiled once for both (one match per burst, not per
+/// packet).
+pub enum HostQueue {
+    Packet(afpacket::AfPacketQueue),
+    Xdp(afxdp::AfXdpQueue),
+}
+
+impl Queue for HostQueue {
+    type Pkt = buf::HeapBuf;
+
+    #[inline]
+    fn rx_burst(&mut self, burst: &mut Burst<buf::HeapBuf>, max: usize) -> usize {
+        match self {
+            HostQueue::Packet(q) => q.rx_burst(burst, max),
+            HostQueue::Xdp(q) => q.rx_burst(burst, max),
+        }
+    }
+
+    #[inline]
+    fn tx_burst(&mut self, burst: &mut Burst<buf::HeapBuf>) -> usize {
+        match self {
+            HostQueue::Packet(q) => q.tx_burst(burst),
+            HostQueue::Xdp(q) => q.tx_burst(burst),
+        }
+    }
+
+    #[inline]
+    fn free(&mut self, pkt: buf::HeapBuf) {
+        match self {
+            HostQueue::Packet(q) => q.free(pkt),
+            HostQueue::Xdp(q) => q.free(pkt),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            HostQueue::Packet(q) => q.flush(),
+            HostQueue::Xdp(q) => q.flush(),
+        }
+    }
+
+    fn io_counters(&mut self) -> Vec<(&'static str, u64)> {
+        match self {
+            HostQueue::Packet(q) => q.io_counters(),
+            HostQueue::Xdp(q) => q.io_counters(),
+        }
     }
 }
