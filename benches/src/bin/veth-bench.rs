@@ -32,6 +32,14 @@
 //! sampled) over the window, divided by the packets delivered to the sink in
 //! it, for both gateways. The sink's own receive runs on CPU 1 for both.
 //!
+//! With `--afxdp` dpgw is also measured on AF_XDP (`io = "afxdp"`): its XDP
+//! program on `d0` (native: veth runs it in its NAPI poll, on CPU 0 like the
+//! AF_PACKET receive) redirects every frame into the worker's XDP socket,
+//! before there is an skb, so no nftables drop is needed; transmit on `d1`
+//! goes through the XDP socket's TX ring (copy mode: the kernel builds one
+//! skb per frame on `sendto`). The rounds alternate kernel, AF_PACKET,
+//! AF_XDP.
+//!
 //! dpgw runs with `poll_when_idle = true` (the worker sleeps in `poll(2)` after
 //! 64 empty polls), so a worker that keeps up does not bill its spinning as
 //! work; a saturated one is busy 100 % either way.
@@ -91,6 +99,17 @@ struct Cli {
     /// Print the results as JSON on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Also measure dpgw on AF_XDP (`io = "afxdp"`, native XDP on `d0`),
+    /// in the same alternation (kernel, AF_PACKET, AF_XDP).
+    #[arg(long)]
+    afxdp: bool,
+}
+
+/// Which dpgw I/O backend a run uses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Io {
+    AfPacket,
+    AfXdp,
 }
 
 /// One gateway's figures (medians over the rounds).
@@ -132,11 +151,18 @@ pub struct Gateway {
 #[derive(Debug, Serialize)]
 pub struct Results {
     pub kernel: Gateway,
+    /// dpgw on AF_PACKET.
     pub dpgw: Gateway,
-    /// Kernel CPU-1 ns per forwarded packet / dpgw's (≥ 3 is issue 19's goal).
+    /// Kernel ns per forwarded packet / dpgw's (≥ 3 is issue 19's goal).
     pub per_core_ratio: f64,
     /// dpgw zero-loss rate / the kernel's (None when either was not searched).
     pub zero_loss_ratio: Option<f64>,
+    /// dpgw on AF_XDP (`--afxdp`; None otherwise).
+    pub afxdp: Option<Gateway>,
+    /// Kernel ns per forwarded packet / dpgw-on-AF_XDP's.
+    pub afxdp_per_core_ratio: Option<f64>,
+    /// dpgw-on-AF_XDP zero-loss rate / the kernel's.
+    pub afxdp_zero_loss_ratio: Option<f64>,
     pub rounds: usize,
     pub secs: f64,
     pub loss_tolerance: f64,
@@ -180,7 +206,10 @@ fn table(r: &Results) -> String {
         "pps/core",
         "0-loss pps"
     );
-    for g in [&r.kernel, &r.dpgw] {
+    for g in [Some(&r.kernel), Some(&r.dpgw), r.afxdp.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         let _ = writeln!(
             o,
             "{:<38} {:>11.0} {:>11.0} {:>6.2}% {:>5.0}% {:>8.0}% {:>9.0} {:>11.0} {:>12}",
@@ -199,19 +228,31 @@ fn table(r: &Results) -> String {
             }
         );
     }
-    if let (Some(rx), Some(tx), Some(d)) = (r.dpgw.dpgw_rx, r.dpgw.dpgw_tx, &r.dpgw.dpgw_drops) {
-        let _ = writeln!(
-            o,
-            "dpgw counters over the saturating windows: rx {rx}, tx {tx}, drops {d:?}"
-        );
+    for g in [Some(&r.dpgw), r.afxdp.as_ref()].into_iter().flatten() {
+        if let (Some(rx), Some(tx), Some(d)) = (g.dpgw_rx, g.dpgw_tx, &g.dpgw_drops) {
+            let _ = writeln!(
+                o,
+                "{} counters over the saturating windows: rx {rx}, tx {tx}, drops {d:?}",
+                g.name
+            );
+        }
     }
     let _ = writeln!(
         o,
-        "per-core ratio (kernel ns/pkt / dpgw ns/pkt): {:.2}x  (goal >= 3)",
+        "per-core ratio (kernel ns/pkt / dpgw AF_PACKET ns/pkt): {:.2}x  (goal >= 3)",
         r.per_core_ratio
     );
+    if let Some(x) = r.afxdp_per_core_ratio {
+        let _ = writeln!(
+            o,
+            "per-core ratio (kernel ns/pkt / dpgw AF_XDP ns/pkt): {x:.2}x  (goal >= 3)"
+        );
+    }
     if let Some(z) = r.zero_loss_ratio {
-        let _ = writeln!(o, "zero-loss rate ratio dpgw / kernel: {z:.2}x");
+        let _ = writeln!(o, "zero-loss rate ratio dpgw AF_PACKET / kernel: {z:.2}x");
+    }
+    if let Some(z) = r.afxdp_zero_loss_ratio {
+        let _ = writeln!(o, "zero-loss rate ratio dpgw AF_XDP / kernel: {z:.2}x");
     }
     let _ = writeln!(
         o,
@@ -437,10 +478,14 @@ fn kernel_down(t: &Topo) -> Result<(), String> {
     Ok(())
 }
 
-fn dpgw_config(t: &Topo, sock: &Path) -> String {
+fn dpgw_config(t: &Topo, sock: &Path, io: Io) -> String {
+    let (kind, section) = match io {
+        Io::AfPacket => ("afpacket", "afpacket"),
+        Io::AfXdp => ("afxdp", "afxdp"),
+    };
     format!(
-        "[dataplane]\nworkers = 1\ncores = [1]\ncontrol_cores = [0]\nio = \"afpacket\"\n\
-         [afpacket]\ninterfaces = [\"d0\"]\ntx_interface = \"d1\"\npoll_when_idle = true\n\
+        "[dataplane]\nworkers = 1\ncores = [1]\ncontrol_cores = [0]\nio = \"{kind}\"\n\
+         [{section}]\ninterfaces = [\"d0\"]\ntx_interface = \"d1\"\npoll_when_idle = true\n\
          [control]\nsocket = \"{}\"\n\
          [gateway]\nvtep_ips = [\"198.18.0.1\"]\nlocal_mac = \"{}\"\nnext_hop_mac = \"{}\"\n\
          [acl]\ndefault = \"allow\"\n[[acl.rule]]\nsrc = \"192.168.0.0/16\"\naction = \"deny\"\n",
@@ -742,19 +787,24 @@ fn check_tools() -> Result<(), String> {
     Ok(())
 }
 
-fn start_dpgw(t: &Topo, bin: &Path, dir: &Path) -> Result<Daemon, String> {
-    // The kernel's receive on d0 (up to the AF_PACKET tap) stays on CPU 0,
-    // off the worker's core; it is counted through CPU 0's softirq time.
+fn start_dpgw(t: &Topo, bin: &Path, dir: &Path, io: Io) -> Result<Daemon, String> {
+    // The kernel's receive on d0 (up to the AF_PACKET tap, or veth's NAPI
+    // running the XDP program) stays on CPU 0, off the worker's core; it is
+    // counted through CPU 0's softirq time.
     t.dut
         .sh("echo 0 > /sys/class/net/d0/queues/rx-0/rps_cpus")?;
-    // The VXLAN frames dpgw takes from its tap need nothing more from the
-    // kernel: dropped at d0's ingress hook (after the taps), they skip the
-    // route lookup and `ip_error` that otherwise cost more than dpgw itself
-    // (README, "I/O backends": AF_PACKET).
-    t.dut.sh("nft add table netdev dpgw && nft \"add chain netdev dpgw in { type filter hook ingress device d0 priority 0; }\" && nft add rule netdev dpgw in ip daddr 198.18.0.1 udp dport 4789 drop")?;
+    if io == Io::AfPacket {
+        // The VXLAN frames dpgw takes from its tap need nothing more from
+        // the kernel: dropped at d0's ingress hook (after the taps), they
+        // skip the route lookup and `ip_error` that otherwise cost more than
+        // dpgw itself (README, "I/O backends": AF_PACKET). AF_XDP takes the
+        // frames before there is an skb: nothing to drop.
+        t.dut.sh("nft add table netdev dpgw && nft \"add chain netdev dpgw in { type filter hook ingress device d0 priority 0; }\" && nft add rule netdev dpgw in ip daddr 198.18.0.1 udp dport 4789 drop")?;
+    }
     let sock = dir.join("ctl.sock");
     let cfg = dir.join("dpgw.toml");
-    std::fs::write(&cfg, dpgw_config(t, &sock)).map_err(|e| format!("{}: {e}", cfg.display()))?;
+    std::fs::write(&cfg, dpgw_config(t, &sock, io))
+        .map_err(|e| format!("{}: {e}", cfg.display()))?;
     let log = std::fs::File::create(dir.join("dpgw.log")).map_err(|e| e.to_string())?;
     let child = Command::new("ip")
         .args(["netns", "exec", &t.dut.0])
@@ -809,20 +859,45 @@ fn run(cli: &Cli) -> Result<Results, String> {
     let _wmem = Sysctl::set("net.core.wmem_default", "4194304")?;
     let _backlog = Sysctl::set("net.core.netdev_max_backlog", "10000")?;
     let t = topology(&dir)?;
-    let (mut ks, mut ds) = (Vec::new(), Vec::new());
+    let mut ios = vec![Io::AfPacket];
+    if cli.afxdp {
+        ios.push(Io::AfXdp);
+    }
+    let stop_dpgw = |d: Daemon, io: Io| -> Result<(), String> {
+        drop(d);
+        if io == Io::AfPacket {
+            t.dut.sh("nft delete table netdev dpgw")?;
+        }
+        Ok(())
+    };
+    let mut ks = Vec::new();
+    let mut ds: Vec<Vec<Sample>> = ios.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         kernel_up(&t)?;
         ks.push(saturate(&t, secs, None)?);
         kernel_down(&t)?;
-        let d = start_dpgw(&t, &bin, &dir)?;
-        let pid = d.0.as_ref().map(|c| c.id()).unwrap_or(0);
-        let sock = dir.join("ctl.sock");
-        ds.push(saturate(&t, secs, Some(Dut { pid, sock: &sock }))?);
-        drop(d);
-        t.dut.sh("nft delete table netdev dpgw")?;
+        for (k, &io) in ios.iter().enumerate() {
+            let d = start_dpgw(&t, &bin, &dir, io)?;
+            let pid = d.0.as_ref().map(|c| c.id()).unwrap_or(0);
+            let sock = dir.join("ctl.sock");
+            ds[k].push(saturate(&t, secs, Some(Dut { pid, sock: &sock }))?);
+            stop_dpgw(d, io)?;
+        }
     }
     let mut kernel = summarize("Linux vxlan + nftables + forwarding", &ks);
-    let mut dpgw = summarize("dpgw AF_PACKET (1 worker)", &ds);
+    let mut gws: Vec<Gateway> = ios
+        .iter()
+        .zip(&ds)
+        .map(|(io, s)| {
+            summarize(
+                match io {
+                    Io::AfPacket => "dpgw AF_PACKET (1 worker)",
+                    Io::AfXdp => "dpgw AF_XDP (1 worker)",
+                },
+                s,
+            )
+        })
+        .collect();
     if steps > 0 {
         eprintln!("veth-bench: zero-loss search, kernel");
         kernel_up(&t)?;
@@ -830,14 +905,17 @@ fn run(cli: &Cli) -> Result<Results, String> {
         kernel.zero_loss_pps = Some(z);
         kernel.search_ceiling_pps = Some(c);
         kernel_down(&t)?;
-        eprintln!("veth-bench: zero-loss search, dpgw");
-        let d = start_dpgw(&t, &bin, &dir)?;
-        let (z, c) = zero_loss(&t, steps, cli.search_secs, cli.loss_tolerance)?;
-        drop(d);
-        t.dut.sh("nft delete table netdev dpgw")?;
-        dpgw.zero_loss_pps = Some(z);
-        dpgw.search_ceiling_pps = Some(c);
+        for (g, &io) in gws.iter_mut().zip(&ios) {
+            eprintln!("veth-bench: zero-loss search, {}", g.name);
+            let d = start_dpgw(&t, &bin, &dir, io)?;
+            let (z, c) = zero_loss(&t, steps, cli.search_secs, cli.loss_tolerance)?;
+            stop_dpgw(d, io)?;
+            g.zero_loss_pps = Some(z);
+            g.search_ceiling_pps = Some(c);
+        }
     }
+    let afxdp = if cli.afxdp { gws.pop() } else { None };
+    let dpgw = gws.remove(0);
     drop(t);
     let _ = std::fs::remove_dir_all(&dir);
     let load_avg = std::fs::read_to_string("/proc/loadavg")
@@ -847,16 +925,23 @@ fn run(cli: &Cli) -> Result<Results, String> {
         .unwrap_or_default()
         .trim()
         .to_string();
-    Ok(Results {
-        per_core_ratio: if dpgw.dut_ns_per_packet > 0.0 {
-            kernel.dut_ns_per_packet / dpgw.dut_ns_per_packet
+    let per_core = |g: &Gateway| {
+        if g.dut_ns_per_packet > 0.0 {
+            kernel.dut_ns_per_packet / g.dut_ns_per_packet
         } else {
             0.0
-        },
-        zero_loss_ratio: match (dpgw.zero_loss_pps, kernel.zero_loss_pps) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        },
+        }
+    };
+    let zero_loss_ratio = |g: &Gateway| match (g.zero_loss_pps, kernel.zero_loss_pps) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    Ok(Results {
+        per_core_ratio: per_core(&dpgw),
+        zero_loss_ratio: zero_loss_ratio(&dpgw),
+        afxdp_per_core_ratio: afxdp.as_ref().map(per_core),
+        afxdp_zero_loss_ratio: afxdp.as_ref().and_then(zero_loss_ratio),
+        afxdp,
         kernel,
         dpgw,
         rounds,
@@ -865,6 +950,6 @@ fn run(cli: &Cli) -> Result<Results, String> {
         load_avg,
         kernel_release,
         frame: "VXLAN VNI 100, 64 B inner UDP frames (110 B outer), 256 flows".into(),
-        attribution: "(CPU 1 busy + CPU 0 irq+softirq, /proc/stat) / frames delivered to the sink; kernel: RPS puts d0's receive on CPU 1; dpgw: worker on CPU 1, d0's receive softirq on CPU 0".into(),
+        attribution: "(CPU 1 busy + CPU 0 irq+softirq, /proc/stat) / frames delivered to the sink; kernel: RPS puts d0's receive on CPU 1; dpgw: worker on CPU 1, d0's receive softirq (AF_PACKET) or XDP NAPI poll (AF_XDP) on CPU 0".into(),
     })
 }

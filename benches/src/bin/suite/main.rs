@@ -153,7 +153,7 @@ pub struct Peers {
     pub io_ratio: Option<f64>,
     pub acl: Vec<peers::AclPeer>,
     pub published: Vec<peers::Published>,
-    /// The kernel on veth against dpgw on AF_PACKET (`veth-bench`).
+    /// The kernel on veth against dpgw on AF_PACKET and AF_XDP (`veth-bench`).
     pub veth: Option<peers::VethPeer>,
     pub skipped: Option<String>,
 }
@@ -623,7 +623,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         .and_then(|t| t.cpu_cycles_per_packet);
     let calibration = tp_io.filter(|c| *c > 0.0);
     let veth = (!cli.no_peers && !cli.tiny).then(|| {
-        progress.note("peer: the kernel on veth vs dpgw on AF_PACKET (veth-bench)");
+        progress.note("peer: the kernel on veth vs dpgw on AF_PACKET and AF_XDP (veth-bench)");
         let v = peers::veth_peer(quick);
         if let Some(why) = &v.reason {
             progress.note(&format!("  veth-bench: FAILED: {why}"));

@@ -411,8 +411,9 @@ pub fn published() -> Vec<Published> {
     ]
 }
 
-/// The Linux kernel doing dpgw's job on veth (`veth-bench`: kernel vxlan +
-/// nftables + forwarding vs dpgw on AF_PACKET, driven by `trafgen`).
+/// The Linux kernel doing dpgw's job on veth (`veth-bench --afxdp`: kernel
+/// vxlan + nftables + forwarding vs dpgw on AF_PACKET and on AF_XDP, driven
+/// by `trafgen`).
 #[derive(Clone, Debug, Serialize)]
 pub struct VethPeer {
     pub command: String,
@@ -427,6 +428,10 @@ pub struct VethPeer {
     pub per_core_ratio: Option<f64>,
     pub kernel_zero_loss_pps: Option<f64>,
     pub dpgw_zero_loss_pps: Option<f64>,
+    /// dpgw on AF_XDP: ns per forwarded packet, kernel / it, zero-loss rate.
+    pub afxdp_ns_per_packet: Option<f64>,
+    pub afxdp_per_core_ratio: Option<f64>,
+    pub afxdp_zero_loss_pps: Option<f64>,
     /// veth-bench's whole JSON output.
     pub raw: Option<serde_json::Value>,
 }
@@ -437,7 +442,7 @@ pub fn veth_peer(quick: bool) -> VethPeer {
     let me = std::env::current_exe().ok();
     let dir = me.as_ref().and_then(|m| m.parent().map(Path::to_path_buf));
     let bin = dir.as_ref().map(|d| d.join("veth-bench"));
-    let mut args = vec!["--json".to_string()];
+    let mut args = vec!["--json".to_string(), "--afxdp".to_string()];
     if quick {
         args.push("--quick".into());
     }
@@ -450,6 +455,9 @@ pub fn veth_peer(quick: bool) -> VethPeer {
         per_core_ratio: None,
         kernel_zero_loss_pps: None,
         dpgw_zero_loss_pps: None,
+        afxdp_ns_per_packet: None,
+        afxdp_per_core_ratio: None,
+        afxdp_zero_loss_pps: None,
         raw: None,
     };
     let Some(bin) = bin.filter(|b| b.is_file()) else {
@@ -482,12 +490,16 @@ pub fn veth_peer(quick: bool) -> VethPeer {
         }
     };
     let f = |g: &str, k: &str| v[g][k].as_f64();
-    let (kf, df) = (f("kernel", "forwarded_pps"), f("dpgw", "forwarded_pps"));
+    let (kf, df, xf) = (
+        f("kernel", "forwarded_pps"),
+        f("dpgw", "forwarded_pps"),
+        f("afxdp", "forwarded_pps"),
+    );
     // A gateway that forwarded (almost) nothing was not measured.
-    if kf.unwrap_or(0.0) < 1000.0 || df.unwrap_or(0.0) < 1000.0 {
+    if [kf, df, xf].iter().any(|x| x.unwrap_or(0.0) < 1000.0) {
         p.reason = Some(format!(
-            "a gateway forwarded under 1000 pps (kernel {:?}, dpgw {:?}): not a measurement",
-            kf, df
+            "a gateway forwarded under 1000 pps (kernel {:?}, dpgw AF_PACKET {:?}, dpgw AF_XDP {:?}): not a measurement",
+            kf, df, xf
         ));
         p.raw = Some(v);
         return p;
@@ -498,6 +510,9 @@ pub fn veth_peer(quick: bool) -> VethPeer {
     p.per_core_ratio = v["per_core_ratio"].as_f64();
     p.kernel_zero_loss_pps = f("kernel", "zero_loss_pps");
     p.dpgw_zero_loss_pps = f("dpgw", "zero_loss_pps");
+    p.afxdp_ns_per_packet = f("afxdp", "dut_ns_per_packet");
+    p.afxdp_per_core_ratio = v["afxdp_per_core_ratio"].as_f64();
+    p.afxdp_zero_loss_pps = f("afxdp", "zero_loss_pps");
     p.raw = Some(v);
     p
 }

@@ -173,6 +173,12 @@ pub fn summary_lines(r: &Results) -> String {
                     s,
                     "ratio kernel / dpgw AF_PACKET on veth (ns per forwarded packet): {q:.2}"
                 );
+                if let Some(x) = v.afxdp_per_core_ratio {
+                    let _ = writeln!(
+                        s,
+                        "ratio kernel / dpgw AF_XDP on veth (ns per forwarded packet): {x:.2}"
+                    );
+                }
             }
             _ => {}
         }
@@ -540,7 +546,7 @@ pub fn markdown(r: &Results) -> String {
         o.push('\n');
     }
     if let Some(v) = &r.peers.veth {
-        let _ = writeln!(o, "AF_PACKET vs the Linux kernel on veth (`{}`): the same job (VXLAN decap, one deny rule, IPv4 forwarding) by a kernel vxlan device + nftables + ip_forward and by dpgw on AF_PACKET (one worker on CPU 1), driven by `trafgen` on CPU 0; cost = (CPU 1 busy + CPU 0 irq/softirq) per packet delivered to the sink.\n", v.command);
+        let _ = writeln!(o, "AF_PACKET and AF_XDP vs the Linux kernel on veth (`{}`): the same job (VXLAN decap, one deny rule, IPv4 forwarding) by a kernel vxlan device + nftables + ip_forward and by dpgw on AF_PACKET and on AF_XDP (one worker on CPU 1), driven by `trafgen` on CPU 0; cost = (CPU 1 busy + CPU 0 irq/softirq) per packet delivered to the sink.\n", v.command);
         let f =
             |x: Option<f64>, p: usize| x.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "–".into());
         match &v.reason {
@@ -550,12 +556,15 @@ pub fn markdown(r: &Results) -> String {
             None => {
                 let _ = writeln!(
                     o,
-                    "| gateway | ns/packet | zero-loss pps |\n|---|---:|---:|\n| Linux kernel | {} | {} |\n| dpgw AF_PACKET | {} | {} |\n\nPer-core ratio kernel/dpgw: {} (issue 19's goal: 3).\n",
+                    "| gateway | ns/packet | zero-loss pps |\n|---|---:|---:|\n| Linux kernel | {} | {} |\n| dpgw AF_PACKET | {} | {} |\n| dpgw AF_XDP | {} | {} |\n\nPer-core ratio kernel/dpgw: AF_PACKET {}, AF_XDP {} (issue 19's goal: 3).\n",
                     f(v.kernel_ns_per_packet, 0),
                     f(v.kernel_zero_loss_pps, 0),
                     f(v.dpgw_ns_per_packet, 0),
                     f(v.dpgw_zero_loss_pps, 0),
-                    f(v.per_core_ratio, 2)
+                    f(v.afxdp_ns_per_packet, 0),
+                    f(v.afxdp_zero_loss_pps, 0),
+                    f(v.per_core_ratio, 2),
+                    f(v.afxdp_per_core_ratio, 2)
                 );
             }
         }
