@@ -19,7 +19,8 @@
 //! smallest largest child wins. Identical leaves are stored once.
 //! [`Classifier::new`] builds the grouped trees and, for small sets, also a
 //! single tree over all rules, and keeps the one a work model says is
-//! cheaper (see [`BuildParams::single_tree`]).
+//! cheaper (see [`BuildParams::single_tree`]); [`Walk`] says how a burst of
+//! keys goes down the trees.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -71,12 +72,29 @@ pub struct BuildParams {
     /// (IPv4; IPv6 uses four times it); rules are grouped by which addresses
     /// are small and each group gets its own tree.
     pub split_len: u8,
-    /// How `classify_burst` walks the trees: `Some(false)` one key after
-    /// another, `Some(true)` several keys interleaved (better when the trees
-    /// do not fit in the cache), `None` decide by timing both on a generated
-    /// trace at build time (only for structures over 1 MiB; smaller ones
-    /// always walk one key at a time, which measured faster).
-    pub interleave: Option<bool>,
+    /// How `classify_burst` walks the trees ([`Walk`]); `None`: decide at
+    /// build time. Structures over 1 MiB time the three walks on a generated
+    /// trace and keep the fastest; smaller ones walk in groups when each
+    /// family has one tree, else one key at a time (which measured faster
+    /// there: with several trees a group waits for its deepest walk in each).
+    pub walk: Option<Walk>,
+}
+
+/// How [`Classifier::classify_burst`] walks the trees. The answers are the
+/// same whichever it is; only the speed differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Walk {
+    /// One key after another, each to its leaf and through its leaf.
+    #[default]
+    One,
+    /// Groups of eight keys whose descents advance in lock step, one node
+    /// of every walk per round, so their dependent loads overlap; then each
+    /// key's leaf is scanned. Best for one shallow tree.
+    Group,
+    /// Eight walks in flight, each advanced by one node or leaf scan in turn
+    /// (AMAC-style), so cache misses of different keys overlap: for large
+    /// structures with deep trees.
+    Interleave,
 }
 
 /// Largest structure [`Classifier::new`] accepts from [`BuildParams::compact`].
@@ -97,10 +115,14 @@ pub const SINGLE_TREE_MIN_RULES: usize = 256;
 
 impl BuildParams {
     /// One tree over all rules (no grouping by address length) with generous
-    /// cuts (`spfac` 16): the least work per lookup, for small sets.
+    /// cuts (`spfac` 32) and large leaves (`binth` 32): the least work per
+    /// lookup for small sets. With the lock-step walk ([`Walk::Group`]) on
+    /// the 1k ClassBench sets this beat `spfac` 8–64 × `binth` 4–48 within the
+    /// 8 MiB budget, and is a third of the memory of `spfac` 16, `binth` 8.
     pub fn single_tree() -> BuildParams {
         BuildParams {
-            spfac: 16,
+            spfac: 32,
+            binth: 32,
             split_len: 0,
             ..BuildParams::default()
         }
@@ -124,7 +146,7 @@ impl Default for BuildParams {
             spfac: 4,
             max_bits: 16,
             split_len: 16,
-            interleave: None,
+            walk: None,
         }
     }
 }
@@ -146,8 +168,8 @@ pub struct BuildStats {
     pub memory_bytes: usize,
     /// Build time in microseconds (including the walk calibration).
     pub build_us: u64,
-    /// Whether `classify_burst` interleaves keys.
-    pub interleaved: bool,
+    /// How `classify_burst` walks the trees.
+    pub walk: Walk,
 }
 
 /// A rule's exact match test, stored once per rule: leaves hold rule indices,
@@ -400,6 +422,9 @@ impl MatchRow for Row6 {
 /// Structures larger than this may interleave walks (see [`BuildParams`]).
 const CALIBRATE_BYTES: usize = 1 << 20;
 
+/// Keys walked in lock step by [`Forest::classify_group`].
+const GROUP: usize = 8;
+
 /// Walks in flight in [`Forest::classify_interleaved`].
 const SLOTS: usize = 8;
 
@@ -557,6 +582,46 @@ impl<const D: usize, R: MatchRow> Forest<D, R> {
             best = self.scan(leaf, &p, key, best, &mut checked);
         }
         best
+    }
+
+    /// [`Self::classify`] for `G` keys at once: their descents advance in
+    /// lock step, one node of every unfinished walk per round, so the `G`
+    /// dependent load chains overlap instead of queueing; a finished walk
+    /// stays on its leaf (a select, no branch per key) until the group's
+    /// deepest walk is done. Then each key's leaf is scanned.
+    #[inline(always)]
+    fn classify_group<const G: usize>(
+        &self,
+        keys: &[Key],
+        out: &mut [u32],
+        conv: fn(&Key) -> [u32; D],
+    ) {
+        let k: [[u32; D]; G] = std::array::from_fn(|i| conv(&keys[i]));
+        let mut best = [NO_MATCH; G];
+        let mut checked = 0;
+        for t in &self.trees {
+            if best.iter().all(|&b| t.min_idx >= b) {
+                break;
+            }
+            // A key whose match already beats this tree sits out (on the
+            // empty leaf, which finds nothing).
+            let mut r: [u64; G] =
+                std::array::from_fn(|i| if t.min_idx < best[i] { t.root } else { EMPTY });
+            while r.iter().any(|&x| x & LEAF == 0) {
+                for i in 0..G {
+                    let leaf = r[i] & LEAF != 0;
+                    let slot = if leaf { 0 } else { child_slot(r[i], &k[i]) };
+                    let next = self.mem.get(slot).copied().unwrap_or(r[i]);
+                    r[i] = if leaf { r[i] } else { next };
+                }
+            }
+            for i in 0..G {
+                if r[i] != EMPTY {
+                    best[i] = self.scan(r[i], &R::prep(&keys[i]), &keys[i], best[i], &mut checked);
+                }
+            }
+        }
+        out[..G].copy_from_slice(&best);
     }
 
     /// (trees visited, nodes walked, rules checked) for one key.
@@ -919,7 +984,7 @@ pub struct Classifier {
     v4: Forest<D4, Row4>,
     v6: Forest<D6, Row6>,
     stats: BuildStats,
-    interleave: bool,
+    walk: Walk,
 }
 
 impl Classifier {
@@ -956,12 +1021,13 @@ impl Classifier {
 
     /// Lookup work on `keys` in rough cycles: each tree visited, node walked
     /// and leaf row checked weighted by what it cost in measurements on the
-    /// ClassBench sets (`acl-bench`). Deterministic, unlike a timing.
+    /// ClassBench sets (`acl-bench`; a row is an SSE2 test of a contiguous
+    /// 48-byte row, a fifth of a node). Deterministic, unlike a timing.
     fn modelled_cost(&self, keys: &[Key]) -> usize {
         keys.iter()
             .map(|k| {
                 let [t, n, r] = self.lookup_cost(k);
-                10 * t + 10 * n + 6 * r
+                10 * t + 10 * n + 2 * r
             })
             .sum()
     }
@@ -980,7 +1046,7 @@ impl Classifier {
             spfac: params.spfac.max(2),
             max_bits: params.max_bits.clamp(1, MAX_CUT_BITS),
             split_len: params.split_len,
-            interleave: params.interleave,
+            walk: params.walk,
         };
         let rules = set.ordered();
         let mut r4 = Vec::new();
@@ -1028,7 +1094,7 @@ impl Classifier {
             max_depth: s4[1].max(s6[1]),
             memory_bytes: v4.memory() + v6.memory(),
             build_us: 0,
-            interleaved: false,
+            walk: Walk::One,
         };
         let mut c = Classifier {
             rules,
@@ -1036,51 +1102,86 @@ impl Classifier {
             v4,
             v6,
             stats,
-            interleave: false,
+            walk: Walk::One,
         };
-        c.interleave = match params.interleave {
-            Some(x) => x,
-            None => !over && c.stats.memory_bytes > CALIBRATE_BYTES && c.calibrate(),
+        c.walk = match params.walk {
+            Some(w) => w,
+            None if !over && c.stats.memory_bytes > CALIBRATE_BYTES => c.calibrate(),
+            None if c.v4.trees.len() <= 1 && c.v6.trees.len() <= 1 => Walk::Group,
+            None => Walk::One,
         };
-        c.stats.interleaved = c.interleave;
+        c.stats.walk = c.walk;
         c.stats.build_us = t0.elapsed().as_micros() as u64;
         (c, over)
     }
 
-    /// Is interleaving faster than walking keys one at a time? Times both
-    /// (best of three) on keys generated from the rules. Either way the
-    /// answers are the same; only speed depends on this.
-    fn calibrate(&self) -> bool {
+    /// The fastest walk: times each (best of three) on keys generated from
+    /// the rules. The answers are the same whichever wins.
+    fn calibrate(&self) -> Walk {
         let keys: Vec<Key> = crate::generate_trace(&self.rules, 4096, 0x5eed)
             .into_iter()
             .map(|e| e.key)
             .collect();
         let mut out = [0u32; 32];
-        let time = |interleave: bool, out: &mut [u32; 32]| {
+        let time = |walk: Walk, out: &mut [u32; 32]| {
             let t = Instant::now();
             for chunk in keys.chunks(32) {
-                self.burst(interleave, chunk, &mut out[..chunk.len()]);
+                self.burst(walk, chunk, &mut out[..chunk.len()]);
             }
             t.elapsed()
         };
-        let (mut one, mut inter) = (Duration::MAX, Duration::MAX);
+        let walks = [Walk::One, Walk::Group, Walk::Interleave];
+        let mut best = [Duration::MAX; 3];
         for _ in 0..3 {
-            one = one.min(time(false, &mut out));
-            inter = inter.min(time(true, &mut out));
+            for (b, &w) in best.iter_mut().zip(&walks) {
+                *b = (*b).min(time(w, &mut out));
+            }
         }
-        inter < one
+        let i = (0..3).min_by_key(|&i| best[i]).unwrap_or(0);
+        walks[i]
     }
 
     #[inline]
-    fn burst(&self, interleave: bool, keys: &[Key], out: &mut [u32]) {
-        if interleave && keys.iter().all(|k| !k.v6) {
-            self.v4.classify_interleaved(keys, out, key4);
-        } else if interleave && keys.iter().all(|k| k.v6) {
-            self.v6.classify_interleaved(keys, out, key6);
+    fn burst(&self, walk: Walk, keys: &[Key], out: &mut [u32]) {
+        // Interleaved and grouped walks take one family at a time.
+        let one_family = |v6: bool| walk != Walk::One && keys.iter().all(|k| k.v6 == v6);
+        if one_family(false) {
+            if walk == Walk::Interleave {
+                self.v4.classify_interleaved(keys, out, key4);
+            } else {
+                self.grouped(&self.v4, keys, out, key4);
+            }
+        } else if one_family(true) {
+            if walk == Walk::Interleave {
+                self.v6.classify_interleaved(keys, out, key6);
+            } else {
+                self.grouped(&self.v6, keys, out, key6);
+            }
         } else {
             for (k, o) in keys.iter().zip(out.iter_mut()) {
                 *o = self.classify(k);
             }
+        }
+    }
+
+    /// Keys of one family in groups of [`GROUP`] walked in lock step, the
+    /// rest one at a time.
+    #[inline(always)]
+    fn grouped<const D: usize, R: MatchRow>(
+        &self,
+        f: &Forest<D, R>,
+        keys: &[Key],
+        out: &mut [u32],
+        conv: fn(&Key) -> [u32; D],
+    ) {
+        let n = keys.len().min(out.len());
+        let mut i = 0;
+        while i + GROUP <= n {
+            f.classify_group::<GROUP>(&keys[i..i + GROUP], &mut out[i..i + GROUP], conv);
+            i += GROUP;
+        }
+        for (k, o) in keys[i..n].iter().zip(out[i..n].iter_mut()) {
+            *o = f.classify(&conv(k), k);
         }
     }
 
@@ -1097,7 +1198,7 @@ impl Classifier {
     /// [`Self::classify`] for each key; `out[i]` gets the answer for `keys[i]`
     /// (extra entries of the longer slice are left alone).
     pub fn classify_burst(&self, keys: &[Key], out: &mut [u32]) {
-        self.burst(self.interleave, keys, out);
+        self.burst(self.walk, keys, out);
     }
 
     /// The action for a classification result: the rule's action, else the
@@ -1167,7 +1268,7 @@ mod tests {
             spfac: 8,
             max_bits: 4,
             split_len: 16,
-            interleave: None,
+            walk: None,
         }
     }
 

@@ -53,21 +53,32 @@
 //! * [`Classifier::new`] first tries generous cuts ([`BuildParams::compact`])
 //!   and keeps them if the result fits in [`COMPACT_BUDGET`] (8 MiB), else
 //!   builds with [`BuildParams::default`]. Sets of 256 to 2048 rules are also
-//!   built as a single tree ([`BuildParams::single_tree`], abandoned past
-//!   8 MiB), kept when a deterministic work model on a generated trace says
-//!   it is cheaper: every tree visited costs a walk, and on the 1k ClassBench
-//!   sets one tree measured 14–18 % fewer cycles. For structures over 1 MiB it times
-//!   a one-key-at-a-time walk against an interleaved walk (8 keys in flight,
-//!   so cache misses overlap) on a generated trace and keeps the faster one
-//!   for [`Classifier::classify_burst`]; the answers are the same either way.
+//!   built as a single tree with large leaves ([`BuildParams::single_tree`]:
+//!   `spfac` 32, `binth` 32; abandoned past 8 MiB), kept when a deterministic
+//!   work model on a generated trace says it is cheaper: every tree visited
+//!   costs a walk.
+//! * [`Classifier::classify_burst`] walks in one of three ways ([`Walk`]):
+//!   one key at a time; eight keys in lock step ([`Walk::Group`]: every
+//!   round advances each unfinished descent by one node, so eight dependent
+//!   load chains overlap, and a finished one waits on its leaf by a select,
+//!   not a branch; then the leaves are scanned); or eight walks interleaved
+//!   round-robin (AMAC). Structures over 1 MiB time the three on a
+//!   generated trace and keep the fastest; smaller ones walk in groups when
+//!   each family has one tree, else one key at a time. The answers are the
+//!   same either way. The lock-step walk is what made large leaves pay: a
+//!   node costs less than a handful of SSE2 row tests once the descents
+//!   overlap.
 //!
-//! Measured here (2-core shared VM, release build, `acl-bench`, medians):
-//! build time and memory (lookup structures plus the rule list) are
-//! 90–150 ms for the 1k ClassBench sets (both candidates are built), with
-//! 4.5–4.6 MiB for acl_1k and ipc_1k (one tree kept) and 0.3 MiB for fw_1k
-//! (grouped trees kept), and 0.04–0.1 s and
-//! 2.8–6.8 MiB for the 10k sets (acl1, fw1, ipc1). Per packet the lookup
-//! visits 1.0–3.0 trees, 3–6 nodes and 1.5–5 rules. Lookup costs next to `rte_acl` are in the benchmark report.
+//! Measured here (2-core VM, production build, `acl-bench`, pinned, medians
+//! of 3 rounds, 2026-12-04): build time and memory (lookup structures plus
+//! the rule list) are 13–24 ms and 1.4–1.8 MiB for acl_1k and ipc_1k (one
+//! tree, grouped walk), 70 ms and 0.3 MiB for fw_1k (grouped trees: its one
+//! tree passes 8 MiB), and 0.02–0.04 s and 2.8–6.8 MiB for the 10k sets
+//! (acl1, fw1, ipc1). Per packet the lookup visits 1.0–3.0 trees, 2.5–5
+//! nodes and 1.5–5 rules. Against `rte_acl` (best of its scalar/SSE/AVX2,
+//! same run, same trace) that is 0.83–0.86× on acl_1k, 0.67× on fw_1k,
+//! 0.92–0.98× on ipc_1k, 0.85× on acl1_10k, 0.14–0.16× on fw1_10k and
+//! 0.67–0.76× on ipc1_10k; `docs/benchmarks.md` has the table.
 //!
 //! # Rule changes
 //!
@@ -141,7 +152,7 @@ mod parse;
 mod rule;
 mod spec;
 
-pub use classifier::{BuildParams, BuildStats, Classifier, COMPACT_BUDGET};
+pub use classifier::{BuildParams, BuildStats, Classifier, Walk, COMPACT_BUDGET};
 pub use error::{FieldError, ParseError, RuleError, SpecError};
 pub use gen::{generate_trace, SplitMix64};
 pub use linear::LinearClassifier;

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use acl::{
     generate_trace, Action, BuildParams, Classifier, Key, LinearClassifier, PortRange, Prefix,
-    ProtoMatch, Rule, RuleSet, NO_MATCH,
+    ProtoMatch, Rule, RuleSet, Walk, NO_MATCH,
 };
 use proptest::prelude::*;
 
@@ -107,17 +107,19 @@ fn params() -> impl Strategy<Value = BuildParams> {
         2usize..9,
         1u32..10,
         prop_oneof![Just(0u8), Just(8), Just(16), Just(24)],
-        prop::option::of(any::<bool>()),
+        prop::option::of(prop_oneof![
+            Just(Walk::One),
+            Just(Walk::Group),
+            Just(Walk::Interleave)
+        ]),
     )
-        .prop_map(
-            |(binth, spfac, max_bits, split_len, interleave)| BuildParams {
-                binth,
-                spfac,
-                max_bits,
-                split_len,
-                interleave,
-            },
-        )
+        .prop_map(|(binth, spfac, max_bits, split_len, walk)| BuildParams {
+            binth,
+            spfac,
+            max_bits,
+            split_len,
+            walk,
+        })
 }
 
 proptest! {

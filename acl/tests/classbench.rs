@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use acl::{
     generate_trace, parse_classbench, parse_classbench_trace, Action, BuildParams, Classifier, Key,
-    LinearClassifier, RuleSet,
+    LinearClassifier, RuleSet, Walk,
 };
 
 const DIR: &str = concat!(
@@ -68,16 +68,33 @@ fn check_neurocuts(name: &str, n: usize) {
     let keys: Vec<Key> = trace.iter().map(|e| e.key).collect();
     let mut out = vec![0u32; keys.len()];
     c.classify_burst(&keys, &mut out);
-    // The other walk (interleaved or one key at a time) must agree too.
-    let other = Classifier::with_params(
-        &set,
-        BuildParams {
-            interleave: Some(!c.stats().interleaved),
-            ..BuildParams::default()
-        },
-    );
-    let mut out2 = vec![0u32; keys.len()];
-    other.classify_burst(&keys, &mut out2);
+    // The other walks must agree too.
+    let others: Vec<Vec<u32>> = [Walk::One, Walk::Group, Walk::Interleave]
+        .into_iter()
+        .filter(|&w| w != c.stats().walk)
+        .map(|w| {
+            let other = Classifier::with_params(
+                &set,
+                BuildParams {
+                    walk: Some(w),
+                    ..BuildParams::default()
+                },
+            );
+            let mut o = vec![0u32; keys.len()];
+            other.classify_burst(&keys, &mut o);
+            o
+        })
+        .collect();
+    let out2: Vec<u32> = (0..keys.len())
+        .map(|i| {
+            let v = others[0][i];
+            assert!(
+                others.iter().all(|o| o[i] == v),
+                "{name}: walks disagree on key {i}"
+            );
+            v
+        })
+        .collect();
     for ((e, &got), &got2) in trace.iter().zip(&out).zip(&out2) {
         let want = lin.classify(&e.key);
         assert!(

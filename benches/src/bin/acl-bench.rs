@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use acl::{
     format_classbench_trace_line, generate_trace, parse_classbench, parse_classbench_trace, Action,
-    BuildParams, Classifier, Key, LinearClassifier, RuleSet,
+    BuildParams, Classifier, Key, LinearClassifier, RuleSet, Walk,
 };
 use benches::sanity::{check_test_acl, parse_test_acl};
 use dataplane::cpu::rdtsc;
 
 const USAGE: &str = "usage: acl-bench --rules FILE [--trace FILE | --gen N] [--seed S] \
-[--iters K] [--burst B] [--json] [--peer] [--binth N] [--spfac N] [--max-bits N] [--split-len N] [--interleave on|off|auto]";
+[--iters K] [--burst B] [--json] [--peer] [--binth N] [--spfac N] [--max-bits N] [--split-len N] [--walk one|group|interleave|auto]";
 
 struct Args {
     rules: String,
@@ -60,15 +60,7 @@ fn parse_args() -> Result<Args, String> {
         fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
             v.parse().map_err(|_| format!("{name}: bad number {v:?}"))
         }
-        if [
-            "--binth",
-            "--spfac",
-            "--max-bits",
-            "--split-len",
-            "--interleave",
-        ]
-        .contains(&flag.as_str())
-        {
+        if ["--binth", "--spfac", "--max-bits", "--split-len", "--walk"].contains(&flag.as_str()) {
             a.custom = true;
         }
         match flag.as_str() {
@@ -87,12 +79,17 @@ fn parse_args() -> Result<Args, String> {
             "--spfac" => a.params.spfac = num("--spfac", val("--spfac")?)?,
             "--max-bits" => a.params.max_bits = num("--max-bits", val("--max-bits")?)?,
             "--split-len" => a.params.split_len = num("--split-len", val("--split-len")?)?,
-            "--interleave" => {
-                a.params.interleave = match val("--interleave")?.as_str() {
-                    "on" => Some(true),
-                    "off" => Some(false),
+            "--walk" => {
+                a.params.walk = match val("--walk")?.as_str() {
+                    "one" => Some(Walk::One),
+                    "group" => Some(Walk::Group),
+                    "interleave" => Some(Walk::Interleave),
                     "auto" => None,
-                    v => return Err(format!("--interleave: want on, off or auto, got {v:?}")),
+                    v => {
+                        return Err(format!(
+                            "--walk: want one, group, interleave or auto, got {v:?}"
+                        ))
+                    }
                 }
             }
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -312,7 +309,7 @@ fn run() -> Result<(), String> {
             "{{\"rules\":{},\"packets\":{},\"build_ms\":{:.3},\"memory_bytes\":{},\
              \"ns_per_packet\":{:.3},\"cycles_per_packet\":{:.2},\"cycles_per_packet_min\":{:.2},\"cycles_per_packet_mean\":{:.2},\"burst\":{},\"iters\":{},\
              \"tsc_ghz\":{:.4},\"trees\":{},\"nodes\":{},\"leaves\":{},\"rows\":{},\
-             \"max_depth\":{},\"interleaved\":{},\"mismatches\":{},\"trees_per_packet\":{:.3},\
+             \"max_depth\":{},\"walk\":\"{:?}\",\"mismatches\":{},\"trees_per_packet\":{:.3},\
              \"nodes_per_packet\":{:.3},\"rows_per_packet\":{:.3}",
             set.len(),
             keys.len(),
@@ -330,7 +327,7 @@ fn run() -> Result<(), String> {
             st.leaves,
             st.rows,
             st.max_depth,
-            st.interleaved,
+            st.walk,
             mismatches,
             per(0),
             per(1),
@@ -371,8 +368,8 @@ fn run() -> Result<(), String> {
         let _ = writeln!(o, "packets        {} ({trace_path})", keys.len());
         let _ = writeln!(
             o,
-            "build          {build_ms:.2} ms (best of 3): {} trees, {} nodes, {} leaves, {} rows, depth {}, interleaved {}",
-            st.trees, st.nodes, st.leaves, st.rows, st.max_depth, st.interleaved
+            "build          {build_ms:.2} ms (best of 3): {} trees, {} nodes, {} leaves, {} rows, depth {}, walk {:?}",
+            st.trees, st.nodes, st.leaves, st.rows, st.max_depth, st.walk
         );
         let _ = writeln!(
             o,
