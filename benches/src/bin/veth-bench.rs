@@ -865,6 +865,16 @@ fn run(cli: &Cli) -> Result<Results, String> {
     }
     let stop_dpgw = |d: Daemon, io: Io| -> Result<(), String> {
         drop(d);
+        // Its final I/O counters (ring drops and the like), for the record.
+        let log = std::fs::read_to_string(dir.join("dpgw.log")).unwrap_or_default();
+        let io_lines: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("io "))
+            .collect();
+        eprintln!(
+            "veth-bench:   dpgw {io:?} I/O counters: {}",
+            io_lines.join("; ")
+        );
         if io == Io::AfPacket {
             t.dut.sh("nft delete table netdev dpgw")?;
         }

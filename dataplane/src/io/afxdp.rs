@@ -21,10 +21,11 @@
 //!   so an interface needs at least as many RX queues as there are workers
 //!   (RSS spreads flows over them; `ip link add .. type veth numrxqueues N`
 //!   for veth); fewer is an error that says so.
-//! * **Rings.** Each socket has its own UMEM: `ring_size` frames for receive
-//!   (all of them in the fill ring at the start, each returned as soon as its
-//!   frame is copied out) and `ring_size` frames for transmit (recycled from
-//!   the completion ring). RX copies each frame into a [`HeapBuf`] from the
+//! * **Rings.** Each socket has its own UMEM: `2 × ring_size` frames for
+//!   receive (all of them in the fill ring, which has room for twice that
+//!   because the kernel publishes how far it has read only lazily; each frame
+//!   goes back as soon as it is copied out) and `ring_size` frames for
+//!   transmit (recycled from the completion ring). RX copies each frame into a [`HeapBuf`] from the
 //!   queue's pool, as the AF_PACKET backend does, so the engine and every
 //!   stage are the same for both; TX copies the frame into a free UMEM frame,
 //!   posts it in the TX ring and kicks the kernel with `sendto` (copy mode
@@ -717,10 +718,19 @@ impl Xsk {
         };
         setsockopt(raw, XDP_UMEM_REG, &reg, iface, "setsockopt(XDP_UMEM_REG)")?;
         let n = g.ring;
+        // The kernel takes fill entries from a private copy of the producer
+        // index and publishes its consumer index only when that copy runs
+        // out. A fill ring no larger than the frames put in it therefore
+        // looks full to us until the kernel has used up every entry, and is
+        // then empty until our next poll: `xdp_fill_empty` drops at every
+        // lap (1520 in 1.9 M frames saturating, up to 4 % paced, on veth).
+        // Twice the receive frames leaves room for all of them however late
+        // the kernel publishes.
+        let fill_n = (2 * rx_frames as u32).max(n);
         setsockopt(
             raw,
             XDP_UMEM_FILL_RING,
-            &n,
+            &fill_n,
             iface,
             "setsockopt(XDP_UMEM_FILL_RING)",
         )?;
@@ -752,10 +762,16 @@ impl Xsk {
         if r != 0 {
             return Err(AfXdpError::last(iface, "getsockopt(XDP_MMAP_OFFSETS)"));
         }
-        let map = |o: &RingOffsets, desc: usize, pgoff| {
+        let map_n = |o: &RingOffsets, n: u32, desc: usize, pgoff| {
             Region::ring(raw, o.desc as usize + n as usize * desc, pgoff, iface)
         };
-        let mut fill = Ring::producer(n, map(&off.fr, 8, XDP_UMEM_PGOFF_FILL_RING)?, &off.fr, 8);
+        let map = |o: &RingOffsets, desc: usize, pgoff| map_n(o, n, desc, pgoff);
+        let mut fill = Ring::producer(
+            fill_n,
+            map_n(&off.fr, fill_n, 8, XDP_UMEM_PGOFF_FILL_RING)?,
+            &off.fr,
+            8,
+        );
         let comp = Ring::consumer(
             n,
             map(&off.cr, 8, XDP_UMEM_PGOFF_COMPLETION_RING)?,
@@ -782,10 +798,10 @@ impl Xsk {
         } else {
             None
         };
-        // The fill ring starts full; the other receive frames wait.
+        // Every receive frame starts in the fill ring.
         let mut rx_spare: Vec<u64> = (0..rx_frames).rev().map(|f| f * g.chunk as u64).collect();
         if want_rx {
-            let k = fill.free(n);
+            let k = fill.free(rx_frames as u32);
             for i in 0..k {
                 let a = rx_spare.pop().unwrap_or(0);
                 fill.set_addr(i, a);
