@@ -29,9 +29,9 @@
 //! 60–75 % of a 100 kpps stream at a quarter of CPU 1's time, in ring freezes
 //! (`kernel_freezes`), on kernel 6.18. The cost per forwarded packet is
 //! (CPU 1's busy time — the window's wall time minus CPU 1's idle time,
-//! which `NO_HZ_IDLE` kernels measure exactly — + CPU 0's irq + softirq time,
-//! tick sampled, from `/proc/stat`) over the window, divided by the packets delivered to the sink in
-//! it, for both gateways. The sink's own receive runs on CPU 1 for both.
+//! which `NO_HZ_IDLE` kernels measure exactly — + CPU 0's irq + softirq
+//! time, tick sampled, from `/proc/stat`) over the window, divided by the
+//! packets delivered to the sink in it, for every gateway. The sink's own receive runs on CPU 1 for both.
 //!
 //! With `--afxdp` dpgw is also measured on AF_XDP (`io = "afxdp"`): its XDP
 //! program on `d0` (native: veth runs it in its NAPI poll, on CPU 0 like the
@@ -498,13 +498,14 @@ fn kernel_down(t: &Topo) -> Result<(), String> {
 }
 
 fn dpgw_config(t: &Topo, sock: &Path, io: Io) -> String {
-    let (kind, section) = match io {
-        Io::AfPacket => ("afpacket", "afpacket"),
-        Io::AfXdp => ("afxdp", "afxdp"),
+    // `dataplane.io` and its section share the name.
+    let kind = match io {
+        Io::AfPacket => "afpacket",
+        Io::AfXdp => "afxdp",
     };
     format!(
         "[dataplane]\nworkers = 1\ncores = [1]\ncontrol_cores = [0]\nio = \"{kind}\"\n\
-         [{section}]\ninterfaces = [\"d0\"]\ntx_interface = \"d1\"\npoll_when_idle = true\n\
+         [{kind}]\ninterfaces = [\"d0\"]\ntx_interface = \"d1\"\npoll_when_idle = true\n\
          [control]\nsocket = \"{}\"\n\
          [gateway]\nvtep_ips = [\"198.18.0.1\"]\nlocal_mac = \"{}\"\nnext_hop_mac = \"{}\"\n\
          [acl]\ndefault = \"allow\"\n[[acl.rule]]\nsrc = \"192.168.0.0/16\"\naction = \"deny\"\n",
