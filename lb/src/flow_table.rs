@@ -338,6 +338,9 @@ pub struct FlowTable {
     reshare_mask: u32,
     reshare: [(u64, u128, bool); RESHARE],
     reshare_len: usize,
+    /// Ways with a nonzero tag (live or expired but not yet cleared): what
+    /// [`footprint_bytes`](Self::footprint_bytes) is computed from.
+    used: usize,
 }
 
 /// Re-share notes kept between two drains (one burst); more are not noted.
@@ -376,6 +379,7 @@ impl FlowTable {
             reshare_mask: 0,
             reshare: [(0, 0, false); RESHARE],
             reshare_len: 0,
+            used: 0,
         }
     }
 
@@ -409,6 +413,20 @@ impl FlowTable {
         self.capacity() * Self::BYTES_PER_ENTRY
     }
 
+    /// Ways in use (live entries and expired ones not yet cleared).
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Bytes the used ways occupy: an entry each, plus the metadata line of
+    /// every set they are in (one per way while they are fewer than the sets).
+    /// An upper bound on what lookups touch, which decides whether a burst's
+    /// lookups are worth prefetching ([`LbTables`](crate::LbTables)).
+    pub fn footprint_bytes(&self) -> usize {
+        self.used * std::mem::size_of::<Entry>()
+            + self.used.min(self.meta.len()) * std::mem::size_of::<Meta>()
+    }
+
     /// The counters.
     pub fn stats(&self) -> FlowStats {
         self.stats
@@ -423,6 +441,7 @@ impl FlowTable {
     /// Empties the table (counters are kept; active-flow counts are zeroed).
     pub fn clear(&mut self) {
         self.meta.fill(Meta::default());
+        self.used = 0;
         self.sched.reset_counts();
     }
 
@@ -527,6 +546,7 @@ impl FlowTable {
                 let t = meta.tags[w];
                 if now32.wrapping_sub(meta.seen[w]) > timeout_of(t, tcp_t, udp_t, fin_t) {
                     meta.tags[w] = 0;
+                    self.used -= 1;
                     self.stats.expired += 1;
                     if t & TAG_COUNTED != 0 {
                         self.uncount(base + w);
@@ -582,7 +602,9 @@ impl FlowTable {
             return;
         };
         let old = meta.tags[w];
-        if old != 0 {
+        if old == 0 {
+            self.used += 1;
+        } else {
             if old & TAG_COUNTED != 0 {
                 self.uncount(slot.0);
             }
@@ -695,6 +717,9 @@ impl FlowTable {
     pub fn remove_at(&mut self, slot: Slot) {
         if let Some(meta) = self.meta.get_mut(slot.0 / WAYS) {
             let t = std::mem::take(&mut meta.tags[slot.0 % WAYS]);
+            if t != 0 {
+                self.used -= 1;
+            }
             if t & TAG_COUNTED != 0 {
                 self.uncount(slot.0);
             }
@@ -796,6 +821,7 @@ impl FlowTable {
             }
         }
         self.stats.expired += cleared as u64;
+        self.used -= cleared;
         cleared
     }
 }
@@ -1042,6 +1068,53 @@ mod tests {
         assert_eq!(t.live(100), 1);
         t.clear();
         assert_eq!(t.live(100), 0);
+    }
+
+    /// `used` counts nonzero tags through every path that sets or clears
+    /// one, so the footprint that decides prefetching follows the table.
+    #[test]
+    fn used_ways_follow_inserts_expiry_removal_and_sweeps() {
+        let count = |t: &FlowTable| {
+            t.meta
+                .iter()
+                .flat_map(|m| m.tags)
+                .filter(|&x| x != 0)
+                .count()
+        };
+        let mut t = FlowTable::new(cfg(1024));
+        assert_eq!((t.used(), t.footprint_bytes()), (0, 0));
+        for i in 0..300 {
+            let k = key(i, 17);
+            t.insert(&k, flow_hash(&k), 0, pin(1));
+        }
+        // Re-inserting (a repin) and evicting in a full set do not add ways.
+        for i in 0..300 {
+            let k = key(i, 17);
+            t.insert(&k, flow_hash(&k), 1, pin(2));
+        }
+        assert_eq!(t.used(), count(&t));
+        assert_eq!(t.used(), 300 - t.stats().evictions as usize);
+        let used = t.used();
+        assert_eq!(t.footprint_bytes(), used * 64 + used.min(t.sets()) * 64);
+        // A lookup that finds its flow expired clears its way.
+        let k = key(0, 17);
+        let h = flow_hash(&k);
+        if let Probe::Miss(_) = t.lookup(&k, h, 1000) {
+            assert_eq!(t.used(), count(&t));
+        }
+        let k = key(1, 17);
+        if let Probe::Hit(slot, _) = t.lookup(&k, flow_hash(&k), 1) {
+            t.remove_at(slot);
+            t.remove_at(slot); // twice: the second finds an empty way
+        }
+        assert_eq!(t.used(), count(&t));
+        t.sweep(1000, usize::MAX);
+        assert_eq!((t.used(), count(&t)), (0, 0));
+        let k = key(7, 6);
+        t.insert(&k, flow_hash(&k), 0, pin(1));
+        assert_eq!(t.used(), 1);
+        t.clear();
+        assert_eq!((t.used(), t.footprint_bytes()), (0, 0));
     }
 
     #[test]
