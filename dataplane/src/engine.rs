@@ -351,7 +351,7 @@ pub fn run_worker<Q: Queue>(
         // pipeline) or all dropped for one reason (a flood of what is not
         // ours); anything else packet by packet.
         let first = verdicts[0];
-        let uniform = verdicts[1..n].iter().all(|v| *v == first);
+        let uniform = crate::burst::uniform(&verdicts[..n]);
         if uniform && first == Verdict::Tx {
             for p in rx.iter() {
                 stats.tx_bytes += p.data().len() as u64;
