@@ -21,6 +21,25 @@ int dpdk_sys_rte_pktmbuf_alloc_bulk(struct rte_mempool *pool,
 
 void dpdk_sys_rte_pktmbuf_free(struct rte_mbuf *m) { rte_pktmbuf_free(m); }
 
+void dpdk_sys_free_simple_bulk(struct rte_mbuf **mbufs, unsigned int count) {
+    if (count == 0)
+        return;
+    struct rte_mempool *mp = mbufs[0]->pool;
+    unsigned int simple = 0;
+    for (unsigned int i = 0; i < count; i++) {
+        struct rte_mbuf *m = mbufs[i];
+        /* What rte_pktmbuf_prefree_seg checks, minus m->next, which is NULL
+         * in a single-segment mbuf: the one field of its second cache line. */
+        if (likely(m->pool == mp && RTE_MBUF_DIRECT(m) &&
+                   rte_mbuf_refcnt_read(m) == 1 && m->nb_segs == 1))
+            mbufs[simple++] = m;
+        else
+            rte_pktmbuf_free(m);
+    }
+    if (simple != 0)
+        rte_mempool_put_bulk(mp, (void **)mbufs, simple);
+}
+
 char *dpdk_sys_rte_pktmbuf_adj(struct rte_mbuf *m, uint16_t len) {
     return rte_pktmbuf_adj(m, len);
 }

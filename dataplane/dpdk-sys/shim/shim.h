@@ -25,6 +25,11 @@ struct rte_mbuf *dpdk_sys_rte_pktmbuf_alloc(struct rte_mempool *mp);
 int dpdk_sys_rte_pktmbuf_alloc_bulk(struct rte_mempool *pool,
                                     struct rte_mbuf **mbufs, unsigned int count);
 void dpdk_sys_rte_pktmbuf_free(struct rte_mbuf *m);
+/* Not a DPDK function: frees `count` mbufs like rte_pktmbuf_free_bulk. Those
+ * that are direct, single-segment, unshared and from the first one's pool go
+ * back to it in one rte_mempool_put_bulk; the rest through rte_pktmbuf_free.
+ * Reorders `mbufs`. */
+void dpdk_sys_free_simple_bulk(struct rte_mbuf **mbufs, unsigned int count);
 char *dpdk_sys_rte_pktmbuf_adj(struct rte_mbuf *m, uint16_t len);
 char *dpdk_sys_rte_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len);
 int dpdk_sys_rte_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
