@@ -51,6 +51,11 @@ struct Args {
     /// negative = unpinned (the scheduler may put them on the worker's CPU).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     control_core: i64,
+    /// Which mutations a storm sends: `all` (the `control` test's mix), `lb`
+    /// (services and backends only) or `acl` (rule adds and deletes only):
+    /// says which kind the worker pays for.
+    #[arg(long, default_value = "all", value_parser = ["all", "lb", "acl"])]
+    mix: String,
     /// Work directory (capture, config, socket, log).
     #[arg(long, default_value = "/tmp/ctl-bench")]
     dir: PathBuf,
@@ -75,6 +80,9 @@ fn ip(s: &str) -> IpAddr {
 /// that deletes mostly name real ones.
 struct Storm {
     rng: u64,
+    /// Mutation kinds drawn from: `r % kinds + first` (see `command`).
+    first: u64,
+    kinds: u64,
     rules: Vec<u32>,
     ok: u64,
     refused: u64,
@@ -93,7 +101,7 @@ impl Storm {
         let r = self.next();
         let svc = format!("s{}", r % 8);
         let backend = ip(&format!("10.1.{}.{}", (r >> 8) % 4, 1 + (r >> 16) % 6));
-        match r % 9 {
+        match self.first + r % self.kinds {
             0 => Command::ServiceAdd {
                 service: ServiceSpec {
                     table_size: 251,
@@ -265,19 +273,27 @@ fn run(a: &Args) -> Result<(), String> {
     };
     std::thread::sleep(Duration::from_millis(500));
     println!(
-        "ctl-bench: worker on CPU {}, {}; {} mutations per storm round; loadavg {}",
+        "ctl-bench: worker on CPU {}, {}; {} mutations ({}) per storm round; loadavg {}",
         a.core,
         match pinned {
             Some(cc) => format!("control threads and this client on CPU {cc}"),
             None => "control threads and this client unpinned".into(),
         },
         a.mutations,
+        a.mix,
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
     );
+    let (first, kinds) = match a.mix.as_str() {
+        "lb" => (0, 7),
+        "acl" => (7, 2),
+        _ => (0, 9),
+    };
     let mut storm = Storm {
         rng: 0x2545_f491_4f6c_dd1d,
+        first,
+        kinds,
         rules: Vec::new(),
         ok: 0,
         refused: 0,
