@@ -28,10 +28,11 @@
 //!
 //! Result caches: every change has a version, and the last [`CHANGE_LOG`]
 //! changes are kept, so a cached answer computed at version `v` is brought up
-//! to date by [`LiveClassifier::revalidate`] with one rule match per added
-//! rule since `v` (a removal only matters to answers that were the removed
-//! rule). Only a new base ([`LiveClassifier::base_id`]) makes cached indices
-//! meaningless.
+//! to date by [`LiveClassifier::revalidate`]: a few versions behind, with one
+//! rule match per added rule since `v`; further behind, with one lookup in
+//! the added rules' own classifier (a removal only matters to answers that
+//! were the removed rule). Only a new base ([`LiveClassifier::base_id`])
+//! makes cached indices meaningless.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,11 @@ use crate::rule::{Action, Key, Rule, RuleSet, NO_MATCH};
 /// How many recent changes a [`LiveClassifier`] keeps for
 /// [`LiveClassifier::revalidate`].
 pub const CHANGE_LOG: usize = 64;
+
+/// Changes behind at most which [`LiveClassifier::revalidate`] walks the log;
+/// further behind, one delta lookup costs less than the rule matches (a storm
+/// of rule changes had every cached answer a few versions old).
+pub const WALK_AT_MOST: u64 = 2;
 
 static BASE_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -353,22 +359,35 @@ impl LiveClassifier {
     }
 
     /// Brings `matched`, the answer for `key` at version `since` (of the same
-    /// base), up to date: `Some(answer now)`, or `None` when it cannot be told
-    /// cheaply (the answer's rule was removed, or more than [`CHANGE_LOG`]
-    /// changes happened) and `key` must be classified again.
+    /// base), up to date: `Some(answer now)`, or `None` when the answer's
+    /// rule was removed and `key` must be classified again.
+    ///
+    /// Up to [`WALK_AT_MOST`] changes behind, the change log is walked (one
+    /// rule match per rule added since `since`); further behind, the delta
+    /// classifier is asked once, whatever the number of changes. Both are
+    /// exact: within a base, base rules are only removed, never added, and a
+    /// removal changes only answers that were the removed rule; so a live
+    /// answer can only be displaced by a live added rule before it, which is
+    /// what the delta finds.
     #[inline]
     pub fn revalidate(&self, key: &Key, mut matched: u32, since: u64) -> Option<u32> {
         if since == self.version {
             return Some(matched);
         }
-        let first = self.log.front()?.version;
-        if since + 1 < first || since > self.version {
+        if since > self.version || (matched != NO_MATCH && !self.is_live(matched)) {
             return None;
         }
+        let first = self.log.front()?.version;
+        if self.version - since > WALK_AT_MOST || since + 1 < first {
+            return Some(self.with_added(key, matched));
+        }
+        let live = matched;
         let mut mk = self.key_of(matched);
         for l in self.log.iter().skip((since + 1 - first) as usize) {
             match &l.added {
-                None if l.idx == matched => return None,
+                // An added rule that displaced `live` in this walk, removed
+                // since: back to `live`, which still stands.
+                None if l.idx == matched => return Some(self.with_added(key, live)),
                 Some((r, k)) if *k < mk && r.matches(key) => {
                     matched = l.idx;
                     mk = *k;
@@ -671,8 +690,31 @@ mod tests {
                 ..Rule::default()
             });
         }
-        assert_eq!(live.revalidate(&k, 0, 0), None, "too old");
+        // Older than the log, or a few changes behind: the delta answers.
+        assert_eq!(live.revalidate(&k, 0, 0), Some(0), "older than the log");
         assert_eq!(live.revalidate(&k, 0, live.version() - 3), Some(0));
+        assert_eq!(live.revalidate(&k, 0, live.version() - 1), Some(0));
+        let before = live.add(Rule {
+            priority: Some(1),
+            ..Rule::default()
+        });
+        assert_eq!(live.revalidate(&k, 0, 0), Some(before), "via the delta");
+        assert_eq!(
+            live.revalidate(&k, 0, live.version() - 1),
+            Some(before),
+            "walked"
+        );
+        assert!(live.remove(before));
+        assert_eq!(
+            live.revalidate(&k, 0, live.version() - 2),
+            Some(0),
+            "added, then removed"
+        );
+        assert_eq!(
+            live.revalidate(&k, before, live.version() - 1),
+            None,
+            "its rule went"
+        );
         assert_eq!(live.classify(&k), 0);
     }
 }

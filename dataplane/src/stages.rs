@@ -183,11 +183,12 @@ pub struct Acl {
 ///
 /// Rule changes do not empty it: each entry carries the rule-set version
 /// ([`acl::LiveClassifier::version`]) its answer was computed at, and an
-/// entry of an older version is brought up to date from the classifier's
-/// change log ([`acl::LiveClassifier::revalidate`]: one rule match per rule
-/// added since, and a fresh classification only if its own rule was
-/// removed). Only a new compiled base (a recompile, another ACL section, a
-/// new cache size) empties it.
+/// entry of an older version is brought up to date
+/// ([`acl::LiveClassifier::revalidate`]: one rule match per rule added
+/// since when a change or two behind, one lookup among the added rules when
+/// further, and a fresh classification only if its own rule was removed).
+/// Only a new compiled base (a recompile, another ACL section, a new cache
+/// size) empties it.
 ///
 /// When flows rarely recur (more active flows than the cache holds, a scan,
 /// a flood of new flows) every lookup would miss and cost more than the
