@@ -409,7 +409,9 @@ fn rebuild_reuses_unchanged_tables() {
 
 /// `process_burst_with` and a prefetch function: the same verdicts as
 /// `process_burst`, and every prefetched address lies inside the table. The
-/// table is large enough (64 Ki entries, 4.5 MiB) for the prefetch passes.
+/// passes run only when the used ways occupy more than 2 MiB: first with a
+/// cache-resident footprint (300 flows in a 64 Ki-entry table: no calls),
+/// then with 30 000 more flows in both tables (2.4 MiB: calls).
 #[test]
 fn prefetching_changes_nothing_but_is_called_inside_the_table() {
     let t = build(&services(5)).unwrap();
@@ -432,16 +434,34 @@ fn prefetching_changes_nothing_but_is_called_inside_the_table() {
     };
     let mut keys: Vec<FlowKey> = (0..300).map(key).collect();
     keys[7].dport = 81; // not a service: never prefetched
-    for round in 0..3u64 {
+    let run = |plain: &mut FlowTable, pre: &mut FlowTable, keys: &[FlowKey], now: u64| {
         for chunk in keys.chunks(32) {
             let mut a = [LbVerdict::NotService; 32];
             let mut b = [LbVerdict::NotService; 32];
-            t.process_burst(chunk, &mut plain, round, &mut a[..chunk.len()]);
-            t.process_burst_with(chunk, &mut pre, round, &mut b[..chunk.len()], Some(pf));
-            assert_eq!(a, b, "round {round}");
+            t.process_burst(chunk, plain, now, &mut a[..chunk.len()]);
+            t.process_burst_with(chunk, pre, now, &mut b[..chunk.len()], Some(pf));
+            assert_eq!(a, b, "at {now}");
         }
+    };
+    for round in 0..3u64 {
+        run(&mut plain, &mut pre, &keys, round);
     }
-    // Round 0: metadata only (new flows); rounds 1 and 2: metadata and entry.
-    assert_eq!(calls.get(), 299 * 5);
+    assert_eq!(calls.get(), 0, "a cache-resident table is not prefetched");
+    assert!(pre.footprint_bytes() <= 2 << 20);
+    let more: Vec<FlowKey> = (1000..31_000).map(key).collect();
+    run(&mut plain, &mut pre, &more, 3);
+    assert!(pre.footprint_bytes() > 2 << 20, "{}", pre.footprint_bytes());
+    calls.set(0);
+    for round in 4..6u64 {
+        run(&mut plain, &mut pre, &keys, round);
+    }
+    // Two rounds, each: every service packet's metadata (299), and its
+    // entry where a tag matches (all of them unless a full set evicted the
+    // flow while the table filled).
+    assert!(
+        (299 * 2 + 299 * 2 * 9 / 10..=299 * 4).contains(&calls.get()),
+        "{} calls",
+        calls.get()
+    );
     assert!(hi.get() - lo.get() < FlowTable::BYTES_PER_ENTRY * (1 << 16) + 4096);
 }
