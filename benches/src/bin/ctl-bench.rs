@@ -21,7 +21,7 @@
 //! ```text
 //! cargo build --profile production -p dataplane --bin dpgw
 //! cargo build --profile production -p benches --bin ctl-bench
-//! target/production/ctl-bench --dpgw target/production/dpgw [--rounds 3] [--mutations 1000]
+//! target/production/ctl-bench --dpgw target/production/dpgw [--rounds 3] [--mutations 1000] [--mix all|lb|acl]
 //! ```
 
 use std::net::IpAddr;
