@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::classifier::Classifier;
-use crate::rule::{Action, Key, Rule, RuleSet, NO_MATCH};
+use crate::rule::{Action, Key, Prefix, Rule, RuleSet, NO_MATCH};
 
 /// How many recent changes a [`LiveClassifier`] keeps for
 /// [`LiveClassifier::revalidate`].
@@ -98,13 +98,110 @@ pub struct LiveClassifier {
     /// dropped so that index `i` is `order[i]`): a lookup finds the first
     /// added rule that matches in a few tree steps instead of a scan.
     delta: Option<Arc<Classifier>>,
-    /// Bit `p % 256` is set when some live added rule matches a destination
-    /// port `p` (all bits for wide ranges): a key whose bit is clear matches
-    /// no added rule, and skips the delta for one load and a test.
-    dport_filter: [u64; 4],
+    /// What keys some live added rule may match: a key it rules out skips
+    /// the delta for a few loads and tests.
+    filter: Prefilter,
     /// Changes since the base.
     version: u64,
     log: VecDeque<Logged>,
+}
+
+/// A summary of a few rules by what they can match, one 256-bit map per
+/// field: bit `h(x)` of a field's map is set when some rule matches a key
+/// whose field is `x`. A key with a clear bit in any map matches none of the
+/// rules (a set bit proves nothing). Field hashes: the VNI and the
+/// destination port modulo 256; an address by its first 16 bits (IPv4) or 32
+/// bits (IPv6), the granularity of a tenant or service subnet, so a rule on
+/// a /24 of another subnet rules out a flow's address. Rules with wide
+/// ranges (no VNI, more than 256 ports, a prefix shorter than /8 or /24)
+/// set every bit of that field's map.
+#[derive(Clone, Copy, Debug)]
+struct Prefilter {
+    vni: [u64; 4],
+    dst: [u64; 4],
+    src: [u64; 4],
+    dport: [u64; 4],
+}
+
+#[inline(always)]
+fn bit_set(map: &[u64; 4], b: usize) -> bool {
+    map[b >> 6] & (1 << (b & 63)) != 0
+}
+
+#[inline(always)]
+fn set_bit(map: &mut [u64; 4], b: usize) {
+    map[b >> 6] |= 1 << (b & 63);
+}
+
+/// The address map's bit for the first 16 (IPv4) or 32 (IPv6) bits `x` of
+/// an address.
+#[inline(always)]
+fn addr_bit(x: u32) -> usize {
+    (x.wrapping_mul(0x9e37_79b1) >> 24) as usize
+}
+
+/// The leading bits [`addr_bit`] hashes: of a key's address.
+#[inline(always)]
+fn addr_head(addr: u128, v6: bool) -> u32 {
+    if v6 {
+        (addr >> 96) as u32
+    } else {
+        (addr as u32) >> 16
+    }
+}
+
+impl Prefilter {
+    /// Rules out every key.
+    const NONE: Prefilter = Prefilter {
+        vni: [0; 4],
+        dst: [0; 4],
+        src: [0; 4],
+        dport: [0; 4],
+    };
+
+    /// Lets through every key `rule` matches.
+    fn admit(&mut self, rule: &Rule) {
+        match rule.vni {
+            Some(v) => set_bit(&mut self.vni, (v & 255) as usize),
+            None => self.vni = [u64::MAX; 4],
+        }
+        Self::admit_prefix(&mut self.dst, &rule.dst);
+        Self::admit_prefix(&mut self.src, &rule.src);
+        let p = rule.dst_ports;
+        if p.hi - p.lo >= 255 {
+            self.dport = [u64::MAX; 4];
+        } else {
+            for port in p.lo..=p.hi {
+                set_bit(&mut self.dport, usize::from(port & 255));
+            }
+        }
+    }
+
+    fn admit_prefix(map: &mut [u64; 4], p: &Prefix) {
+        // The prefix's first address's head, and how many heads it spans
+        // (as a power of two).
+        let (head, head_bits, len) = match *p {
+            Prefix::Any => return *map = [u64::MAX; 4],
+            Prefix::V4 { addr, len } => (u32::from(addr) >> 16, 16u8, len),
+            Prefix::V6 { addr, len } => ((u128::from(addr) >> 96) as u32, 32u8, len),
+        };
+        let spread = head_bits.saturating_sub(len);
+        if spread > 8 {
+            return *map = [u64::MAX; 4];
+        }
+        for h in head..=head | ((1u32 << spread) - 1) {
+            set_bit(map, addr_bit(h));
+        }
+    }
+
+    /// False when no admitted rule matches `key`.
+    #[inline(always)]
+    fn may_match(&self, key: &Key) -> bool {
+        bit_set(&self.dport, usize::from(key.dport & 255))
+            && bit_set(&self.dst, addr_bit(addr_head(key.dst, key.v6)))
+            && bit_set(&self.vni, (key.vni & 255) as usize)
+            && bit_set(&self.src, addr_bit(addr_head(key.src, key.v6)))
+    }
 }
 
 fn prio_key(r: &Rule) -> u64 {
@@ -148,7 +245,7 @@ impl LiveClassifier {
             added: Vec::new(),
             order: Vec::new(),
             delta: None,
-            dport_filter: [0; 4],
+            filter: Prefilter::NONE,
             version: 0,
             log: VecDeque::new(),
         }
@@ -238,22 +335,14 @@ impl LiveClassifier {
 
     /// Recompiles the (small) classifier over the live added rules.
     fn compile_delta(&mut self) {
-        self.dport_filter = [0; 4];
+        self.filter = Prefilter::NONE;
         if self.order.is_empty() {
             self.delta = None;
             return;
         }
         let mut set = RuleSet::new(Action::Allow);
         for &o in &self.order {
-            let p = self.added[o as usize].rule.dst_ports;
-            if p.hi - p.lo >= 255 {
-                self.dport_filter = [u64::MAX; 4];
-            } else {
-                for port in p.lo..=p.hi {
-                    let b = usize::from(port & 255);
-                    self.dport_filter[b >> 6] |= 1 << (b & 63);
-                }
-            }
+            self.filter.admit(&self.added[o as usize].rule);
             let r = Rule {
                 priority: None,
                 ..self.added[o as usize].rule.clone()
@@ -322,8 +411,7 @@ impl LiveClassifier {
         let Some(delta) = &self.delta else {
             return b;
         };
-        let bit = usize::from(key.dport & 255);
-        if self.dport_filter[bit >> 6] & (1 << (bit & 63)) == 0 {
+        if !self.filter.may_match(key) {
             return b;
         }
         // The first added rule that matches; if it does not come before
@@ -376,6 +464,11 @@ impl LiveClassifier {
         }
         if since > self.version || (matched != NO_MATCH && !self.is_live(matched)) {
             return None;
+        }
+        // No live added rule can match: the answer stands (the common case
+        // in a storm of changes to other tenants' or subnets' rules).
+        if !self.filter.may_match(key) {
+            return Some(matched);
         }
         let first = self.log.front()?.version;
         if self.version - since > WALK_AT_MOST || since + 1 < first {
@@ -667,6 +760,99 @@ mod tests {
             }
         }
         assert!(outcomes.iter().all(|&n| n > 100), "{outcomes:?}");
+    }
+
+    /// The prefilter never rules out a key a rule it admitted matches (keys
+    /// drawn inside and around random IPv4 and IPv6 prefixes of every
+    /// length), and it does rule out keys of other subnets, VNIs and ports.
+    #[test]
+    fn test_prefilter_admits_every_match() {
+        use std::net::Ipv6Addr;
+        let mut rng = SplitMix64::new(0x9f11);
+        let mut ruled_out = 0;
+        for _ in 0..300 {
+            let v6 = rng.next_u64().is_multiple_of(2);
+            let pfx = |rng: &mut SplitMix64| {
+                let x = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+                if rng.next_u64().is_multiple_of(8) {
+                    Prefix::Any
+                } else if v6 {
+                    Prefix::v6(Ipv6Addr::from(x), (rng.next_u64() % 129) as u8).unwrap()
+                } else {
+                    Prefix::v4(Ipv4Addr::from(x as u32), (rng.next_u64() % 33) as u8).unwrap()
+                }
+            };
+            let lo = (rng.next_u64() % 65536) as u16;
+            let width = [0u16, 3, 255, 300, u16::MAX][(rng.next_u64() % 5) as usize];
+            let rules: Vec<Rule> = (0..1 + rng.next_u64() % 3)
+                .map(|_| Rule {
+                    vni: (rng.next_u64().is_multiple_of(2)).then(|| (rng.next_u64() % 1000) as u32),
+                    src: pfx(&mut rng),
+                    dst: pfx(&mut rng),
+                    dst_ports: PortRange::new(lo, lo.saturating_add(width)).unwrap(),
+                    ..Rule::default()
+                })
+                .collect();
+            let mut f = Prefilter::NONE;
+            rules.iter().for_each(|r| f.admit(r));
+            for _ in 0..200 {
+                // Inside a rule's prefixes (random host bits), or anywhere.
+                let r = &rules[(rng.next_u64() % rules.len() as u64) as usize];
+                let near = rng.next_u64().is_multiple_of(2);
+                let addr = |p: &Prefix, rng: &mut SplitMix64| {
+                    let x = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+                    let x = if v6 { x } else { x & u128::from(u32::MAX) };
+                    let (a, b) = p.range();
+                    if near {
+                        a | (x & (b - a))
+                    } else {
+                        x
+                    }
+                };
+                let key = Key {
+                    vni: if near {
+                        r.vni.unwrap_or(7)
+                    } else {
+                        (rng.next_u64() % 1000) as u32
+                    },
+                    src: addr(&r.src, &mut rng),
+                    dst: addr(&r.dst, &mut rng),
+                    sport: 1,
+                    dport: if near {
+                        r.dst_ports.lo.saturating_add((rng.next_u64() % 4) as u16)
+                    } else {
+                        (rng.next_u64() % 65536) as u16
+                    },
+                    proto: 6,
+                    v6,
+                };
+                let m = rules.iter().any(|r| r.matches(&key));
+                assert!(
+                    !m || f.may_match(&key),
+                    "{rules:?} match {key:?}, ruled out"
+                );
+                ruled_out += usize::from(!f.may_match(&key));
+            }
+        }
+        assert!(
+            ruled_out > 10_000,
+            "the prefilter ruled out only {ruled_out} of 60000 keys"
+        );
+        // The control-storm case: a rule on a /24 of another /16.
+        let mut f = Prefilter::NONE;
+        f.admit(&Rule {
+            dst: Prefix::v4(Ipv4Addr::new(10, 200, 7, 0), 24).unwrap(),
+            dst_ports: PortRange::single(80),
+            ..Rule::default()
+        });
+        let key = |dst: Ipv4Addr| Key {
+            dst: u128::from(u32::from(dst)),
+            dport: 80,
+            proto: 6,
+            ..Key::default()
+        };
+        assert!(f.may_match(&key(Ipv4Addr::new(10, 200, 9, 9))));
+        assert!(!f.may_match(&key(Ipv4Addr::new(10, 99, 0, 1))));
     }
 
     #[test]
