@@ -21,7 +21,7 @@
 //! ```text
 //! cargo build --profile production -p dataplane --bin dpgw
 //! cargo build --profile production -p benches --bin ctl-bench
-//! target/production/ctl-bench --dpgw target/production/dpgw [--rounds 3] [--mutations 1000] [--mix all|lb|acl]
+//! target/production/ctl-bench --dpgw target/production/dpgw [--rounds 3] [--mutations 1000] [--mix all|lb|acl] [--rules elsewhere|traffic]
 //! ```
 
 use std::net::IpAddr;
@@ -56,6 +56,14 @@ struct Args {
     /// says which kind the worker pays for.
     #[arg(long, default_value = "all", value_parser = ["all", "lb", "acl"])]
     mix: String,
+    /// Where the storm's ACL rules point: `elsewhere` (deny rules on /24s
+    /// of 10.200.0.0/16, a subnet the traffic never goes to: the delta's
+    /// prefilter rules every flow out) or `traffic` (allow rules on /24s of
+    /// the VIP's own /16, one of them covering the VIP: every cached answer
+    /// is checked against the rules added since, the worst case; verdicts
+    /// do not change).
+    #[arg(long, default_value = "elsewhere", value_parser = ["elsewhere", "traffic"])]
+    rules: String,
     /// Work directory (capture, config, socket, log).
     #[arg(long, default_value = "/tmp/ctl-bench")]
     dir: PathBuf,
@@ -84,6 +92,8 @@ struct Storm {
     first: u64,
     kinds: u64,
     rules: Vec<u32>,
+    /// Rules on the traffic's /16 (allow), not on 10.200.0.0/16 (deny).
+    near: bool,
     ok: u64,
     refused: u64,
     live_false: u64,
@@ -131,11 +141,19 @@ impl Storm {
                 rule: RuleSpec {
                     vni: None,
                     src: "any".into(),
-                    dst: format!("10.200.{}.0/24", r % 200),
+                    dst: if self.near {
+                        format!("10.99.{}.0/24", r % 200)
+                    } else {
+                        format!("10.200.{}.0/24", r % 200)
+                    },
                     proto: "tcp".into(),
                     src_ports: "any".into(),
                     dst_ports: "80".into(),
-                    action: acl::Action::Deny,
+                    action: if self.near {
+                        acl::Action::Allow
+                    } else {
+                        acl::Action::Deny
+                    },
                     priority: None,
                     id: None,
                     stateful: None,
@@ -273,7 +291,7 @@ fn run(a: &Args) -> Result<(), String> {
     };
     std::thread::sleep(Duration::from_millis(500));
     println!(
-        "ctl-bench: worker on CPU {}, {}; {} mutations ({}) per storm round; loadavg {}",
+        "ctl-bench: worker on CPU {}, {}; {} mutations ({}, ACL rules {}) per storm round; loadavg {}",
         a.core,
         match pinned {
             Some(cc) => format!("control threads and this client on CPU {cc}"),
@@ -281,6 +299,7 @@ fn run(a: &Args) -> Result<(), String> {
         },
         a.mutations,
         a.mix,
+        a.rules,
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
@@ -295,6 +314,7 @@ fn run(a: &Args) -> Result<(), String> {
         first,
         kinds,
         rules: Vec::new(),
+        near: a.rules == "traffic",
         ok: 0,
         refused: 0,
         live_false: 0,
