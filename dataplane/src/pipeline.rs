@@ -47,6 +47,19 @@ impl Pipeline {
             .add(&std::mem::take(&mut self.acl.cache_counts));
     }
 
+    /// What the stages' per-index counters (rule hits, per-service and
+    /// per-backend traffic) are indexed by in `t`: the ACL's compiled base
+    /// and the LB's services and backends. While it is unchanged from one
+    /// snapshot to the next (a rule change, a health-check verdict that
+    /// moved nothing), the counters carry over and need no flush when the
+    /// worker takes the new snapshot.
+    pub fn counters_layout(t: &Tables) -> (u64, u64) {
+        (
+            t.acl.as_ref().map_or(0, |a| a.classifier.base_id()),
+            t.lb.id(),
+        )
+    }
+
     /// Hands the LB and route stages the next-hop MAC for this burst (none
     /// while ARP/ND is pending: they drop what would be sent).
     #[inline(always)]

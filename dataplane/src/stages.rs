@@ -161,9 +161,14 @@ pub struct Acl {
     keys: [acl::Key; MAX_BURST],
     pos: [u16; MAX_BURST],
     out: [u32; MAX_BURST],
-    /// Hits per rule index of the snapshot `hits_generation`.
+    /// Hits per rule index of the compiled base `hits_base`
+    /// ([`acl::LiveClassifier::base_id`]; 0 = none): within a base, rule
+    /// changes only append indices and never change an index's counter id,
+    /// so the counts carry over from snapshot to snapshot until the base
+    /// changes (the worker drains them before it takes a new one, see
+    /// [`crate::pipeline::Pipeline::counters_layout`]).
     pub hits: Vec<u64>,
-    pub hits_generation: u64,
+    pub hits_base: u64,
     cache: AclCache,
     /// Keys the cache did not answer, their positions in `keys`, and their slots.
     miss_keys: [acl::Key; MAX_BURST],
@@ -319,7 +324,7 @@ impl Default for Acl {
             pos: [0; MAX_BURST],
             out: [acl::NO_MATCH; MAX_BURST],
             hits: Vec::new(),
-            hits_generation: 0,
+            hits_base: 0,
             cache: AclCache::default(),
             miss_keys: [acl::Key::default(); MAX_BURST],
             miss_at: [0; MAX_BURST],
@@ -414,7 +419,7 @@ impl Acl {
     /// Moves the hit counts into `into` (rule counter id → packets), zeroing them.
     pub fn drain_hits(&mut self, t: &Tables, into: &mut std::collections::HashMap<u32, u64>) {
         if let Some(a) = &t.acl {
-            if self.hits_generation == t.generation {
+            if self.hits_base == a.classifier.base_id() {
                 for (i, h) in self.hits.iter_mut().enumerate() {
                     if *h != 0 {
                         if let Some(id) = a.counter_ids.get(i) {
@@ -439,11 +444,15 @@ impl Stage for Acl {
     ) {
         self.last = 0;
         let Some(a) = &t.acl else { return };
-        if self.hits_generation != t.generation {
-            // New rule set: counts of the old one were drained by the worker.
+        let base = a.classifier.base_id();
+        if self.hits_base != base {
+            // New compiled base: counts of the old one were drained by the worker.
             self.hits.clear();
             self.hits.resize(a.classifier.len(), 0);
-            self.hits_generation = t.generation;
+            self.hits_base = base;
+        } else if self.hits.len() != a.classifier.len() {
+            // Rules added since: new indices, counted from zero.
+            self.hits.resize(a.classifier.len(), 0);
         }
         // Packets of known connections pass without the rules (`conntrack`).
         let skip = if t.ct_active {
@@ -505,11 +514,13 @@ pub struct Lb {
     pos: [u16; MAX_BURST],
     out: [lb::LbVerdict; MAX_BURST],
     pub flows: Option<lb::flow_table::FlowTable>,
-    /// Per service index of the snapshot `generation`.
+    /// Per service index of the services and backends `layout`
+    /// ([`lb::LbTables::id`]; shared by every snapshot that keeps them, an
+    /// ACL change's for one).
     svc: Vec<TrafficCounters>,
     /// Per (service index, backend index).
     backend: Vec<Vec<TrafficCounters>>,
-    generation: u64,
+    layout: u64,
     epoch: Option<std::time::Instant>,
     /// Destination MAC of transmitted frames for the current burst.
     pub next_hop: [u8; 6],
@@ -535,7 +546,7 @@ impl Default for Lb {
             flows: None,
             svc: Vec::new(),
             backend: Vec::new(),
-            generation: 0,
+            layout: u64::MAX,
             epoch: None,
             next_hop: [0; 6],
             unresolved: false,
@@ -550,7 +561,7 @@ impl Default for Lb {
 impl Lb {
     /// Moves per-service/backend counters and flow-table figures into `tel`.
     pub fn flush_telemetry(&mut self, t: &Tables, tel: &mut Telemetry) {
-        if self.generation == t.generation {
+        if self.layout == t.lb.id() {
             for ((si, svc), c) in t.lb.services().zip(self.svc.iter_mut()) {
                 if !c.is_zero() {
                     let c = std::mem::take(c);
@@ -632,8 +643,8 @@ impl Lb {
             self.flows = Some(f);
             self.epoch = Some(std::time::Instant::now());
         }
-        if self.generation != t.generation {
-            self.generation = t.generation;
+        if self.layout != t.lb.id() {
+            self.layout = t.lb.id();
             self.svc.clear();
             self.svc.resize(t.lb.len(), TrafficCounters::default());
             self.backend.clear();
@@ -1083,6 +1094,8 @@ mod tests {
             rng >> 33
         };
         let mut all = Vec::new();
+        // Counts of this run only (the worker drains them in between).
+        acl.hits.iter_mut().for_each(|h| *h = 0);
         for _ in 0..bursts {
             let mut meta = [Meta::default(); 32];
             for m in meta.iter_mut() {
@@ -1144,6 +1157,64 @@ mod tests {
             let (old, _) = run(&mut Acl::default(), &a_off, 7, 50);
             assert_ne!(got, old, "rule sets A and B disagree on these keys");
         }
+    }
+
+    /// Rule hits counted under one snapshot and not yet drained carry over
+    /// to the next snapshot of the same compiled base (the worker skips the
+    /// flush when it takes it) and are drained under the new one's counter
+    /// ids, those of the rules that were hit; a new base starts from zero.
+    #[test]
+    fn test_acl_hits_carry_over_within_a_base() {
+        use crate::pipeline::Pipeline;
+        use crate::tables::RuleChange;
+        let spec: acl::RuleSpec = toml::from_str::<toml::Table>(
+            "proto = \"udp\"\naction = \"allow\"\npriority = 0\nid = 3\n",
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+        let t1 = tables(
+            "[[acl.rule]]\nproto = \"tcp\"\naction = \"deny\"\nid = 1\n",
+            1,
+            64,
+        );
+        let t2 = t1.with_rule_change(&RuleChange::Add(spec), 2).unwrap();
+        assert_eq!(
+            Pipeline::counters_layout(&t1),
+            Pipeline::counters_layout(&t2),
+            "a rule change keeps the layout"
+        );
+        let mut acl = Acl::default();
+        let (v1, _) = run(&mut acl, &t1, 7, 10);
+        let tcp = v1
+            .iter()
+            .filter(|v| **v == Verdict::Drop(DropReason::AclDeny))
+            .count() as u64;
+        // Not drained: the next bursts use t2 (UDP now matches rule 3).
+        let mut meta = [Meta::default(); 1];
+        meta[0].key.proto = 17;
+        let mut v = [Verdict::Tx];
+        let mut pkts: [HeapBuf; 0] = [];
+        acl.process(&t2, &mut pkts, &mut meta, &mut v);
+        let mut hits = std::collections::HashMap::new();
+        acl.drain_hits(&t2, &mut hits);
+        assert_eq!(hits.get(&1), Some(&tcp), "rule 1's hits under t1 survive");
+        assert_eq!(hits.get(&3), Some(&1));
+        assert!(acl.hits.iter().all(|h| *h == 0), "drained");
+        // A recompiled base: another layout, counts from zero.
+        let t3 = tables(
+            "[[acl.rule]]\nproto = \"tcp\"\naction = \"deny\"\nid = 1\n",
+            3,
+            64,
+        );
+        assert_ne!(
+            Pipeline::counters_layout(&t2),
+            Pipeline::counters_layout(&t3)
+        );
+        assert!(run(&mut acl, &t2, 7, 1).1.iter().sum::<u64>() > 0);
+        meta[0].key.proto = 6;
+        acl.process(&t3, &mut pkts, &mut meta, &mut v);
+        assert_eq!(acl.hits.iter().sum::<u64>(), 1, "t2's counts are not t3's");
     }
 
     /// Rule changes through the delta keep the cache (no wholesale reset):

@@ -414,6 +414,15 @@ impl LbTables {
         )
     }
 
+    /// Identifies the services and backends (names, order, indices): unique
+    /// per built snapshot, kept by clones (which is how a snapshot that
+    /// changes something else, an ACL rule say, carries these over), 0 for
+    /// the empty default. Per-index counters stay meaningful while it is
+    /// unchanged.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Number of services.
     pub fn len(&self) -> usize {
         self.services.len()
