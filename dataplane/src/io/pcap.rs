@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::buf::HeapBuf;
 use super::{Burst, Packet, Queue};
-use crate::config::PcapSection;
+use crate::config::{PcapSection, PcapSplit};
 use crate::pcapfile::{write_record, Capture, PcapError};
 
 /// Buffers per worker pool: enough for the largest burst in flight twice.
@@ -25,7 +25,7 @@ pub fn open_queues(
     for p in &sec.input {
         caps.push(crate::pcapfile::read_file(p)?);
     }
-    let traces = split(&caps, workers);
+    let traces = split_by(&caps, workers, sec.split);
     drop(caps);
     let slots: Option<OutputSlots> = sec
         .output
@@ -79,13 +79,43 @@ impl WorkerTrace {
 
 /// Splits captures over `workers` queues by a symmetric hash of the outer flow.
 pub fn split(captures: &[Capture], workers: usize) -> Vec<WorkerTrace> {
+    split_by(captures, workers, PcapSplit::Rss)
+}
+
+/// Splits captures over `workers` queues as `how` says: each flow (outer
+/// hash) on one queue, in capture order.
+pub fn split_by(captures: &[Capture], workers: usize, how: PcapSplit) -> Vec<WorkerTrace> {
+    let workers = workers.max(1);
     let mut out: Vec<WorkerTrace> = (0..workers).map(|_| WorkerTrace::default()).collect();
+    // Balanced: packets per flow hash, then the flows dealt out largest
+    // first (ties by hash: the same split every run) to the least loaded.
+    let mut worker_of = std::collections::HashMap::new();
+    if how == PcapSplit::Balanced && workers > 1 {
+        let mut count: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+        for cap in captures {
+            for (_, frame) in cap.iter() {
+                *count.entry(rss_hash(frame)).or_default() += 1;
+            }
+        }
+        let mut flows: Vec<(u64, u32)> = count.into_iter().map(|(h, n)| (n, h)).collect();
+        flows.sort_unstable_by(|a, b| b.cmp(a));
+        let mut load = vec![0u64; workers];
+        for (n, h) in flows {
+            let w = (0..workers).min_by_key(|&w| (load[w], w)).unwrap_or(0);
+            load[w] += n;
+            worker_of.insert(h, w);
+        }
+    }
     for cap in captures {
         for (r, frame) in cap.iter() {
             let w = if workers == 1 {
                 0
             } else {
-                (rss_hash(frame) as usize) % workers
+                let h = rss_hash(frame);
+                match how {
+                    PcapSplit::Rss => h as usize % workers,
+                    PcapSplit::Balanced => worker_of.get(&h).copied().unwrap_or(0),
+                }
             };
             out[w].push(frame, r.ts_ns);
         }
@@ -285,6 +315,73 @@ mod tests {
         f[34..36].copy_from_slice(&1001u16.to_be_bytes());
         assert_ne!(h1, rss_hash(&f));
         assert_eq!(rss_hash(&[0u8; 5]), 0);
+    }
+
+    /// `split = "balanced"` keeps each flow (both directions) on one worker
+    /// and evens out the packet counts that the hash split leaves unequal.
+    #[test]
+    fn test_balanced_split() {
+        let frame = |a: u8, b: u8, sport: u16, dport: u16| {
+            let mut f = vec![0u8; 60];
+            f[12] = 0x08;
+            f[14] = 0x45;
+            f[14 + 9] = 17;
+            f[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, a]);
+            f[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, b]);
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            f[36..38].copy_from_slice(&dport.to_be_bytes());
+            f
+        };
+        // 40 flows of 1..=40 packets, each direction in turn.
+        let mut cap = Capture::default();
+        for flow in 0..40u16 {
+            for k in 0..=flow {
+                let f = if k % 2 == 0 {
+                    frame(1, 2, 1000 + flow, 4789)
+                } else {
+                    frame(2, 1, 4789, 1000 + flow)
+                };
+                let off = cap.data.len();
+                cap.data.extend_from_slice(&f);
+                cap.records.push(crate::pcapfile::Record {
+                    offset: off,
+                    len: f.len(),
+                    ts_ns: 0,
+                });
+            }
+        }
+        let total = cap.records.len();
+        let where_is = |t: &[WorkerTrace]| {
+            let mut at = std::collections::HashMap::new();
+            for (w, tr) in t.iter().enumerate() {
+                for r in &tr.recs {
+                    let f = &tr.data[r.0 as usize..(r.0 + r.1) as usize];
+                    let h = rss_hash(f);
+                    assert_eq!(*at.entry(h).or_insert(w), w, "a flow on two workers");
+                }
+            }
+        };
+        for workers in [2usize, 3] {
+            let rss = split_by(std::slice::from_ref(&cap), workers, PcapSplit::Rss);
+            let bal = split_by(std::slice::from_ref(&cap), workers, PcapSplit::Balanced);
+            where_is(&rss);
+            where_is(&bal);
+            let spread = |t: &[WorkerTrace]| {
+                let n: Vec<usize> = t.iter().map(|t| t.len()).collect();
+                assert_eq!(n.iter().sum::<usize>(), total);
+                n.iter().max().unwrap() - n.iter().min().unwrap()
+            };
+            // Largest first to the least loaded: within one (the smallest) flow.
+            assert!(
+                spread(&bal) <= 1,
+                "balanced over {workers}: spread {}",
+                spread(&bal)
+            );
+            assert!(spread(&rss) > spread(&bal), "the hash split is uneven here");
+        }
+        // One worker: everything, in order.
+        let one = split_by(std::slice::from_ref(&cap), 1, PcapSplit::Balanced);
+        assert_eq!(one[0].len(), total);
     }
 
     #[test]
