@@ -177,6 +177,8 @@ pub struct WorkerResult<Q> {
     /// excludes time it was preempted on a busy machine; 0 if unknown.
     pub on_cpu_ns: u64,
     pub pinned_to: Option<usize>,
+    /// When the worker was done (its queue drained, or told to stop).
+    pub finished: Instant,
 }
 
 /// Bursts between two publications of a busy worker's counters (about 50
@@ -444,6 +446,7 @@ pub fn run_worker<Q: Queue>(
         busy_ns,
         on_cpu_ns,
         pinned_to,
+        finished: Instant::now(),
     }
 }
 
