@@ -489,7 +489,9 @@ fn run(cli: &Cli) -> Result<(), String> {
             s,
             &mut caps,
             &cfg_dir,
-            settings.packets_per_run,
+            // Per worker: a 2-worker run lasts as long as a 1-worker one, so
+            // that its fixed start and end weigh the same in both.
+            settings.packets_per_run * s.workers.max(1) as u64,
             settings.repeats,
             settings.burst,
             &tick,

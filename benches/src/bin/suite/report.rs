@@ -225,7 +225,7 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         o,
-        "| settings | {} repeats per cell, {} packets per run, burst {}, {} stage passes, {} s per latency point |",
+        "| settings | {} repeats per cell, {} packets per run and worker, burst {}, {} stage passes, {} s per latency point |",
         r.settings.repeats,
         r.settings.packets_per_run,
         r.settings.burst,
@@ -417,7 +417,8 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             o,
             "2 workers / 1 worker, Mpps: **{:.2}×** (each worker pinned to its own core; a machine with fewer \
-             than 2 free cores cannot show it).\n",
+             than 2 free cores cannot show it; the capture's flows dealt out to equal packet counts, \
+             `[pcap] split = \"balanced\"`, since a replay lasts as long as its largest share).\n",
             two / one
         );
     }
