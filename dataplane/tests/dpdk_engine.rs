@@ -60,6 +60,7 @@ fn demo_capture_through_dpdk_equals_pcap_backend() {
         input: vec![PathBuf::from(DEMO_PCAP)],
         output: Some(ref_out.clone()),
         loops: 1,
+        split: Default::default(),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (reference, _) = runner::run(&pcfg, &RunOptions::default(), stop).unwrap();
