@@ -413,6 +413,22 @@ impl FlowTable {
         self.capacity() * Self::BYTES_PER_ENTRY
     }
 
+    /// Does `p` point into the table's memory (its set metadata or its
+    /// entries, two allocations)? For checking where prefetches go.
+    pub fn holds(&self, p: *const u8) -> bool {
+        let within = |start: *const u8, bytes: usize| {
+            let (s, p) = (start as usize, p as usize);
+            p >= s && p < s + bytes
+        };
+        within(
+            self.meta.as_ptr().cast(),
+            std::mem::size_of_val(&*self.meta),
+        ) || within(
+            self.entries.as_ptr().cast(),
+            std::mem::size_of_val(&*self.entries),
+        )
+    }
+
     /// Ways in use (live entries and expired ones not yet cleared).
     pub fn used(&self) -> usize {
         self.used
