@@ -1,5 +1,6 @@
-//! Outer headers and VXLAN: `vxlan::decap` under a strict and an any-VTEP
-//! config, and every protocol view of the `vxlan` crate on the same bytes.
+//! Outer headers and VXLAN: `vxlan::decap` under a strict, an any-VTEP and
+//! the default config, and every protocol view of the `vxlan` crate on the
+//! same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,8 +12,15 @@ fuzz_target!(|data: &[u8]| {
         ports: vec![4789, 8472],
         geneve_ports: vec![6081],
     };
-    let any = vxlan::DecapConfig::default();
-    for cfg in [&strict, &any] {
+    // Any VTEP address, the same ports (the strict config's 8472 and Geneve
+    // are not in the default's ports, `[4789]` and none).
+    let any = vxlan::DecapConfig {
+        vtep_v4: vec![],
+        vtep_v6: vec![],
+        ..strict.clone()
+    };
+    let default = vxlan::DecapConfig::default();
+    for cfg in [&strict, &any, &default] {
         if let Ok(d) = vxlan::decap(data, cfg) {
             assert!(d.inner_offset + d.inner_len <= data.len());
             assert!(d.vni <= 0x00ff_ffff);
