@@ -50,9 +50,11 @@ impl Pipeline {
     /// What the stages' per-index counters (rule hits, per-service and
     /// per-backend traffic) are indexed by in `t`: the ACL's compiled base
     /// and the LB's services and backends. While it is unchanged from one
-    /// snapshot to the next (a rule change, a health-check verdict that
-    /// moved nothing), the counters carry over and need no flush when the
-    /// worker takes the new snapshot.
+    /// snapshot to the next (a rule change keeps the LB's; any change
+    /// within one compiled ACL base keeps the rule indices), the counters
+    /// carry over and need no flush when the worker takes the new snapshot.
+    /// A service, backend or health change builds new LB tables, so it
+    /// flushes.
     pub fn counters_layout(t: &Tables) -> (u64, u64) {
         (
             t.acl.as_ref().map_or(0, |a| a.classifier.base_id()),
