@@ -203,7 +203,14 @@ fn addr_bits(ip: IpAddr) -> (u128, bool) {
 const VIP_K0: u64 = 0x9E37_79B9_7F4A_7C15;
 const VIP_K1: u64 = 0xD6E8_FEB8_6659_FD93;
 const META_USED: u32 = 1 << 31;
-const DEEP_PREFETCH_ABOVE_BYTES: usize = 2 << 20;
+/// Above this footprint a burst's lookups are preceded by prefetch
+/// instructions (when the caller gives a prefetch function): the used ways
+/// no longer fit in L1 beside everything else a worker touches per packet.
+const PREFETCH_ABOVE_BYTES: usize = 32 << 10;
+/// Above this footprint a burst's lookups are preceded by plain loads (when
+/// the caller gives no prefetch function): they hold up the CPU, so they pay
+/// only when the table misses L2.
+const TOUCH_ABOVE_BYTES: usize = 2 << 20;
 const NONE: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -538,8 +545,9 @@ impl LbTables {
     /// [`select`](Self::select) for `keys[i]`, written to `out[i]` (for
     /// `i < min(keys.len(), out.len())`). The flow-table sets of a whole burst are
     /// touched first, then the matching entries, so that their cache misses
-    /// overlap instead of being paid one after the other (only for tables
-    /// larger than 2 MiB, where it pays).
+    /// overlap instead of being paid one after the other (with plain loads,
+    /// which pay only for tables whose used ways exceed 2 MiB; see
+    /// [`process_burst_with`](Self::process_burst_with) for prefetches).
     pub fn process_burst(
         &self,
         keys: &[FlowKey],
@@ -575,7 +583,7 @@ impl LbTables {
     }
 
     /// [`process_burst`](Self::process_burst) with a prefetch function: on a
-    /// table larger than the caches, `prefetch(address)` is called for each
+    /// table larger than 32 KiB (beyond L1), `prefetch(address)` is called for each
     /// packet's set metadata and entry before the lookups, instead of touching
     /// them with plain loads. A real prefetch instruction (which this crate,
     /// free of `unsafe`, cannot issue) does not hold up the CPU while the line
@@ -608,12 +616,18 @@ impl LbTables {
         // Touching each packet's set metadata, then its entry, before the real
         // lookups lets the CPU overlap their cache misses (the lookup loop itself
         // is too long for the out-of-order window to reach the next packets).
-        // Measured with lb-bench: on a DRAM-sized table this saves 2-3x, on a
-        // cache-resident one the extra passes cost ~10 cycles/packet, so only
-        // tables whose used ways occupy more than 2 MiB get them (a 64 Ki-flow
-        // table holding a thousand flows is cache-resident: the passes cost
-        // the target pipeline 5 cycles/packet there, 196.9 vs 191.5).
-        let deep = flows.footprint_bytes() > DEEP_PREFETCH_ABOVE_BYTES;
+        // Measured with lb-bench: on a DRAM-sized table plain loads save 2-3x,
+        // on a cache-resident one they cost ~10 cycles/packet, so they are
+        // used only above 2 MiB. Prefetch instructions do not wait for the
+        // line, and pay from an L1-exceeding table on: the target pipeline's
+        // thousand flows (128 KiB of entries and set lines, L2-resident)
+        // cost 246.8 on-CPU cycles/packet with them, 256.6 without (medians
+        // of 11 alternating replays).
+        let fp = flows.footprint_bytes();
+        let deep = match &prefetch {
+            Some(_) => fp > PREFETCH_ABOVE_BYTES,
+            None => fp > TOUCH_ABOVE_BYTES,
+        };
         self.sync_flows(flows);
         if flows.sched.counting {
             flows.sweep(now, SWEEP_SETS_PER_BURST);

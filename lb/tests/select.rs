@@ -302,7 +302,7 @@ fn burst_matches_per_packet_select() {
     for i in (100..200).step_by(3) {
         keys[i] = keys[i - 100];
     }
-    // A small table and one above the 2 MiB deep-prefetch threshold.
+    // A small table and a large one (the prefetch passes depend on the used ways, not the capacity).
     for capacity in [1 << 10, 1 << 16] {
         let cfg = FlowTableConfig {
             capacity,
@@ -409,9 +409,11 @@ fn rebuild_reuses_unchanged_tables() {
 
 /// `process_burst_with` and a prefetch function: the same verdicts as
 /// `process_burst`, and every prefetched address lies inside the table. The
-/// passes run only when the used ways occupy more than 2 MiB: first with a
-/// cache-resident footprint (300 flows in a 64 Ki-entry table: no calls),
-/// then with 30 000 more flows in both tables (2.4 MiB: calls).
+/// prefetches run only when the used ways occupy more than 32 KiB: first
+/// with an L1-sized footprint (200 flows in a 64 Ki-entry table, 25 KiB: no
+/// calls), with 300 more (64 KiB: calls), then with 30 000 more (2.4 MiB; also
+/// past the 2 MiB above which `process_burst`, without a prefetch function,
+/// touches the lines with plain loads).
 #[test]
 fn prefetching_changes_nothing_but_is_called_inside_the_table() {
     let t = build(&services(5)).unwrap();
@@ -432,7 +434,7 @@ fn prefetching_changes_nothing_but_is_called_inside_the_table() {
         calls.set(calls.get() + 1);
         seen.borrow_mut().push(p as usize);
     };
-    let mut keys: Vec<FlowKey> = (0..300).map(key).collect();
+    let mut keys: Vec<FlowKey> = (0..200).map(key).collect();
     keys[7].dport = 81; // not a service: never prefetched
     let run = |plain: &mut FlowTable, pre: &mut FlowTable, keys: &[FlowKey], now: u64| {
         for chunk in keys.chunks(32) {
@@ -446,20 +448,25 @@ fn prefetching_changes_nothing_but_is_called_inside_the_table() {
     for round in 0..3u64 {
         run(&mut plain, &mut pre, &keys, round);
     }
-    assert_eq!(calls.get(), 0, "a cache-resident table is not prefetched");
-    assert!(pre.footprint_bytes() <= 2 << 20);
-    let more: Vec<FlowKey> = (1000..31_000).map(key).collect();
+    assert_eq!(calls.get(), 0, "an L1-sized table is not prefetched");
+    assert!(pre.footprint_bytes() <= 32 << 10);
+    // Past 32 KiB, still far below 2 MiB: prefetched.
+    let some: Vec<FlowKey> = (1000..1300).map(key).collect();
+    run(&mut plain, &mut pre, &some, 3);
+    assert!((33 << 10..2 << 20).contains(&pre.footprint_bytes()));
+    assert!(calls.get() > 0, "an L2-sized table is prefetched");
+    let more: Vec<FlowKey> = (1300..31_000).map(key).collect();
     run(&mut plain, &mut pre, &more, 3);
     assert!(pre.footprint_bytes() > 2 << 20, "{}", pre.footprint_bytes());
     calls.set(0);
     for round in 4..6u64 {
         run(&mut plain, &mut pre, &keys, round);
     }
-    // Two rounds, each: every service packet's metadata (299), and its
+    // Two rounds, each: every service packet's metadata (199), and its
     // entry where a tag matches (all of them unless a full set evicted the
     // flow while the table filled).
     assert!(
-        (299 * 2 + 299 * 2 * 9 / 10..=299 * 4).contains(&calls.get()),
+        (199 * 2 + 199 * 2 * 9 / 10..=199 * 4).contains(&calls.get()),
         "{} calls",
         calls.get()
     );
