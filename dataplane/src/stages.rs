@@ -518,8 +518,11 @@ pub struct Lb {
     /// ([`lb::LbTables::id`]; shared by every snapshot that keeps them, an
     /// ACL change's for one).
     svc: Vec<TrafficCounters>,
-    /// Per (service index, backend index).
-    backend: Vec<Vec<TrafficCounters>>,
+    /// Per (service index, backend index), flat: service `si`'s backends
+    /// are `backend[backend_at[si].0..][..backend_at[si].1]`. Rebuilt in
+    /// place at a layout change (no allocation unless the layout grew).
+    backend: Vec<TrafficCounters>,
+    backend_at: Vec<(u32, u32)>,
     layout: u64,
     epoch: Option<std::time::Instant>,
     /// Destination MAC of transmitted frames for the current burst.
@@ -546,6 +549,7 @@ impl Default for Lb {
             flows: None,
             svc: Vec::new(),
             backend: Vec::new(),
+            backend_at: Vec::new(),
             layout: u64::MAX,
             epoch: None,
             next_hop: [0; 6],
@@ -556,6 +560,17 @@ impl Default for Lb {
             fleet_batch: crate::fleet::Batch::default(),
         }
     }
+}
+
+/// Service `si`'s backend counters in the flat per-backend array.
+#[inline(always)]
+fn backend_counters<'a>(
+    all: &'a mut [TrafficCounters],
+    at: &[(u32, u32)],
+    si: u32,
+) -> Option<&'a mut [TrafficCounters]> {
+    let &(start, n) = at.get(si as usize)?;
+    all.get_mut(start as usize..(start + n) as usize)
 }
 
 impl Lb {
@@ -572,7 +587,7 @@ impl Lb {
                         }
                     }
                 }
-                if let Some(bc) = self.backend.get_mut(si.0 as usize) {
+                if let Some(bc) = backend_counters(&mut self.backend, &self.backend_at, si.0) {
                     for (b, c) in t.lb.backends(si).iter().zip(bc.iter_mut()) {
                         if !c.is_zero() {
                             tel.backends
@@ -648,9 +663,12 @@ impl Lb {
             self.svc.clear();
             self.svc.resize(t.lb.len(), TrafficCounters::default());
             self.backend.clear();
+            self.backend_at.clear();
             for (si, _) in t.lb.services() {
+                let n = t.lb.backends(si).len();
+                self.backend_at.push((self.backend.len() as u32, n as u32));
                 self.backend
-                    .push(vec![TrafficCounters::default(); t.lb.backends(si).len()]);
+                    .resize(self.backend.len() + n, TrafficCounters::default());
             }
         }
     }
@@ -796,10 +814,9 @@ impl Stage for Lb {
                             if let Some(c) = self.svc.get_mut(si) {
                                 c.count(len, new_flow);
                             }
-                            if let Some(c) = self
-                                .backend
-                                .get_mut(si)
-                                .and_then(|b| b.get_mut(backend as usize))
+                            if let Some(c) =
+                                backend_counters(&mut self.backend, &self.backend_at, si as u32)
+                                    .and_then(|b| b.get_mut(backend as usize))
                             {
                                 c.count(len, new_flow);
                             }
