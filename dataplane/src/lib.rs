@@ -24,6 +24,9 @@ pub mod fleet;
 pub mod frag;
 pub mod gen;
 pub mod health;
+// SAFETY-bearing module: the binary's global allocator (mmap, madvise).
+#[allow(unsafe_code)]
+pub mod hugealloc;
 pub mod icmp;
 pub mod io;
 pub mod log;

@@ -14,6 +14,11 @@ use dataplane::config::Config;
 use dataplane::gen::{generate, GenSpec, Popularity};
 use dataplane::runner::{self, RunOptions};
 
+/// Allocations of 2 MiB or more (flow tables, conntrack, ACL and Maglev
+/// tables, captures) on transparent huge pages: see `dataplane::hugealloc`.
+#[global_allocator]
+static ALLOC: dataplane::hugealloc::HugeAlloc = dataplane::hugealloc::HugeAlloc;
+
 #[derive(Parser)]
 #[command(
     name = "dpgw",

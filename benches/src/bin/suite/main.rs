@@ -31,6 +31,11 @@ mod workload;
 use stat::Stat;
 use workload::{AclSet, Dist, ReplayResult, Scenario};
 
+/// The `dpgw` binary's allocator (large tables on transparent huge pages),
+/// so that the matrix rows, replayed in process, cost what `dpgw replay` does.
+#[global_allocator]
+static ALLOC: dataplane::hugealloc::HugeAlloc = dataplane::hugealloc::HugeAlloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "suite",
