@@ -255,7 +255,8 @@ fn outlier_threshold(totals: &[f64]) -> u64 {
     (Stat::of(totals).median * 5.0).max(20_000.0) as u64
 }
 
-/// Cost of `LbTables::process_burst` alone (service lookup, flow hash,
+/// Cost of `LbTables::process_burst_with` and the prefetch instruction, as
+/// the LB stage calls it, alone (service lookup, flow hash,
 /// flow-table probe, Maglev on a miss) on the keys the pipeline extracts from
 /// `frames`, with a flow table of its own warmed by one pass. Cycles per packet.
 pub fn lb_lookup_cost(b: &mut Bench, frames: &[Vec<u8>], passes: usize) -> Stat {
@@ -294,7 +295,14 @@ pub fn lb_lookup_cost(b: &mut Bench, frames: &[Vec<u8>], passes: usize) -> Stat 
                 }
             }
             let c0 = rdtsc();
-            t.lb.process_burst(&keys[..k], &mut flows, 0, &mut out[..k]);
+            // With the prefetch instruction, as the LB stage calls it.
+            t.lb.process_burst_with(
+                &keys[..k],
+                &mut flows,
+                0,
+                &mut out[..k],
+                Some(dataplane::cpu::prefetch),
+            );
             let c1 = rdtsc();
             std::hint::black_box(&out);
             if pass == 0 {

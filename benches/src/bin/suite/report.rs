@@ -627,7 +627,7 @@ pub const HOW_TO_READ: &str = "## How to read this report
 * **Matrix rows** go through `dataplane::runner::run`, the code behind `dpgw replay --json`: captures
   preloaded in memory, replayed until the row's packet count is reached, workers pinned to cores 0, 1, ...
 * **Per-stage costs** run the stages of `pipeline::Pipeline` directly on preloaded `HeapBuf` packets, one burst
-  at a time, reading the TSC between stages. `lb lookup` is `LbTables::process_burst` alone on the same keys
+  at a time, reading the TSC between stages. `lb lookup` is `LbTables::process_burst_with` (with the prefetch instruction, as the LB stage calls it) alone on the same keys
   (its own warm flow table); `encap + bookkeeping` is the LB stage minus that. `engine loop` is what
   `dpgw replay` costs beyond the sum of the stages (queue, counters, transmit, snapshot check).
 * **Latency** is measured in process, not on a wire: packet *i* is scheduled to arrive at
